@@ -1,0 +1,1 @@
+"""ase_calculator"""

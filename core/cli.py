@@ -1,0 +1,200 @@
+"""The `atomplug` command line: inspect a model, evaluate structures, export the examples."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def _load(path: str):
+    from .model import load_model
+
+    try:
+        return load_model(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def command_info(args: argparse.Namespace) -> None:
+    model = _load(args.model)
+    caps = model.capabilities
+    meta = model.metadata
+    print(f"model          {meta.name or '(unnamed)'}")
+    if meta.description:
+        print(f"description    {meta.description}")
+    if meta.authors:
+        print(f"authors        {', '.join(meta.authors)}")
+    for reference in meta.references:
+        print(f"reference      {reference}")
+    print(f"file           {os.path.abspath(args.model)} (atomplug format {model.format_version}, "
+          f"exported with torch {model.exported_with_torch})")
+    print(f"atomic types   {', '.join(_type_label(t) for t in caps.atomic_types)}")
+    print(f"length unit    {caps.length_unit}")
+    print(f"dtype          {caps.dtype}; devices: {', '.join(caps.supported_devices)}")
+    print(f"interaction    {caps.interaction_range} {caps.length_unit}")
+    print("outputs")
+    for name, output in caps.outputs.items():
+        quantity = output.quantity or "(no quantity)"
+        unit = f" [{output.unit}]" if output.unit else ""
+        per_atom = ", per atom" if output.per_atom else ""
+        properties = f", {len(output.properties)} properties" if output.properties else ""
+        print(f"  {name:<22} {quantity}{unit}{per_atom}{properties}")
+    print("neighbor lists")
+    requests = model.neighbor_requests(caps.length_unit)
+    if not requests:
+        print("  (none)")
+    for cutoff, full_list, strict in requests:
+        print(f"  cutoff {cutoff:g} {caps.length_unit}, {'full' if full_list else 'half'}, "
+              f"{'strict' if strict else 'non-strict'}")
+
+
+def _type_label(atomic_type: int) -> str:
+    from ase.data import chemical_symbols
+
+    if 0 < atomic_type < len(chemical_symbols):
+        return f"{chemical_symbols[atomic_type]} ({atomic_type})"
+    return str(atomic_type)
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    import ase.io
+    import torch
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from tqdm import tqdm
+
+    from .evaluate import stress_from_virial
+    from .runner import ModelRunner, Structure
+
+    model = _load(args.model)
+    if "energy" not in model.capabilities.outputs:
+        raise CommandError(f"{args.model!r} has no 'energy' output; `atomplug eval` computes energies and forces")
+    if not os.path.exists(args.structures):
+        raise CommandError(f"structure file {args.structures!r} does not exist")
+    try:
+        frames = ase.io.read(args.structures, index=args.index)
+    except Exception as error:  # ASE raises many kinds for unreadable files
+        raise CommandError(f"could not read {args.structures!r} with ASE: {error}") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise CommandError(f"{args.structures!r} holds no structures")
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be at least 1")
+    runner = ModelRunner(model, device=args.device)
+    progress = tqdm(total=len(frames), unit="structure", disable=args.quiet or None, file=sys.stderr)
+    results = []
+    try:
+        for start in range(0, len(frames), args.batch_size):
+            batch = frames[start : start + args.batch_size]
+            try:
+                output = runner.run(batch, ["energy"], forces=True, virial=True)
+            except ValueError as error:
+                raise CommandError(f"structures {start}-{start + len(batch) - 1}: {error}") from None
+            offset = 0
+            for index, atoms in enumerate(batch):
+                n_atoms = len(atoms)
+                result = {
+                    "energy": float(output["energy"][index, 0]),
+                    "forces": output["forces"][offset : offset + n_atoms].copy(),
+                }
+                if atoms.pbc.all():
+                    structure = Structure.from_atoms(atoms)
+                    stress = stress_from_virial(torch.from_numpy(output["virial"][index]), torch.from_numpy(structure.cell))
+                    result["stress"] = _voigt(stress.numpy())
+                offset += n_atoms
+                results.append(result)
+            progress.update(len(batch))
+    finally:
+        progress.close()
+
+    directory = os.path.dirname(os.path.abspath(args.output))
+    handle, temporary = tempfile.mkstemp(prefix=".atomplug-eval-", suffix=".xyz", dir=directory)
+    os.close(handle)
+    try:
+        written = []
+        for atoms, result in zip(frames, results):
+            atoms = atoms.copy()
+            atoms.calc = SinglePointCalculator(atoms, **result)
+            written.append(atoms)
+        ase.io.write(temporary, written, format="extxyz")
+        os.replace(temporary, args.output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    energies = np.array([r["energy"] for r in results])
+    print(f"wrote {len(results)} structure(s) to {args.output}: energy from {energies.min():.6f} "
+          f"to {energies.max():.6f} eV")
+
+
+def _voigt(stress: np.ndarray) -> np.ndarray:
+    """3x3 -> ASE's Voigt order xx yy zz yz xz xy."""
+    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
+
+
+def command_export_example(args: argparse.Namespace) -> None:
+    if args.name == "lj":
+        from atomplug.examples.lj import export_lj
+
+        export_lj(args.path)
+    else:
+        try:
+            from atomplug.examples.ani1x import export_ani1x
+        except ImportError as error:
+            raise CommandError(str(error)) from None
+        try:
+            export_ani1x(args.path)
+        except ImportError as error:
+            raise CommandError(str(error)) from None
+    print(f"exported the {args.name} example model to {args.path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomplug",
+        description="Run one exported atomistic model in ASE, i-PI, LAMMPS and PLUMED.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="show a model's metadata, outputs, units and neighbor lists")
+    info.add_argument("model")
+    info.set_defaults(handler=command_info)
+
+    evaluate = commands.add_parser("eval", help="evaluate energy, forces and stress on structures (any ASE format)")
+    evaluate.add_argument("model")
+    evaluate.add_argument("structures", help="any file ASE can read")
+    evaluate.add_argument("-o", "--output", required=True, help="extxyz file to write")
+    evaluate.add_argument("--index", default=":", help="which frames to read (ASE index syntax, default all)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=command_eval)
+
+    example = commands.add_parser("export-example", help="export a bundled example model")
+    example.add_argument("name", choices=["lj", "ani1x"])
+    example.add_argument("path")
+    example.set_defaults(handler=command_export_example)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except CommandError as error:
+        print(f"atomplug: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

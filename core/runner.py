@@ -1,0 +1,155 @@
+"""Running an exported model from a Python engine (ASE, i-PI, the command line).
+
+`ModelRunner` turns structures into the entry point's tensors: it builds the neighbor lists the
+model asks for (in the engine's length unit, reusing them across MD steps through a Verlet skin)
+and hands back numpy arrays in the engine's units. All physics stays in the entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .model import LoadedModel, _first_line, load_model
+from .neighbors import NeighborListCache, compute_pairs
+
+
+@dataclasses.dataclass
+class Structure:
+    """Plain arrays of one structure: atomic numbers (or model types), positions, cell rows, pbc."""
+
+    types: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.types = np.ascontiguousarray(self.types, dtype=np.int32).reshape(-1)
+        self.positions = np.ascontiguousarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        self.cell = np.ascontiguousarray(self.cell, dtype=np.float64).reshape(3, 3)
+        self.pbc = np.array(np.broadcast_to(self.pbc, (3,)), dtype=bool)
+        if self.types.shape[0] != self.positions.shape[0]:
+            raise ValueError(
+                f"{self.types.shape[0]} types for {self.positions.shape[0]} positions: give one type per atom"
+            )
+
+    @classmethod
+    def from_atoms(cls, atoms: Any) -> "Structure":
+        """From an `ase.Atoms` (atomic numbers are the types)."""
+        return cls(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+
+def as_structure(item: Any) -> Structure:
+    if isinstance(item, Structure):
+        return item
+    if hasattr(item, "get_atomic_numbers") and hasattr(item, "cell"):
+        return Structure.from_atoms(item)
+    raise TypeError(f"expected an ase.Atoms or atomplug Structure, got {type(item).__name__}")
+
+
+class ModelRunner:
+    """Evaluate a model on structures given in an engine's units (default: ASE's eV and Angstrom)."""
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, LoadedModel],
+        *,
+        length_unit: str = "Angstrom",
+        energy_unit: str = "eV",
+        skin: float = 0.0,
+        device: Optional[str] = None,
+    ):
+        self.model = model if isinstance(model, LoadedModel) else load_model(os.fspath(model), device)
+        self.device = torch.device(device or "cpu")
+        self.length_unit = length_unit
+        self.energy_unit = energy_unit
+        try:
+            self.requests = self.model.neighbor_requests(length_unit)
+            self.model.unit_conversion("eV", energy_unit)
+        except Exception as error:
+            raise ValueError(f"engine units: {_first_line(error)}") from error
+        self.cache = NeighborListCache(self.requests, skin=skin)
+
+    def neighbor_lists(self, structure: Structure, use_cache: bool) -> List[tuple]:
+        if use_cache:
+            return self.cache.get(structure.positions, structure.cell, structure.pbc)
+        return [
+            compute_pairs(structure.positions, structure.cell, structure.pbc, cutoff, full_list)
+            for cutoff, full_list, _strict in self.requests
+        ]
+
+    def run(
+        self,
+        structures: Sequence[Any],
+        outputs: Sequence[str] = ("energy",),
+        *,
+        forces: bool = False,
+        virial: bool = False,
+        atomic_virial: bool = False,
+        gradient_output: str = "energy",
+        selected_atoms: Optional[Sequence[int]] = None,
+        use_cache: Optional[bool] = None,
+    ) -> Dict[str, np.ndarray]:
+        """One call of the entry point on a batch of structures.
+
+        Returns numpy arrays: each requested output ([n_structures, n] or, for "name/per_atom",
+        [n_atoms, n]), "forces" [n_atoms, 3], "virial" [n_structures, 3, 3], "atomic_virial"
+        [n_atoms, 3, 3], and "system_sizes". The neighbor-list cache is used for a single
+        structure (MD) unless `use_cache` says otherwise.
+        """
+        batch = [as_structure(s) for s in structures]
+        if not batch:
+            raise ValueError("no structures to evaluate")
+        for index, structure in enumerate(batch):
+            if len(structure) == 0:
+                raise ValueError(f"structure {index} has no atoms: every structure needs at least one atom")
+        if use_cache is None:
+            use_cache = len(batch) == 1
+        pairs: List[List[np.ndarray]] = [[] for _ in self.requests]
+        shifts: List[List[np.ndarray]] = [[] for _ in self.requests]
+        offset = 0
+        for structure in batch:
+            for index, (p, s) in enumerate(self.neighbor_lists(structure, use_cache)):
+                pairs[index].append(p + offset if offset else p)
+                shifts[index].append(s)
+            offset += len(structure)
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+        if len(batch) == 1:
+            structure = batch[0]
+            positions = tensor(structure.positions)
+            types = tensor(structure.types)
+            cells = tensor(structure.cell[None])
+            pbcs = tensor(structure.pbc[None])
+            pair_tensors = [tensor(p[0]) for p in pairs]
+            shift_tensors = [tensor(s[0]) for s in shifts]
+        else:
+            positions = tensor(np.concatenate([s.positions for s in batch]))
+            types = tensor(np.concatenate([s.types for s in batch]))
+            cells = tensor(np.stack([s.cell for s in batch]))
+            pbcs = tensor(np.stack([s.pbc for s in batch]))
+            pair_tensors = [tensor(np.concatenate(p)) for p in pairs]
+            shift_tensors = [tensor(np.concatenate(s)) for s in shifts]
+        sizes = torch.tensor([len(s) for s in batch], dtype=torch.int64, device=self.device)
+        selected = None
+        if selected_atoms is not None:
+            selected = torch.as_tensor(np.asarray(selected_atoms, dtype=np.int64), device=self.device)
+        try:
+            raw = self.model.module(
+                positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors, list(outputs), selected,
+                gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
+            )
+        except torch.jit.Error as error:
+            raise ValueError(_first_line(error)) from None
+        result = {key: value.cpu().numpy() for key, value in raw.items()}
+        result["system_sizes"] = sizes.cpu().numpy()
+        return result

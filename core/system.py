@@ -1,0 +1,73 @@
+"""The structures a model sees: `System` and its `NeighborList`s (TorchScript classes).
+
+The engine entry point builds these from plain tensors; model authors only read them.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import Tensor
+
+from .options import NeighborListOptions
+
+
+@torch.jit.script
+class NeighborList:
+    """Pairs (i, j) with integer cell shifts, and `vectors` = r_j - r_i + shifts @ cell.
+
+    `vectors` are differentiable with respect to positions and cell: a model that computes its
+    energy from them gets correct forces and virial from the entry point's autograd.
+    """
+
+    def __init__(self, options: NeighborListOptions, pairs: Tensor, shifts: Tensor, vectors: Tensor):
+        self.options = options
+        self.pairs = pairs
+        self.shifts = shifts
+        self.vectors = vectors
+
+    def distances(self) -> Tensor:
+        return torch.linalg.vector_norm(self.vectors, dim=1)
+
+
+@torch.jit.script
+class System:
+    """One structure: `types` [n] int32, `positions` [n, 3], `cell` [3, 3] (rows are lattice
+    vectors, zeros for non-periodic directions), `pbc` [3] bool, plus the requested neighbor lists."""
+
+    def __init__(self, types: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor):
+        self.types = types
+        self.positions = positions
+        self.cell = cell
+        self.pbc = pbc
+        self._neighbor_options: List[NeighborListOptions] = []
+        self._neighbor_lists: List[NeighborList] = []
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def add_neighbor_list(self, neighbors: NeighborList):
+        for known in self._neighbor_options:
+            if known.same_as(neighbors.options):
+                raise ValueError("a neighbor list for " + known.describe() + " was already added")
+        self._neighbor_options.append(neighbors.options)
+        self._neighbor_lists.append(neighbors)
+
+    def get_neighbor_list(self, options: NeighborListOptions) -> NeighborList:
+        for index, known in enumerate(self._neighbor_options):
+            if known.same_as(options):
+                return self._neighbor_lists[index]
+        available: List[str] = []
+        for known in self._neighbor_options:
+            available.append(known.describe())
+        raise ValueError(
+            "no neighbor list for "
+            + options.describe()
+            + " in this system (available: "
+            + ", ".join(available)
+            + "); a model must list every neighbor list it uses in requested_neighbor_lists()"
+        )
+
+    def known_neighbor_lists(self) -> List[NeighborListOptions]:
+        return self._neighbor_options

@@ -1,0 +1,96 @@
+"""A float64 Lennard-Jones model in the atomplug contract, shifted to zero at the cutoff.
+
+The reference physics for every engine test: LAMMPS `lj/cut` with `pair_modify shift yes`,
+ASE's `LennardJones(smooth=False)` and a plain numpy implementation all compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+
+
+class LennardJones(torch.nn.Module):
+    """E = sum over pairs r < rc of 4 eps ((sigma/r)^12 - (sigma/r)^6) - E(rc), one species set."""
+
+    def __init__(self, epsilon: float, sigma: float, cutoff: float):
+        super().__init__()
+        self.epsilon = float(epsilon)
+        self.sigma = float(sigma)
+        self.cutoff = float(cutoff)
+        ratio6 = (self.sigma / self.cutoff) ** 6
+        self.shift = 4.0 * self.epsilon * (ratio6 * ratio6 - ratio6)
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        return [NeighborListOptions(self.cutoff, False, True)]
+
+    def forward(
+        self,
+        systems: List[System],
+        outputs: Dict[str, ModelOutput],
+        selected_atoms: Optional[Tensor],
+    ) -> Dict[str, Tensor]:
+        options = NeighborListOptions(self.cutoff, False, True)
+        per_atom = "energy" in outputs and outputs["energy"].per_atom
+        energies: List[Tensor] = []
+        for system in systems:
+            neighbors = system.get_neighbor_list(options)
+            squared = (neighbors.vectors * neighbors.vectors).sum(dim=1)
+            ratio6 = (self.sigma * self.sigma / squared) ** 3
+            pair_energy = 4.0 * self.epsilon * (ratio6 * ratio6 - ratio6) - self.shift
+            if per_atom:
+                atomic = torch.zeros(len(system), dtype=system.positions.dtype, device=system.positions.device)
+                atomic = atomic.index_add(0, neighbors.pairs[:, 0], 0.5 * pair_energy)
+                atomic = atomic.index_add(0, neighbors.pairs[:, 1], 0.5 * pair_energy)
+                energies.append(atomic)
+            else:
+                energies.append(pair_energy.sum().reshape(1))
+        return {"energy": torch.cat(energies).reshape(-1, 1)}
+
+
+def export_lj(
+    path: str,
+    epsilon: float = 0.0104,
+    sigma: float = 3.40,
+    cutoff: float = 8.5,
+    types: Sequence[int] = (18,),
+    energy_unit: str = "eV",
+    length_unit: str = "Angstrom",
+) -> None:
+    """Export a Lennard-Jones model (defaults: argon, eV and Angstrom) to `path`."""
+    capabilities = ModelCapabilities(
+        outputs={"energy": ModelOutput(quantity="energy", unit=energy_unit, per_atom=True)},
+        atomic_types=list(types),
+        interaction_range=cutoff,
+        length_unit=length_unit,
+        supported_devices=["cpu", "cuda"],
+        dtype="float64",
+    )
+    metadata = ModelMetadata(
+        name="lennard-jones",
+        description=f"Lennard-Jones, epsilon={epsilon} {energy_unit}, sigma={sigma} {length_unit}, "
+        f"cutoff={cutoff} {length_unit}, shifted to zero at the cutoff",
+        authors=["atomplug developers"],
+        references=["J. E. Jones, Proc. R. Soc. Lond. A 106, 463 (1924)"],
+    )
+    export(LennardJones(epsilon, sigma, cutoff), path, capabilities, metadata)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("path")
+    parser.add_argument("--epsilon", type=float, default=0.0104)
+    parser.add_argument("--sigma", type=float, default=3.40)
+    parser.add_argument("--cutoff", type=float, default=8.5)
+    parser.add_argument("--types", type=int, nargs="+", default=[18])
+    args = parser.parse_args(argv)
+    export_lj(args.path, args.epsilon, args.sigma, args.cutoff, args.types)
+
+
+if __name__ == "__main__":
+    main()

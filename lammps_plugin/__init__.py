@@ -1,0 +1,1 @@
+"""lammps_plugin"""
