@@ -1,0 +1,423 @@
+"""Physical units: one table, one parser, shared by Python and every engine.
+
+A model declares its units as strings ("eV", "kcal/mol", "eV/Angstrom^3"); each engine
+speaks its own ("Hartree"/"Bohr" for i-PI, "kJ/mol"/"nm" for PLUMED, the LAMMPS unit
+styles). Converting between them needs a table of units and a parser for unit expressions.
+Both live here exactly once: :func:`unit_table` builds the table from CODATA constants
+(through ``ase.units``), and :func:`parse_unit` / :func:`conversion_factor_with_table` are
+written in the TorchScript subset of Python. They run as plain Python, and the same source
+is compiled with ``torch.jit.script`` into every exported archive together with the table,
+so the C++ engines (LAMMPS, PLUMED) convert units by calling the archive and hold no unit
+tables or parsers of their own.
+
+Expressions: products ``*``, quotients ``/`` (left-associative: ``a/b/c`` is ``(a/b)/c``),
+integer powers ``^`` (``^2``, ``^-1``, ``^(-3)``), parentheses, numeric literals
+(``2.5*nm``, ``1e-3*eV``). Whitespace is ignored and symbols are case-insensitive, so
+``MeV`` is the same as ``meV`` (milli-electronvolt). ``mol`` is the dimensionless Avogadro
+number, so ``kcal/mol`` is an energy per particle. The empty expression is dimensionless 1.
+
+Values are ``[value in SI, mass exponent, length exponent, time exponent]`` with SI base
+units kg, m and s.
+"""
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import ase.units
+
+__all__ = [
+    "DIMENSIONS_ENERGY",
+    "DIMENSIONS_LENGTH",
+    "ENGINE_UNITS",
+    "check_dimension",
+    "conversion_factor",
+    "conversion_factor_with_table",
+    "dimension_name",
+    "engine_units",
+    "parse_unit",
+    "unit_table",
+]
+
+DIMENSIONS_ENERGY: List[float] = [1.0, 2.0, -2.0]
+DIMENSIONS_LENGTH: List[float] = [0.0, 1.0, 0.0]
+
+# (energy unit, length unit) each engine works in. LAMMPS styles follow the `units` command
+# documentation; `lammps:lj` is deliberately absent (reduced units have no physical scale).
+ENGINE_UNITS: Dict[str, Tuple[str, str]] = {
+    "ase": ("eV", "Angstrom"),
+    "ipi": ("Hartree", "Bohr"),
+    "plumed": ("kJ/mol", "nm"),
+    "lammps:metal": ("eV", "Angstrom"),
+    "lammps:real": ("kcal/mol", "Angstrom"),
+    "lammps:electron": ("Hartree", "Bohr"),
+    "lammps:si": ("J", "m"),
+    "lammps:cgs": ("erg", "cm"),
+    "lammps:micro": ("picogram*micrometer^2/microsecond^2", "micrometer"),
+    "lammps:nano": ("attogram*nm^2/ns^2", "nm"),
+}
+
+def unit_table() -> Dict[str, List[float]]:
+    """Map lower-case unit symbol -> [value in SI, dim_mass, dim_length, dim_time].
+
+    Physical constants come from CODATA through ``ase.units``; only exact definitions
+    (SI prefixes, 1 cal = 4.184 J, 1 atm = 101325 Pa) are written out. Aliases are extra keys.
+    """
+    electronvolt = ase.units._e  # J per eV
+    angstrom = 1e-10  # m, definition
+    energy = [1.0, 2.0, -2.0]
+    length = [0.0, 1.0, 0.0]
+    mass = [1.0, 0.0, 0.0]
+    time = [0.0, 0.0, 1.0]
+    pressure = [1.0, -1.0, -2.0]
+    none = [0.0, 0.0, 0.0]
+
+    entries: List[Tuple[List[str], float, List[float]]] = [
+        # energy
+        (["j", "joule"], 1.0, energy),
+        (["kj"], 1e3, energy),
+        (["cal"], 4.184, energy),
+        (["kcal"], 4.184e3, energy),
+        (["erg"], 1e-7, energy),
+        (["ev"], electronvolt, energy),
+        (["mev"], 1e-3 * electronvolt, energy),
+        (["hartree", "ha"], ase.units.Hartree * electronvolt, energy),
+        (["ry", "rydberg"], ase.units.Ry * electronvolt, energy),
+        # length
+        (["m", "meter"], 1.0, length),
+        (["cm"], 1e-2, length),
+        (["um", "micrometer"], 1e-6, length),
+        (["nm"], 1e-9, length),
+        (["pm"], 1e-12, length),
+        (["angstrom", "a", "ang"], angstrom, length),
+        (["bohr"], ase.units.Bohr * angstrom, length),
+        # mass
+        (["kg"], 1.0, mass),
+        (["g"], 1e-3, mass),
+        (["picogram"], 1e-15, mass),
+        (["attogram"], 1e-21, mass),
+        (["amu", "u", "dalton"], ase.units._amu, mass),
+        # time
+        (["s", "second"], 1.0, time),
+        (["us", "microsecond"], 1e-6, time),
+        (["ns"], 1e-9, time),
+        (["ps"], 1e-12, time),
+        (["fs"], 1e-15, time),
+        # pressure
+        (["pa"], 1.0, pressure),
+        (["gpa"], 1e9, pressure),
+        (["bar"], 1e5, pressure),
+        (["atm"], 101325.0, pressure),
+        # count: Avogadro's number, so kcal/mol is kcal per particle
+        (["mol"], ase.units._Nav, none),
+    ]
+    table: Dict[str, List[float]] = {}
+    for names, value, dims in entries:
+        for name in names:
+            if name in table:
+                raise RuntimeError(f"unit table: duplicate symbol {name!r}")
+            table[name] = [float(value)] + [float(d) for d in dims]
+    return table
+
+
+def dimension_name(dims: List[float]) -> str:
+    """Name of a dimension [mass, length, time] ("energy", "force", ...) or its M^a L^b T^c form."""
+    m = dims[0]
+    l = dims[1]
+    t = dims[2]
+    if m == 0.0 and l == 0.0 and t == 0.0:
+        return "dimensionless"
+    if m == 1.0 and l == 2.0 and t == -2.0:
+        return "energy"
+    if m == 0.0 and l == 1.0 and t == 0.0:
+        return "length"
+    if m == 0.0 and l == 0.0 and t == 1.0:
+        return "time"
+    if m == 1.0 and l == 0.0 and t == 0.0:
+        return "mass"
+    if m == 1.0 and l == 1.0 and t == -2.0:
+        return "force"
+    if m == 1.0 and l == -1.0 and t == -2.0:
+        return "pressure"
+    parts: List[str] = []
+    symbols = ["M", "L", "T"]
+    for k in range(3):
+        if dims[k] != 0.0:
+            parts.append(symbols[k] + "^" + str(int(dims[k])))
+    return " ".join(parts)
+
+
+def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
+    """Split into tokens: kinds ("num", "sym", "op"), texts and start positions."""
+    kinds: List[str] = []
+    texts: List[str] = []
+    starts: List[int] = []
+    n = len(expression)
+    i = 0
+    while i < n:
+        c = expression[i]
+        if c.isspace():
+            i += 1
+        elif c.isdigit() or (c == "." and i + 1 < n and expression[i + 1].isdigit()):
+            start = i
+            while i < n and expression[i].isdigit():
+                i += 1
+            if i < n and expression[i] == ".":
+                i += 1
+                while i < n and expression[i].isdigit():
+                    i += 1
+            # An exponent only when digits follow, so "2eV" stays number "2" then symbol "eV".
+            if i < n and (expression[i] == "e" or expression[i] == "E"):
+                j = i + 1
+                if j < n and (expression[j] == "+" or expression[j] == "-"):
+                    j += 1
+                if j < n and expression[j].isdigit():
+                    i = j
+                    while i < n and expression[i].isdigit():
+                        i += 1
+            kinds.append("num")
+            texts.append(expression[start:i])
+            starts.append(start)
+        elif c.isalpha() or c == "_":
+            start = i
+            while i < n and (expression[i].isalpha() or expression[i] == "_"):
+                i += 1
+            kinds.append("sym")
+            texts.append(expression[start:i])
+            starts.append(start)
+        elif c == "*" or c == "/" or c == "^" or c == "(" or c == ")" or c == "-" or c == "+":
+            kinds.append("op")
+            texts.append(c)
+            starts.append(i)
+            i += 1
+        else:
+            raise ValueError(
+                "invalid unit expression '" + expression + "': unexpected character '" + c
+                + "' at position " + str(i)
+            )
+    return kinds, texts, starts
+
+
+def _describe(kinds: List[str], texts: List[str], index: int) -> str:
+    if index >= len(kinds):
+        return "the end of the expression"
+    return "'" + texts[index] + "'"
+
+
+def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: int) -> Tuple[int, int]:
+    """If token `index` is '^', read the integer exponent after it: (exponent, next index)."""
+    n = len(kinds)
+    if index >= n or texts[index] != "^" or kinds[index] != "op":
+        return 1, index
+    prefix = "invalid unit expression '" + expression + "': "
+    max_exponent = 64  # powers are computed by repeated multiplication
+    i = index + 1
+    parenthesized = False
+    if i < n and kinds[i] == "op" and texts[i] == "(":
+        parenthesized = True
+        i += 1
+    sign = 1
+    if i < n and kinds[i] == "op" and (texts[i] == "-" or texts[i] == "+"):
+        if texts[i] == "-":
+            sign = -1
+        i += 1
+    if i >= n or kinds[i] != "num":
+        raise ValueError(prefix + "'^' must be followed by an integer exponent, found " + _describe(kinds, texts, i))
+    digits = texts[i]
+    if not digits.isdigit():
+        raise ValueError(prefix + "non-integer exponent '" + digits + "' (only integer powers are allowed)")
+    value = int(digits) if len(digits) <= 6 else max_exponent + 1
+    if value > max_exponent:
+        raise ValueError(prefix + "exponent '" + digits + "' is too large (at most " + str(max_exponent) + ")")
+    i += 1
+    if i < n and kinds[i] == "op" and texts[i] == "^":
+        raise ValueError(prefix + "repeated '^': write a single integer power, e.g. 'x^6' instead of 'x^2^3'")
+    if parenthesized:
+        if i >= n or kinds[i] != "op" or texts[i] != ")":
+            raise ValueError(prefix + "unbalanced parenthesis: missing ')' after the exponent")
+        i += 1
+    return sign * value, i
+
+
+def _apply(
+    accumulator: List[float], operator: str, operand: List[float], exponent: int
+) -> List[float]:
+    """accumulator (operator) operand^exponent, exponent applied by repeated multiplication.
+
+    A negative power divides instead of multiplying by a reciprocal, so 'a*b^-1' and 'a/b'
+    give bit-identical values.
+    """
+    count = exponent if exponent >= 0 else -exponent
+    power = 1.0
+    for _ in range(count):
+        power = power * operand[0]
+    divide = (operator == "/") != (exponent < 0)
+    value = accumulator[0] / power if divide else accumulator[0] * power
+    scale = float(-exponent) if operator == "/" else float(exponent)
+    return [
+        value,
+        accumulator[1] + scale * operand[1],
+        accumulator[2] + scale * operand[2],
+        accumulator[3] + scale * operand[3],
+    ]
+
+
+def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
+    """Parse a unit expression into [value in SI, dim_mass, dim_length, dim_time].
+
+    Raises ValueError for unknown symbols (naming them and listing the known ones) and for
+    malformed expressions (quoting the expression and saying what is wrong).
+    """
+    prefix = "invalid unit expression '" + expression + "': "
+    tokens = _tokenize(expression)
+    kinds = tokens[0]
+    texts = tokens[1]
+    n = len(kinds)
+    accumulator: List[float] = [1.0, 0.0, 0.0, 0.0]
+    operator = "*"
+    saved_accumulators: List[List[float]] = []
+    saved_operators: List[str] = []
+    expect_operand = True
+    i = 0
+    while i < n:
+        kind = kinds[i]
+        text = texts[i]
+        if expect_operand:
+            if kind == "op" and text == "(":
+                saved_accumulators.append(accumulator)
+                saved_operators.append(operator)
+                accumulator = [1.0, 0.0, 0.0, 0.0]
+                operator = "*"
+                i += 1
+                continue
+            operand: List[float] = [1.0, 0.0, 0.0, 0.0]
+            if kind == "num":
+                number = float(text)
+                if number == 0.0 or not math.isfinite(number):
+                    raise ValueError(prefix + "numeric factor '" + text + "' must be finite and non-zero")
+                operand = [number, 0.0, 0.0, 0.0]
+            elif kind == "sym":
+                symbol = text.lower()
+                if symbol not in table:
+                    known = list(table.keys())
+                    known.sort()
+                    raise ValueError(
+                        "unknown unit '" + text + "' in '" + expression + "'; known units: "
+                        + ", ".join(known)
+                    )
+                operand = table[symbol]
+            elif text == ")":
+                if i == 0:
+                    raise ValueError(prefix + "unbalanced parenthesis: ')' without a matching '('")
+                if texts[i - 1] == "(" and kinds[i - 1] == "op":
+                    raise ValueError(prefix + "empty parentheses '()'")
+                raise ValueError(prefix + "dangling operator '" + texts[i - 1] + "' before ')'")
+            elif i == 0:
+                raise ValueError(prefix + "expression starts with operator '" + text + "'")
+            elif kinds[i - 1] == "op" and texts[i - 1] != "(":
+                raise ValueError(
+                    prefix + "dangling operator '" + texts[i - 1] + "' followed by '" + text + "'"
+                )
+            else:
+                raise ValueError(prefix + "unexpected operator '" + text + "' after '('")
+            power = _read_exponent(expression, kinds, texts, i + 1)
+            accumulator = _apply(accumulator, operator, operand, power[0])
+            i = power[1]
+            expect_operand = False
+        else:
+            if kind == "op" and (text == "*" or text == "/"):
+                operator = text
+                expect_operand = True
+                i += 1
+            elif kind == "op" and text == ")":
+                if len(saved_accumulators) == 0:
+                    raise ValueError(prefix + "unbalanced parenthesis: ')' without a matching '('")
+                group = accumulator
+                accumulator = saved_accumulators.pop()
+                operator = saved_operators.pop()
+                power = _read_exponent(expression, kinds, texts, i + 1)
+                accumulator = _apply(accumulator, operator, group, power[0])
+                i = power[1]
+            elif kind == "op" and text == "^":
+                raise ValueError(prefix + "'^' must follow a unit, a number or ')' (write a single power)")
+            elif kind == "op":
+                raise ValueError(
+                    prefix + "unexpected '" + text + "' after " + _describe(kinds, texts, i - 1)
+                    + " (signs are only allowed in exponents, e.g. 'nm^-1')"
+                )
+            else:
+                raise ValueError(
+                    prefix + "missing operator between '" + texts[i - 1] + "' and '" + text
+                    + "' (use '*' or '/')"
+                )
+    if n > 0 and expect_operand:
+        last = texts[n - 1]
+        if last == "(":
+            raise ValueError(prefix + "unbalanced parenthesis: '(' is never closed")
+        raise ValueError(prefix + "dangling operator '" + last + "' at the end")
+    if len(saved_accumulators) > 0:
+        raise ValueError(
+            prefix + "unbalanced parenthesis: " + str(len(saved_accumulators)) + " '(' never closed"
+        )
+    if accumulator[0] == 0.0 or not math.isfinite(accumulator[0]):
+        raise ValueError(prefix + "its value " + str(accumulator[0]) + " is not a finite, non-zero number")
+    return accumulator
+
+
+def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, List[float]]) -> float:
+    """Factor f with value_in_to_unit = f * value_in_from_unit, using `table`.
+
+    Raises ValueError when the two units have different dimensions, naming both.
+    """
+    source = parse_unit(from_unit, table)
+    target = parse_unit(to_unit, table)
+    if source[1] != target[1] or source[2] != target[2] or source[3] != target[3]:
+        raise ValueError(
+            "cannot convert '" + from_unit + "' (" + dimension_name(source[1:])
+            + ") to '" + to_unit + "' (" + dimension_name(target[1:]) + ")"
+        )
+    if from_unit == to_unit:
+        return 1.0
+    return source[0] / target[0]
+
+
+def check_dimension(expression: str, expected: List[float], what: str, table: Dict[str, List[float]]) -> None:
+    """Raise ValueError unless `expression` has dimensions `expected` ([mass, length, time])."""
+    dims = parse_unit(expression, table)[1:]
+    if dims[0] == expected[0] and dims[1] == expected[1] and dims[2] == expected[2]:
+        return
+    name = dimension_name(expected)
+    first = name[0]
+    article = "an " if first == "a" or first == "e" or first == "i" or first == "o" or first == "u" else "a "
+    lead = "" if what == "" else what + ": "
+    raise ValueError(
+        lead + "unit '" + expression + "' is not " + article + name + " unit (it is "
+        + dimension_name(dims) + ")"
+    )
+
+
+_TABLE: Optional[Dict[str, List[float]]] = None
+
+
+def _cached_table() -> Dict[str, List[float]]:
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = unit_table()
+    return _TABLE
+
+
+def conversion_factor(from_unit: str, to_unit: str) -> float:
+    """Factor f with value_in_to_unit = f * value_in_from_unit (module-level cached table)."""
+    return conversion_factor_with_table(from_unit, to_unit, _cached_table())
+
+
+def engine_units(engine: str) -> Tuple[str, str]:
+    """(energy unit, length unit) of an engine: 'ase', 'ipi', 'plumed' or 'lammps:<style>'."""
+    key = engine.strip().lower()
+    if key in ENGINE_UNITS:
+        return ENGINE_UNITS[key]
+    if key == "lammps:lj":
+        raise ValueError(
+            "LAMMPS 'units lj' are LJ reduced units with no physical scale, so model outputs "
+            "cannot be converted to them; use 'units metal' or 'units real' instead"
+        )
+    raise ValueError(f"unknown engine {engine!r}; known engines: {', '.join(sorted(ENGINE_UNITS))}")
