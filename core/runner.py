@@ -46,6 +46,20 @@ class Structure:
         return self.positions.shape[0]
 
 
+def describe_types(types: Sequence[int]) -> str:
+    """'H (1), O (8)': atomic numbers with their element symbols, for error messages."""
+    from ase.data import chemical_symbols
+
+    labels = []
+    for atomic_type in types:
+        atomic_type = int(atomic_type)
+        if 0 < atomic_type < len(chemical_symbols):
+            labels.append(f"{chemical_symbols[atomic_type]} ({atomic_type})")
+        else:
+            labels.append(str(atomic_type))
+    return ", ".join(labels)
+
+
 def as_structure(item: Any) -> Structure:
     if isinstance(item, Structure):
         return item
@@ -76,6 +90,17 @@ class ModelRunner:
         except Exception as error:
             raise ValueError(f"engine units: {_first_line(error)}") from error
         self.cache = NeighborListCache(self.requests, skin=skin)
+        self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
+
+    def check_types(self, structure: Structure, index: int = 0) -> None:
+        """Unknown elements are named with the elements the model knows, before any work."""
+        unknown = np.setdiff1d(structure.types, self.known_types)
+        if unknown.size:
+            where = f"structure {index}: " if index else ""
+            raise ValueError(
+                f"{where}element(s) {describe_types(unknown)} unknown to this model, which knows "
+                f"{describe_types(self.known_types)}: remove those atoms or use a model trained for them"
+            )
 
     def neighbor_lists(self, structure: Structure, use_cache: bool) -> List[tuple]:
         if use_cache:
@@ -110,6 +135,7 @@ class ModelRunner:
         for index, structure in enumerate(batch):
             if len(structure) == 0:
                 raise ValueError(f"structure {index} has no atoms: every structure needs at least one atom")
+            self.check_types(structure, index)
         if use_cache is None:
             use_cache = len(batch) == 1
         pairs: List[List[np.ndarray]] = [[] for _ in self.requests]

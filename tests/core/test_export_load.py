@@ -209,8 +209,18 @@ def water():
 
 
 def test_unknown_atom_types(toy_runner):
-    with pytest.raises(ValueError, match=r"atom types \[6\] are unknown to this model, which knows \[1, 8\]"):
-        toy_runner.run([Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]])], ["energy"])
+    carbon_monoxide = Atoms("CO", positions=[[0, 0, 0], [1.1, 0, 0]])
+    with pytest.raises(ValueError, match=r"element\(s\) C \(6\) unknown to this model, which knows H \(1\), O \(8\)"):
+        toy_runner.run([carbon_monoxide], ["energy"])
+    # The entry point itself (what LAMMPS and PLUMED call from C++) refuses them too.
+    with pytest.raises(torch.jit.Error, match=r"atom types \[6\] are unknown to this model, which knows \[1, 8\]"):
+        toy_runner.model.module(
+            torch.tensor(carbon_monoxide.positions), torch.tensor([6, 8], dtype=torch.int32),
+            torch.zeros((1, 3, 3), dtype=torch.float64), torch.zeros((1, 3), dtype=torch.bool),
+            torch.tensor([2]), [torch.zeros((0, 2), dtype=torch.int64)] * len(toy_runner.requests),
+            [torch.zeros((0, 3), dtype=torch.int32)] * len(toy_runner.requests), ["energy"], None,
+            "energy", False, False, False, "Angstrom", "eV",
+        )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
