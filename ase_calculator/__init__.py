@@ -1,1 +1,5 @@
-"""ase_calculator"""
+"""atomplug models as ASE calculators: `AtomplugCalculator("model.pt")`."""
+
+from .calculator import AtomplugCalculator
+
+__all__ = ["AtomplugCalculator"]

@@ -67,12 +67,13 @@ def _type_label(atomic_type: int) -> str:
 
 def command_eval(args: argparse.Namespace) -> None:
     import ase.io
-    import torch
     from ase.calculators.singlepoint import SinglePointCalculator
     from tqdm import tqdm
 
-    from .evaluate import stress_from_virial
-    from .runner import ModelRunner, Structure
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    from .evaluate import stress_from_virial_array
+    from .runner import ModelRunner
 
     model = _load(args.model)
     if "energy" not in model.capabilities.outputs:
@@ -107,9 +108,8 @@ def command_eval(args: argparse.Namespace) -> None:
                     "forces": output["forces"][offset : offset + n_atoms].copy(),
                 }
                 if atoms.pbc.all():
-                    structure = Structure.from_atoms(atoms)
-                    stress = stress_from_virial(torch.from_numpy(output["virial"][index]), torch.from_numpy(structure.cell))
-                    result["stress"] = _voigt(stress.numpy())
+                    stress = stress_from_virial_array(output["virial"][index], atoms.cell.array)
+                    result["stress"] = full_3x3_to_voigt_6_stress(stress)
                 offset += n_atoms
                 results.append(result)
             progress.update(len(batch))
@@ -133,11 +133,6 @@ def command_eval(args: argparse.Namespace) -> None:
     energies = np.array([r["energy"] for r in results])
     print(f"wrote {len(results)} structure(s) to {args.output}: energy from {energies.min():.6f} "
           f"to {energies.max():.6f} eV")
-
-
-def _voigt(stress: np.ndarray) -> np.ndarray:
-    """3x3 -> ASE's Voigt order xx yy zz yz xz xy."""
-    return np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
 
 
 def command_export_example(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,3 +62,11 @@ def stress_from_virial(virial: Tensor, cell: Tensor) -> Tensor:
     if volume == 0.0:
         raise ValueError("the cell has zero volume: stress is only defined for a 3D periodic cell")
     return -virial / volume
+
+
+def stress_from_virial_array(virial: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """ASE's stress -W / V for a 3x3 virial or a stack of per-atom virials [n, 3, 3] (numpy)."""
+    volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64))))
+    if volume == 0.0:
+        raise ValueError("the cell has zero volume: stress is only defined for a 3D periodic cell")
+    return -np.asarray(virial, dtype=np.float64) / volume

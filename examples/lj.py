@@ -16,7 +16,12 @@ from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, Neighbo
 
 
 class LennardJones(torch.nn.Module):
-    """E = sum over pairs r < rc of 4 eps ((sigma/r)^12 - (sigma/r)^6) - E(rc), one species set."""
+    """E = sum over pairs r < rc of 4 eps ((sigma/r)^12 - (sigma/r)^6) - E(rc), one species set.
+
+    Also offers closed-form pair forces and stress as the `non_conservative_forces` and
+    `non_conservative_stress` outputs: for LJ they equal the autograd ones, which makes the
+    direct-force path of every engine testable against the conservative one.
+    """
 
     def __init__(self, epsilon: float, sigma: float, cutoff: float):
         super().__init__()
@@ -50,7 +55,38 @@ class LennardJones(torch.nn.Module):
                 energies.append(atomic)
             else:
                 energies.append(pair_energy.sum().reshape(1))
-        return {"energy": torch.cat(energies).reshape(-1, 1)}
+        results: Dict[str, Tensor] = {}
+        if "energy" in outputs:
+            results["energy"] = torch.cat(energies).reshape(-1, 1)
+        if "non_conservative_forces" in outputs or "non_conservative_stress" in outputs:
+            forces, stresses = self._pair_forces_and_stress(systems, options)
+            results["non_conservative_forces"] = forces
+            results["non_conservative_stress"] = stresses
+        return results
+
+    def _pair_forces_and_stress(self, systems: List[System], options: NeighborListOptions):
+        """f_j = -phi'(r) r_ij / r on j (and the opposite on i); stress = sum phi'(r) r_ij r_ij / (r V)."""
+        forces: List[Tensor] = []
+        stresses: List[Tensor] = []
+        for system in systems:
+            neighbors = system.get_neighbor_list(options)
+            vectors = neighbors.vectors.detach()
+            squared = (vectors * vectors).sum(dim=1)
+            ratio6 = (self.sigma * self.sigma / squared) ** 3
+            # phi'(r) / r
+            derivative = 4.0 * self.epsilon * (-12.0 * ratio6 * ratio6 + 6.0 * ratio6) / squared
+            pair_force = -derivative.unsqueeze(1) * vectors
+            atomic = torch.zeros_like(system.positions)
+            atomic = atomic.index_add(0, neighbors.pairs[:, 1], pair_force)
+            atomic = atomic.index_add(0, neighbors.pairs[:, 0], -pair_force)
+            forces.append(atomic)
+            volume = torch.abs(torch.linalg.det(system.cell))
+            if bool(volume > 0.0):
+                stress = (derivative.unsqueeze(1) * vectors).T @ vectors / volume
+            else:
+                stress = torch.full((3, 3), float("nan"), dtype=vectors.dtype, device=vectors.device)
+            stresses.append(stress.reshape(1, 9))
+        return torch.cat(forces), torch.cat(stresses)
 
 
 def export_lj(
@@ -63,8 +99,18 @@ def export_lj(
     length_unit: str = "Angstrom",
 ) -> None:
     """Export a Lennard-Jones model (defaults: argon, eV and Angstrom) to `path`."""
+    force_unit = f"{energy_unit}/{length_unit}"
     capabilities = ModelCapabilities(
-        outputs={"energy": ModelOutput(quantity="energy", unit=energy_unit, per_atom=True)},
+        outputs={
+            "energy": ModelOutput(quantity="energy", unit=energy_unit, per_atom=True),
+            "non_conservative_forces": ModelOutput(
+                quantity="force", unit=force_unit, per_atom=True, properties=["x", "y", "z"]
+            ),
+            "non_conservative_stress": ModelOutput(
+                quantity="pressure", unit=f"{energy_unit}/{length_unit}^3", per_atom=False,
+                properties=["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"],
+            ),
+        },
         atomic_types=list(types),
         interaction_range=cutoff,
         length_unit=length_unit,

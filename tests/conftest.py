@@ -15,6 +15,16 @@ def lj_model_path(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def ani1x_path(tmp_path_factory):
+    """The bundled ANI-1x ensemble, exported once per test session by our example code."""
+    from atomplug.examples.ani1x import export_ani1x
+
+    path = tmp_path_factory.mktemp("ani1x") / "ani1x.pt"
+    export_ani1x(str(path))
+    return str(path)
+
+
 @pytest.fixture
 def argon_box() -> Atoms:
     return displaced_triclinic_argon()

@@ -2,12 +2,13 @@
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, molecule
 
 AR_EPSILON = 0.0104  # eV
 AR_SIGMA = 3.40  # Angstrom
 AR_CUTOFF = 8.5  # Angstrom
 AR_LATTICE = 5.26  # Angstrom, fcc
+WATER_MASS = 18.015  # g/mol
 
 
 def displaced_triclinic_argon(repeat=(3, 3, 3), amplitude=0.15, seed=7) -> Atoms:
@@ -17,4 +18,26 @@ def displaced_triclinic_argon(repeat=(3, 3, 3), amplitude=0.15, seed=7) -> Atoms
     shear = np.eye(3) + np.array([[0.0, 0.06, -0.04], [0.03, 0.0, 0.05], [0.02, -0.03, 0.0]])
     atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
     atoms.positions += rng.uniform(-amplitude, amplitude, size=atoms.positions.shape)
+    return atoms
+
+
+def water_box(n_molecules: int, seed: int, density: float = 1.0) -> Atoms:
+    """`n_molecules` randomly placed and oriented waters in a cubic periodic box (g/cm^3)."""
+    rng = np.random.default_rng(seed)
+    length = (n_molecules * WATER_MASS / (0.602214076 * density)) ** (1.0 / 3.0)
+    template = molecule("H2O")
+    template = template.positions - template.positions[0]  # O at the origin
+    placed = np.zeros((0, 3))
+    while placed.shape[0] < 3 * n_molecules:
+        rotation, upper = np.linalg.qr(rng.normal(size=(3, 3)))
+        rotation = rotation * np.sign(np.diag(upper))
+        candidate = rng.random(3) * length + template @ rotation.T
+        if placed.shape[0] > 0:
+            delta = candidate[:, None, :] - placed[None, :, :]
+            delta -= length * np.round(delta / length)
+            if np.linalg.norm(delta, axis=2).min() < 1.8:
+                continue
+        placed = np.concatenate([placed, candidate])
+    atoms = Atoms("OH2" * n_molecules, positions=placed, cell=[length] * 3, pbc=True)
+    atoms.wrap()
     return atoms

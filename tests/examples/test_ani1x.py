@@ -16,22 +16,14 @@ from ase.build import molecule
 from ase.collections import g2
 from ase.units import Hartree
 
-pytest.importorskip("torchani")
+from atomplug.core import ModelRunner, read_header
+from atomplug.examples.ani1x import TORCHANI_REQUIREMENT, export_ani1x, main, torchani_reference
 
-from atomplug.core import ModelRunner, read_header  # noqa: E402
-from atomplug.examples.ani1x import TORCHANI_REQUIREMENT, export_ani1x, main, torchani_reference  # noqa: E402
+from structures import water_box
 
 TOLERANCE = 1e-9
 HCNO = {1, 6, 7, 8}
 G2_HCNO = [name for name in g2.names if set(g2[name].numbers) <= HCNO]
-WATER_MASS = 18.015  # g/mol
-
-
-@pytest.fixture(scope="module")
-def ani1x_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ani1x") / "ani1x.pt"
-    export_ani1x(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +37,6 @@ def oracle():
 
 
 # ---- structures ------------------------------------------------------------------------------
-
-
-def water_box(n_molecules: int, seed: int, density: float = 1.0) -> Atoms:
-    """`n_molecules` randomly placed and oriented waters in a cubic periodic box (g/cm^3)."""
-    rng = np.random.default_rng(seed)
-    length = (n_molecules * WATER_MASS / (0.602214076 * density)) ** (1.0 / 3.0)
-    template = molecule("H2O")
-    template = template.positions - template.positions[0]  # O at the origin
-    placed = np.zeros((0, 3))
-    while placed.shape[0] < 3 * n_molecules:
-        rotation, upper = np.linalg.qr(rng.normal(size=(3, 3)))
-        rotation = rotation * np.sign(np.diag(upper))
-        candidate = rng.random(3) * length + template @ rotation.T
-        if placed.shape[0] > 0:
-            delta = candidate[:, None, :] - placed[None, :, :]
-            delta -= length * np.round(delta / length)
-            if np.linalg.norm(delta, axis=2).min() < 1.8:
-                continue
-        placed = np.concatenate([placed, candidate])
-    atoms = Atoms("OH2" * n_molecules, positions=placed, cell=[length] * 3, pbc=True)
-    atoms.wrap()
-    return atoms
 
 
 def tiny_cells():
