@@ -40,7 +40,10 @@ def _cite_once(model: LoadedModel) -> None:
 
 class AtomplugCalculator(Calculator):
     """Energy, forces, stress, per-atom energies and virials (and any declared output) of an
-    exported atomplug model, with ASE's caching: only what was asked is computed.
+    exported atomplug model, with ASE's caching: only what was asked is computed, except that
+    one backward pass gives forces and stress together, so asking for either computes both
+    (stress where the cell is 3D periodic): ASE's one-property-at-a-time requests then cost one
+    model call per MD step. An energy alone costs no backward pass.
 
     model                 path to an exported `.pt` file, or a `LoadedModel`
     device                torch device ("cpu", "cuda"); default cpu
@@ -237,7 +240,17 @@ class AtomplugCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         properties = self._check_properties(self.atoms, properties)
-        (self.results,) = self._evaluate([self.atoms], properties, use_cache=True)
+        (self.results,) = self._evaluate([self.atoms], self._with_gradients(self.atoms, properties), use_cache=True)
+
+    def _with_gradients(self, atoms: Atoms, properties: List[str]) -> List[str]:
+        """Forces and stress come from one backward pass: asking for one computes both."""
+        wanted = set(properties)
+        if wanted & {"forces", "stress"}:
+            wanted.add("forces")
+            periodic = bool(atoms.pbc.all()) and atoms.cell.rank == 3
+            if periodic and (not self.non_conservative or self._has_non_conservative_stress):
+                wanted.add("stress")
+        return [name for name in ASE_PROPERTIES if name in wanted]
 
     # -- beyond ASE's interface --------------------------------------------------------------
     def compute(

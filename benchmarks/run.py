@@ -108,6 +108,23 @@ def main(argv: List[str] = None) -> None:
     print(f"  floor: vesin + bare fwd + bwd     {core['floor_ms']:8.2f} ms")
     print(f"  atomplug entry point + list       {core['atomplug_ms']:8.2f} ms")
     print(f"  ratio atomplug / floor            {core['ratio']:8.3f}   (aim <= 1.1)")
+    run_engine_benchmarks()
+
+
+ENGINE_BENCHMARKS = ["bench_ase", "bench_ipi", "bench_lammps", "bench_plumed"]
+
+
+def run_engine_benchmarks() -> None:
+    """Each engine's benchmark lives in its own bench_<engine>.py with a main([])."""
+    import importlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ENGINE_BENCHMARKS:
+        if not os.path.exists(os.path.join(here, name + ".py")):
+            continue
+        print(f"\n==== {name} " + "=" * (60 - len(name)))
+        sys.stdout.flush()
+        importlib.import_module(name).main([])
 
 
 if __name__ == "__main__":

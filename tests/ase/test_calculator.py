@@ -208,14 +208,20 @@ def test_only_what_is_asked_is_computed_and_results_are_cached(lj_model_path):
     atoms.calc = calc
     atoms.get_potential_energy()
     assert set(calc.results) == {"energy", "free_energy"}
-    assert calls[-1]["forces"] is False and calls[-1]["virial"] is False
+    assert calls[-1]["forces"] is False and calls[-1]["virial"] is False, "an energy costs no backward pass"
     atoms.get_potential_energy()
     assert len(calls) == 1, "same atoms: no new calculation"
-    atoms.get_forces()
-    assert len(calls) == 2 and calls[-1]["forces"] is True and calls[-1]["virial"] is False
+    # One MD step as ASE's integrators ask for it: forces, stress, energy -> one model call.
     atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
     atoms.get_stress()
-    assert len(calls) == 3 and calls[-1]["virial"] is True and "forces" not in calc.results
+    atoms.get_potential_energy()
+    assert len(calls) == 2 and calls[-1]["forces"] is True and calls[-1]["virial"] is True
+    assert calls[-1]["atomic_virial"] is False, "per-atom virials only when asked"
+    cluster = displaced_triclinic_argon(repeat=(2, 2, 2))
+    cluster.pbc = False
+    calc.get_forces(cluster)
+    assert calls[-1]["virial"] is False and "stress" not in calc.results, "no stress without a 3D cell"
 
 
 def test_batched_compute_equals_one_by_one(lj_model_path):
