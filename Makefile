@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atomplug-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup plugins clean
 
 setup: $(STAMP)
 
@@ -15,15 +15,22 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# PLUMED 2.11 ships inside hillclimber's wheel; its own dependency list is ~130 unrelated packages
+	$(PY) -m pip install --quiet --no-deps hillclimber==0.1.8
 	touch $@
 
-demo: $(STAMP)
+# The engine plugins are compiled against the installed torch and engines; each build step is
+# idempotent (a stamp keyed by versions and sources) and fast when nothing changed.
+plugins: $(STAMP)
+	$(PY) -m atomplug.plumed_cv.build
+
+demo: plugins
 	$(PY) -m atomplug.examples.demo
 
-test: $(STAMP)
+test: plugins
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: plugins
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/run.py
 

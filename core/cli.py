@@ -152,6 +152,16 @@ def command_export_example(args: argparse.Namespace) -> None:
     print(f"exported the {args.name} example model to {args.path}")
 
 
+def command_plugin_path(args: argparse.Namespace) -> None:
+    """Print where an engine plugin is (building it first when missing or stale)."""
+    from atomplug.plumed_cv import BuildError, plugin_path
+
+    try:
+        print(plugin_path())  # compiler messages go to stderr
+    except BuildError as error:
+        raise CommandError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atomplug",
@@ -177,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("name", choices=["lj", "ani1x"])
     example.add_argument("path")
     example.set_defaults(handler=command_export_example)
+
+    plugin = commands.add_parser("plugin-path", help="print an engine plugin's path (building it if needed)")
+    plugin.add_argument("engine", choices=["plumed"])
+    plugin.set_defaults(handler=command_plugin_path)
     return parser
 
 

@@ -37,6 +37,8 @@ class AtomisticModel(torch.nn.Module):
             "energy"), compute_forces, compute_virial, compute_atomic_virial,
             length_unit, energy_unit: the engine's units)
       -> {name: values, "forces": [N,3], "virial": [S,3,3], "atomic_virial": [N,3,3]}
+    (forces [P,N,3] and virial [P,S,3,3] when gradient_output has P > 1 properties: one
+    derivative per property, e.g. for PLUMED collective variables with several components)
 
     Positions, cells and neighbor lists are in the engine's length unit, results in the engine's
     units (quantity energy -> energy_unit, length -> length_unit, force -> energy/length,
@@ -372,10 +374,11 @@ class AtomisticModel(torch.nn.Module):
 
         if need_gradients:
             target = results[gradient_output]
-            if target.shape[1] != 1:
+            n_targets = target.shape[1]
+            if n_targets != 1 and compute_atomic_virial:
                 raise ValueError(
-                    "forces and virial need a single-valued output, '" + gradient_output + "' has "
-                    + str(target.shape[1]) + " properties"
+                    "the per-atom virial needs a single-valued output, '" + gradient_output + "' has "
+                    + str(n_targets) + " properties"
                 )
             inputs: List[Tensor] = []
             if compute_forces:
@@ -385,30 +388,44 @@ class AtomisticModel(torch.nn.Module):
             if compute_atomic_virial:
                 for vector in vectors:
                     inputs.append(vector)
+            # One backward pass per property of the output (a single one for an energy).
+            forces: List[Tensor] = []
+            virials: List[Tensor] = []
             gradients: List[Optional[Tensor]] = []
-            if target.requires_grad:
-                gradients = torch.autograd.grad([target.sum()], inputs, allow_unused=True)
-            else:
-                for _ in inputs:
-                    gradients.append(None)
-            position = 0
+            for k in range(n_targets):
+                gradients = []
+                if target.requires_grad:
+                    column = target if n_targets == 1 else target[:, k]
+                    gradients = torch.autograd.grad(
+                        [column.sum()], inputs, retain_graph=k + 1 < n_targets, allow_unused=True
+                    )
+                else:
+                    for _ in inputs:
+                        gradients.append(None)
+                position = 0
+                if compute_forces:
+                    gradient = gradients[position]
+                    position += 1
+                    if gradient is None:
+                        forces.append(torch.zeros_like(positions, dtype=torch.float64))
+                    else:
+                        forces.append(-gradient.to(torch.float64))
+                if compute_virial:
+                    gradient = gradients[position]
+                    position += 1
+                    if gradient is None:
+                        virials.append(torch.zeros((n_systems, 3, 3), dtype=torch.float64, device=device))
+                    else:
+                        virials.append(-gradient.to(torch.float64))
+            # A single-valued output gives forces [N, 3] and virial [S, 3, 3]; an output with
+            # P > 1 properties gives forces [P, N, 3] and virial [P, S, 3, 3].
             if compute_forces:
-                gradient = gradients[position]
-                position += 1
-                if gradient is None:
-                    results["forces"] = torch.zeros_like(positions, dtype=torch.float64)
-                else:
-                    results["forces"] = -gradient.to(torch.float64)
+                results["forces"] = forces[0] if n_targets == 1 else torch.stack(forces)
             if compute_virial:
-                gradient = gradients[position]
-                position += 1
-                if gradient is None:
-                    results["virial"] = torch.zeros((n_systems, 3, 3), dtype=torch.float64, device=device)
-                else:
-                    results["virial"] = -gradient.to(torch.float64)
+                results["virial"] = virials[0] if n_targets == 1 else torch.stack(virials)
             if compute_atomic_virial:
                 results["atomic_virial"] = atomic_virial_from_pairs(
-                    n_atoms, neighbor_pairs, vectors, gradients[position:], torch.float64
+                    n_atoms, neighbor_pairs, vectors, gradients[len(inputs) - len(vectors):], torch.float64
                 )
 
         final: Dict[str, Tensor] = {}

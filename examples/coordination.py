@@ -71,28 +71,52 @@ class Coordination(torch.nn.Module):
         if min(every) < 0:
             raise ValueError(f"atom types must be zero or positive, got {sorted(set(every))}")
         largest = max(every)
-        in_a = torch.zeros(largest + 1, dtype=torch.float64)
-        in_b = torch.zeros(largest + 1, dtype=torch.float64)
-        in_a[list(types_a)] = 1.0
-        in_b[list(types_b)] = 1.0
-        self.register_buffer("in_a", in_a)
-        self.register_buffer("in_b", in_b)
+        # code of a type: 1 if in A, 2 if in B (3 if both); the count of a pair (i, j) of a half
+        # list is weights[4 code_i + code_j] = [i in A][j in B] + [j in A][i in B]
+        codes = torch.zeros(largest + 1, dtype=torch.int64)
+        for atomic_type in types_a:
+            codes[atomic_type] |= 1
+        for atomic_type in types_b:
+            codes[atomic_type] |= 2
+        weights = torch.zeros(16, dtype=torch.float64)
+        for first in range(4):
+            for second in range(4):
+                weights[4 * first + second] = float(
+                    bool(first & 1 and second & 2) + bool(second & 1 and first & 2)
+                )
+        # per atom: atom i counts its pairs with j in B when i is in A
+        own = torch.zeros(16, dtype=torch.float64)
+        for first in range(4):
+            for second in range(4):
+                own[4 * first + second] = float(bool(first & 1 and second & 2))
+        self.register_buffer("codes", codes)
+        self.register_buffer("weights", weights)
+        self.register_buffer("own", own)
+        # PLUMED's own shortcut: with d0 = 0 and even powers, s depends on r^2 only
+        self.squared = self.d0 == 0.0 and self.nn % 2 == 0 and self.mm % 2 == 0
+        self.inv_r0_squared = 1.0 / (self.r0 * self.r0)
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.d_max, False, True)]
 
-    def switching(self, distances: Tensor) -> Tensor:
-        x = (distances - self.d0) / self.r0
-        if self.mm == 2 * self.nn:
-            # (1 - x^n) / (1 - x^2n) = 1 / (1 + x^n), no singularity at x = 1
-            values = 1.0 / (1.0 + torch.pow(x, self.nn))
-        else:
-            near = torch.abs(x - 1.0) < self.near_one
-            safe = torch.where(near, torch.zeros_like(x), x)
-            direct = (1.0 - torch.pow(safe, self.nn)) / (1.0 - torch.pow(safe, self.mm))
-            slope = 0.5 * self.nn * (self.nn - self.mm) / self.mm
-            expansion = float(self.nn) / float(self.mm) + slope * (x - 1.0)
-            values = torch.where(near, expansion, direct)
+    def rational(self, x: Tensor, n: int, m: int) -> Tensor:
+        """(1 - x^n) / (1 - x^m) for x > 0, with its limit n/m (first order) around x = 1."""
+        if m == 2 * n:
+            return 1.0 / (1.0 + torch.pow(x, n))  # (1 - x^n) / (1 - x^2n), no 0/0 at x = 1
+        near = torch.abs(x - 1.0) < self.near_one
+        safe = torch.where(near, torch.zeros_like(x), x)
+        direct = (1.0 - torch.pow(safe, n)) / (1.0 - torch.pow(safe, m))
+        expansion = float(n) / float(m) + 0.5 * n * (n - m) / m * (x - 1.0)
+        return torch.where(near, expansion, direct)
+
+    def switching(self, vectors: Tensor) -> Tensor:
+        """s(r) of every pair vector."""
+        if self.squared:
+            # x^n = (r^2 / r0^2)^(n/2): no square root, as PLUMED does for this case
+            x2 = (vectors * vectors).sum(dim=1) * self.inv_r0_squared
+            return self.rational(x2, self.nn // 2, self.mm // 2)
+        x = (torch.linalg.vector_norm(vectors, dim=1) - self.d0) / self.r0
+        values = self.rational(x, self.nn, self.mm)
         if self.d0 > 0.0:
             values = torch.where(x <= 0.0, torch.ones_like(values), values)
         return values
@@ -108,24 +132,26 @@ class Coordination(torch.nn.Module):
         results: List[Tensor] = []
         for system in systems:
             neighbors = system.get_neighbor_list(options)
-            pairs = neighbors.pairs
-            dtype = neighbors.vectors.dtype
-            switched = self.switching(torch.linalg.vector_norm(neighbors.vectors, dim=1))
-            types = system.types.to(torch.int64)  # the entry point has rejected unknown types
-            in_a = self.in_a.to(dtype).index_select(0, types)
-            in_b = self.in_b.to(dtype).index_select(0, types)
-            first = pairs[:, 0]
-            second = pairs[:, 1]
-            # a half list holds each pair once: count it for i in A, j in B and for j in A, i in B
-            weight_first = in_a.index_select(0, first) * in_b.index_select(0, second)
-            weight_second = in_a.index_select(0, second) * in_b.index_select(0, first)
+            vectors = neighbors.vectors
+            switched = self.switching(vectors)
+            # the entry point has rejected types the model does not know
+            codes = self.codes.index_select(0, system.types.to(torch.int64))
+            first = neighbors.pairs[:, 0]
+            second = neighbors.pairs[:, 1]
+            pair_codes = 4 * codes.index_select(0, first) + codes.index_select(0, second)
             if per_atom:
-                atomic = torch.zeros(len(system), dtype=dtype, device=switched.device)
-                atomic = atomic.index_add(0, first, switched * weight_first)
-                atomic = atomic.index_add(0, second, switched * weight_second)
+                swapped = 4 * codes.index_select(0, second) + codes.index_select(0, first)
+                own_first = self.own.to(vectors.dtype).index_select(0, pair_codes)
+                own_second = self.own.to(vectors.dtype).index_select(0, swapped)
+                atomic = torch.zeros(len(system), dtype=vectors.dtype, device=vectors.device)
+                atomic = atomic.index_add(0, first, switched * own_first)
+                atomic = atomic.index_add(0, second, switched * own_second)
                 results.append(atomic)
             else:
-                results.append((switched * (weight_first + weight_second)).sum().reshape(1))
+                weights = self.weights.to(vectors.dtype).index_select(0, pair_codes)
+                results.append((switched * weights).sum().reshape(1))
+        if len(results) == 1:
+            return {"features": results[0].reshape(-1, 1)}
         return {"features": torch.cat(results).reshape(-1, 1)}
 
 

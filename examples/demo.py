@@ -120,12 +120,20 @@ def ase_langevin(model_path: str) -> None:
     print(f"  {1000 * elapsed / 200:.1f} ms per MD step (ANI-1x, 8 networks, float64, CPU)")
 
 
+def plumed_metadynamics(model_path: str) -> None:
+    from atomplug.plumed_cv.demo import run_demo
+
+    banner("PLUMED: metadynamics on an ATOMPLUG CV (ASE drives PLUMED, ANI-1x underneath)")
+    run_demo(model_path, os.path.join(BUILD, "plumed"))
+
+
 def main() -> None:
     start = time.perf_counter()
     print("atomplug demo: one exported model, every engine")
     paths = export_models()
     evaluate_molecules(paths["ani1x"])
     ase_langevin(paths["ani1x"])
+    plumed_metadynamics(paths["ani1x"])
     banner("done")
     print(f"  total {time.perf_counter() - start:.1f} s; models and outputs are in {os.path.relpath(BUILD)}/")
 

@@ -1,12 +1,15 @@
 """The engine entry point with the LJ model against an independent numpy LJ, finite differences
 and symmetries."""
 
+from typing import Dict, List, Optional
+
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk
 
-from atomplug.core import ModelRunner, Structure
+from atomplug.core import ModelOutput, ModelRunner, NeighborListOptions, Structure, System
 from structures import AR_CUTOFF, AR_EPSILON, AR_LATTICE, AR_SIGMA, displaced_triclinic_argon
 from lj_reference import lennard_jones_reference
 
@@ -206,3 +209,49 @@ def test_units_are_converted_at_the_entry_point(lj_model_path, argon_box):
     assert_close(atomic["virial"] * Hartree, ase_result["virial"], 1e-12)
     real = ModelRunner(lj_model_path, energy_unit="kcal/mol").run([argon_box], ["energy"], forces=True)
     assert_close(real["energy"] * kcal / mol, ase_result["energy"], 1e-12)
+
+
+class TwoFeatures(torch.nn.Module):
+    """features = [sum over pairs of r^2, sum over pairs of exp(-r)]: two properties, each with
+    its own derivatives."""
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        return [NeighborListOptions(4.0, False, True)]
+
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[torch.Tensor]
+    ) -> Dict[str, torch.Tensor]:
+        rows: List[torch.Tensor] = []
+        for system in systems:
+            distances = system.get_neighbor_list(NeighborListOptions(4.0, False, True)).distances()
+            rows.append(torch.stack([(distances**2).sum(), torch.exp(-distances).sum()]))
+        return {"features": torch.stack(rows)}
+
+
+def test_multi_property_output_has_one_derivative_per_property(tmp_path):
+    from atomplug.core import ModelCapabilities, ModelMetadata, export
+
+    path = str(tmp_path / "features.pt")
+    export(
+        TwoFeatures(), path,
+        ModelCapabilities(outputs={"features": ModelOutput("length", "Angstrom", False, ["r2", "exp"])},
+                          atomic_types=[18], interaction_range=4.0),
+        ModelMetadata(name="two features"),
+    )
+    runner = ModelRunner(path)
+    atoms = trimer()
+    atoms.cell = np.diag([5.0, 5.5, 6.0])
+    atoms.pbc = True
+    result = runner.run([atoms], ["features"], gradient_output="features", forces=True, virial=True)
+    assert result["forces"].shape == (2, 3, 3) and result["virial"].shape == (2, 1, 3, 3)
+    step = 1e-6
+    for atom in range(3):
+        for axis in range(3):
+            moved = [atoms.copy(), atoms.copy()]
+            moved[0].positions[atom, axis] += step
+            moved[1].positions[atom, axis] -= step
+            plus, minus = (runner.run([m], ["features"])["features"][0] for m in moved)
+            numeric = -(plus - minus) / (2 * step)
+            np.testing.assert_allclose(result["forces"][:, atom, axis], numeric, rtol=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="per-atom virial needs a single-valued output"):
+        runner.run([atoms], ["features"], gradient_output="features", atomic_virial=True)
