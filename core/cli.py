@@ -154,10 +154,18 @@ def command_export_example(args: argparse.Namespace) -> None:
 
 def command_plugin_path(args: argparse.Namespace) -> None:
     """Print where an engine plugin is (building it first when missing or stale)."""
-    from atomplug.plumed_cv import BuildError, plugin_path
+    if args.engine == "plumed":
+        from atomplug.plumed_cv import BuildError, plugin_path
+
+        locate = plugin_path
+    else:
+        from atomplug.lammps_plugin import BuildError, plugin_path as lammps_plugin_path
+
+        def locate() -> str:
+            return lammps_plugin_path(build_if_needed=True)
 
     try:
-        print(plugin_path())  # compiler messages go to stderr
+        print(locate())  # compiler messages go to stderr
     except BuildError as error:
         raise CommandError(str(error)) from None
 
@@ -189,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.set_defaults(handler=command_export_example)
 
     plugin = commands.add_parser("plugin-path", help="print an engine plugin's path (building it if needed)")
-    plugin.add_argument("engine", choices=["plumed"])
+    plugin.add_argument("engine", choices=["lammps", "plumed"])
     plugin.set_defaults(handler=command_plugin_path)
     return parser
 

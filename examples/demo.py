@@ -127,6 +127,13 @@ def plumed_metadynamics(model_path: str) -> None:
     run_demo(model_path, os.path.join(BUILD, "plumed"))
 
 
+def lammps_water(model_path: str) -> None:
+    from atomplug.lammps_plugin.demo import run_demo
+
+    banner("LAMMPS: NVT of a periodic water box with ANI-1x, pair_style atomplug on 2 MPI ranks")
+    run_demo(model_path, os.path.join(BUILD, "lammps"))
+
+
 def main() -> None:
     start = time.perf_counter()
     print("atomplug demo: one exported model, every engine")
@@ -134,6 +141,7 @@ def main() -> None:
     evaluate_molecules(paths["ani1x"])
     ase_langevin(paths["ani1x"])
     plumed_metadynamics(paths["ani1x"])
+    lammps_water(paths["ani1x"])
     banner("done")
     print(f"  total {time.perf_counter() - start:.1f} s; models and outputs are in {os.path.relpath(BUILD)}/")
 

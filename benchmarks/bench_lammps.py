@@ -1,0 +1,248 @@
+"""`make bench`, LAMMPS part: `pair_style atomplug` against the bare model and native `lj/cut`.
+
+For each system, in one run on this machine:
+  floor      the bare model's forward + backward (forces) on the same atoms, from Python, with
+             the periodic neighbor list precomputed: the least work any engine can do per step;
+  atomplug   LAMMPS ms/step on 1 rank (total, and the Pair part), its split between the
+             plugin's C++ (atom mapping, pairs, tensors) and the model's entry point
+             (ATOMPLUG_LAMMPS_TIMING=1), and the speedup on 2 ranks;
+  lj/cut     LAMMPS' own LJ, for scale.
+Timings are minima over repeats (the machine may be shared); LAMMPS steps are NVE after a
+warm-up run (TorchScript specializes the graph during the first calls).
+
+    python benchmarks/bench_lammps.py [--steps N] [--repeat R] [--skip-ani]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+BIN = os.path.dirname(sys.executable)
+
+
+def median_time(function: Callable[[], object], repeat: int, warmup: int) -> float:
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+# ---- the floor: bare model forward + backward --------------------------------------------------
+
+
+def floor_ms(model_path: str, atoms, repeat: int) -> Dict[str, float]:
+    """Bare forward + backward (forces) of the exported model's inner module on `atoms`, and the
+    model's entry point on the same pairs (what the plugin calls), interleaved, medians in ms."""
+    from atomplug.core import ModelOutput, NeighborList, NeighborListOptions, System, load_model
+    from atomplug.core.neighbors import compute_pairs
+
+    loaded = load_model(model_path)
+    bare = loaded.module.module
+    (cutoff, full_list, strict), = loaded.neighbor_requests(loaded.capabilities.length_unit)
+    options = NeighborListOptions(cutoff, full_list, strict)
+    pairs, shifts = compute_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, full_list)
+    positions = torch.from_numpy(np.ascontiguousarray(atoms.positions))
+    cell = torch.from_numpy(np.ascontiguousarray(atoms.cell.array))
+    types = torch.from_numpy(atoms.numbers.astype(np.int32))
+    pbc = torch.from_numpy(np.array(atoms.pbc))
+    pairs_t, shifts_t = torch.from_numpy(pairs), torch.from_numpy(shifts)
+    unit = loaded.capabilities.outputs["energy"].unit
+    outputs = {"energy": ModelOutput("energy", unit, False)}
+    sizes = torch.tensor([len(atoms)])
+
+    def floor():
+        vectors = positions.index_select(0, pairs_t[:, 1]) - positions.index_select(0, pairs_t[:, 0])
+        vectors = vectors + shifts_t.to(torch.float64) @ cell
+        vectors.requires_grad_(True)
+        system = System(types, positions, cell, pbc)
+        system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
+        energy = bare([system], outputs, None)["energy"].sum()
+        (gradient,) = torch.autograd.grad(energy, vectors)
+        return torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+
+    def entry():
+        return loaded.module(positions, types, cell[None], pbc[None], sizes, [pairs_t], [shifts_t], ["energy"], None,
+                             "energy", True, False, False, "Angstrom", "eV")
+
+    for _ in range(3):
+        floor()
+        entry()
+    floors, entries = [], []
+    for _ in range(max(5, repeat)):
+        start = time.perf_counter()
+        floor()
+        floors.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        entry()
+        entries.append(time.perf_counter() - start)
+    return {"floor_ms": 1e3 * statistics.median(floors), "entry_python_ms": 1e3 * statistics.median(entries)}
+
+
+# ---- LAMMPS runs ------------------------------------------------------------------------------
+
+
+def run_lammps(workdir: str, text: str, nprocs: int, steps: int) -> Dict[str, float]:
+    with open(os.path.join(workdir, "in.bench"), "w") as handle:
+        handle.write(text)
+    command = [os.path.join(BIN, "lmp"), "-in", "in.bench", "-log", "none"]
+    if nprocs > 1:
+        command = [os.path.join(BIN, "mpiexec"), "-n", str(nprocs)] + command
+    env = dict(os.environ, OMP_NUM_THREADS="1", ATOMPLUG_LAMMPS_TIMING="1", ATOMPLUG_QUIET="1")
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"LAMMPS failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+    out = result.stdout
+    loop = [line for line in out.splitlines() if line.startswith("Loop time")][-1]
+    pair = [line for line in out.splitlines() if line.startswith("Pair ")][-1]
+    values = {
+        "step_ms": 1e3 * float(loop.split()[3]) / steps,
+        "pair_ms": 1e3 * float(pair.split("|")[2]) / steps,
+    }
+    timing = [line for line in out.splitlines() if line.startswith("atomplug timing")]
+    if timing:
+        numbers = dict(re.findall(r"([a-z ()]+?) (\d+\.\d+)", timing[-1].split(":", 1)[1]))
+        named = {key.strip(): float(value) for key, value in numbers.items()}
+        values["plugin_ms"] = sum(v for k, v in named.items() if not k.startswith("entry point"))
+        values["entry_ms"] = named.get("entry point (model)", float("nan"))
+    return values
+
+
+def best(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    return {key: min(run[key] for run in runs) for key in runs[0]}
+
+
+LJ_INPUT = """
+units metal
+atom_style atomic
+read_data {data}
+{pair}
+velocity all create 40.0 4928459 loop geom
+fix nve all nve
+thermo {steps}
+run 10
+run {steps}
+"""
+
+WATER_INPUT = """
+units metal
+atom_style atomic
+read_data {data}
+pair_style atomplug {model}
+pair_coeff * * O H
+velocity all create 300.0 4928459 loop geom
+fix nve all nve
+timestep 0.0005
+thermo {steps}
+run 3
+run {steps}
+"""
+
+
+def bench_system(name: str, workdir: str, atoms, model: str, lammps_text: str, steps: int, repeat: int,
+                 native_pair: Optional[str] = None) -> Dict[str, float]:
+    import ase.io
+
+    data = os.path.join(workdir, f"{name}.data")
+    species = sorted(set(atoms.get_chemical_symbols()), key=lambda s: {"O": 0, "H": 1}.get(s, 2))
+    ase.io.write(data, atoms, format="lammps-data", specorder=species, masses=True)
+    ours_pair = f"pair_style atomplug {model}\npair_coeff * * {' '.join(species)}"
+    results: Dict[str, float] = {}
+    floors, one, two, native_one, native_two = [], [], [], [], []
+    for _ in range(repeat):
+        floors.append(floor_ms(model, atoms, repeat=7))
+        one.append(run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 1, steps))
+        two.append(run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 2, steps))
+        if native_pair:
+            native_one.append(run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 1, steps * 10))
+            native_two.append(run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 2, steps * 10))
+    results.update(best(floors))
+    for prefix, runs in (("one", one), ("two", two), ("native_one", native_one), ("native_two", native_two)):
+        if runs:
+            for key, value in best(runs).items():
+                results[f"{prefix}_{key}"] = value
+    return results
+
+
+def report(title: str, r: Dict[str, float]) -> None:
+    floor = r["floor_ms"]
+    print(title)
+    print(f"  floor: bare model forward + backward        {floor:9.2f} ms   (Python, same atoms and pairs)")
+    print(f"  model entry point from Python               {r['entry_python_ms']:9.2f} ms   "
+          f"{100 * (r['entry_python_ms'] / floor - 1):+6.1f}% (atomplug.core's own cost)")
+    print(f"  atomplug 1 rank, Pair (plugin + model)      {r['one_pair_ms']:9.2f} ms   "
+          f"overhead vs floor {100 * (r['one_pair_ms'] / floor - 1):+6.1f}%")
+    print(f"    plugin C++ (mapping, pairs, tensors)      {r['one_plugin_ms']:9.2f} ms   "
+          f"= {100 * r['one_plugin_ms'] / r['one_entry_ms']:.1f}% of the model's time in LAMMPS")
+    print(f"    model entry point                         {r['one_entry_ms']:9.2f} ms")
+    print(f"  atomplug 1 rank, whole MD step              {r['one_step_ms']:9.2f} ms")
+    print(f"  atomplug 2 ranks, whole MD step             {r['two_step_ms']:9.2f} ms   "
+          f"speedup {r['one_step_ms'] / r['two_step_ms']:.2f}x")
+    if "native_one_step_ms" in r:
+        print(f"  lj/cut 1 rank / 2 ranks, whole MD step      {r['native_one_step_ms']:9.3f} / "
+              f"{r['native_two_step_ms']:.3f} ms   speedup {r['native_one_step_ms'] / r['native_two_step_ms']:.2f}x")
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed LJ steps (ANI-1x: steps / 5)")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--skip-ani", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from ase.build import bulk
+
+    from atomplug.examples.lj import export_lj
+    from atomplug.lammps_plugin import installed_versions
+    from atomplug.lammps_plugin.build import build
+    from atomplug.lammps_plugin.demo import water_box
+
+    build(verbose=False)
+    versions = installed_versions()
+    print(f"LAMMPS pair_style atomplug: lammps {versions['lammps']}, torch {versions['torch']}, "
+          "1 thread per rank, times per MD step")
+    results: Dict[str, Dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="atomplug-bench-lammps-") as workdir:
+        lj_path = os.path.join(workdir, "lj.pt")
+        export_lj(lj_path, epsilon=0.0104, sigma=3.40, cutoff=8.5)
+        argon = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((8, 8, 8))
+        argon.positions += np.random.default_rng(0).uniform(-0.1, 0.1, size=argon.positions.shape)
+        argon.wrap()
+        native = "pair_style lj/cut 8.5\npair_coeff * * 0.0104 3.4\npair_modify shift yes"
+        results["lj"] = bench_system("argon", workdir, argon, lj_path, LJ_INPUT, args.steps, args.repeat, native)
+        report(f"\nLJ: {len(argon)} Ar (fcc 8x8x8), rc 8.5 A, metal units (skin 2 A), NVE", results["lj"])
+
+        if not args.skip_ani:
+            try:
+                from atomplug.examples.ani1x import export_ani1x
+
+                ani_path = os.path.join(workdir, "ani1x.pt")
+                export_ani1x(ani_path)
+            except ImportError as error:
+                print(f"\nANI-1x: skipped ({error})")
+                return results
+            water = water_box(8)
+            steps = max(5, args.steps // 5)
+            results["ani1x"] = bench_system("water", workdir, water, ani_path, WATER_INPUT, steps, args.repeat)
+            report(f"\nANI-1x: {len(water)}-atom water box ({water.cell[0, 0]:.1f} A), rc 5.2 A, "
+                   "metal units (skin 2 A), NVE", results["ani1x"])
+    return results
+
+
+if __name__ == "__main__":
+    main()

