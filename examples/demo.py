@@ -134,12 +134,20 @@ def lammps_water(model_path: str) -> None:
     run_demo(model_path, os.path.join(BUILD, "lammps"))
 
 
+def ipi_pimd(model_path: str) -> None:
+    from atomplug.ipi_driver.demo import run_demo
+
+    banner("i-PI: 4-bead path-integral MD of methanol, ANI-1x on two atomplug-ipi clients")
+    run_demo(model_path, os.path.join(BUILD, "ipi"))
+
+
 def main() -> None:
     start = time.perf_counter()
     print("atomplug demo: one exported model, every engine")
     paths = export_models()
     evaluate_molecules(paths["ani1x"])
     ase_langevin(paths["ani1x"])
+    ipi_pimd(paths["ani1x"])
     plumed_metadynamics(paths["ani1x"])
     lammps_water(paths["ani1x"])
     banner("done")

@@ -1,0 +1,364 @@
+"""One i-PI force request -> one call of the core: cell and units at i-PI's boundary, nothing else.
+
+i-PI works in atomic units (Bohr, Hartree) and sends its cell `h` with the lattice vectors as
+COLUMNS; atomplug's cell has them as rows, so the cell is `h.T` here and the virial goes back
+transposed. The model itself runs through `ModelRunner` with `length_unit="Bohr"` and
+`energy_unit="Hartree"`, so every unit conversion happens inside the exported archive.
+
+Everything here is used by the `atomplug-ipi` socket client, by the `i-pi-py_driver -m custom`
+PES file and by i-PI's in-process `<ffdirect>` forcefield: the three forms compute identical
+numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from atomplug.core.model import PER_ATOM_SUFFIX
+from atomplug.core.neighbors import NeighborListCache
+from atomplug.core.runner import ModelRunner, Structure, describe_types
+
+ENGINE_LENGTH = "Bohr"
+ENGINE_ENERGY = "Hartree"
+DEFAULT_SKIN_ANGSTROM = 0.5
+
+# i-PI's own xyz files announce their cell in the comment line; ASE reads them as molecules.
+_IPI_CELL_COMMENT = re.compile(r"CELL\s*[\(\[\{]\s*(abcABC|H|GENH)\s*[\)\]\}]", re.IGNORECASE)
+
+Result = Tuple[float, np.ndarray, np.ndarray, str]
+
+
+def _inverse(cell: np.ndarray) -> Optional[np.ndarray]:
+    try:
+        return np.linalg.inv(cell)
+    except np.linalg.LinAlgError:  # a flat cell: the core reports it
+        return None
+
+
+class DriverError(Exception):
+    """A user-facing problem (bad model, structure, option): printed as one line."""
+
+
+def read_template(path: str):
+    """An `ase.Atoms` with the atomic numbers and periodicity of a structure file (any format
+    ASE reads).
+
+    An i-PI-style xyz file (comment line `# CELL(abcABC): ...`) is periodic, as i-PI treats it;
+    an extxyz file says itself; a plain xyz file is a molecule (the cell i-PI sends is ignored).
+    """
+    import ase.io
+
+    if not os.path.exists(path):
+        raise DriverError(f"structure file {path!r} does not exist: give the file i-PI starts from")
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as error:  # ASE raises many kinds for unreadable files
+        raise DriverError(f"could not read the structure file {path!r} with ASE: {error}") from None
+    if not atoms.pbc.any() and _has_ipi_cell_comment(path):
+        atoms.pbc = True
+    if len(atoms) == 0:
+        raise DriverError(f"the structure file {path!r} holds no atoms")
+    return atoms
+
+
+def _has_ipi_cell_comment(path: str) -> bool:
+    try:
+        with open(path, "r", errors="replace") as handle:
+            handle.readline()
+            return bool(_IPI_CELL_COMMENT.search(handle.readline()))
+    except OSError:
+        return False
+
+
+def parse_extras(extras: Union[None, str, Sequence[str]]) -> List[str]:
+    """'a,b' or 'a;b' or ['a', 'b'] -> ['a', 'b'] (';' because i-PI splits -o on commas)."""
+    if extras is None:
+        return []
+    if isinstance(extras, str):
+        extras = re.split(r"[,;\s]+", extras)
+    names = []
+    for name in extras:
+        name = str(name).strip()
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+class IPIEvaluator:
+    """Evaluate an atomplug model on the structures i-PI sends.
+
+    `__call__(h, positions)` takes i-PI's cell (lattice vectors as columns, Bohr) and positions
+    ([n, 3] or flat, Bohr) and returns (energy [Hartree], forces [n, 3] [Hartree/Bohr], virial
+    [3, 3] in i-PI's convention [Hartree], extras JSON string). `batch(hs, positions)` does the
+    same for several structures in one model call.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        structure: str,
+        *,
+        device: str = "cpu",
+        extras: Union[None, str, Sequence[str]] = None,
+        non_conservative: bool = False,
+        skin: float = DEFAULT_SKIN_ANGSTROM,
+        name: Optional[str] = None,
+    ):
+        from atomplug.core.model import load_model
+
+        try:
+            loaded = load_model(os.fspath(model), device)
+        except (FileNotFoundError, ValueError) as error:
+            raise DriverError(str(error)) from None
+        self.model = loaded
+        self.template = read_template(os.fspath(structure))
+        self.types = np.asarray(self.template.numbers, dtype=np.int32)
+        self.pbc = np.array(self.template.pbc, dtype=bool)
+        self.n_atoms = int(self.types.shape[0])
+        capabilities = loaded.capabilities
+        outputs = capabilities.outputs
+        if "energy" not in outputs:
+            raise DriverError(
+                f"the model declares no 'energy' output (it has: {', '.join(outputs)}); i-PI needs "
+                "an energy and forces"
+            )
+        try:
+            skin_bohr = float(skin) * loaded.unit_conversion("Angstrom", ENGINE_LENGTH)
+            self.runner = ModelRunner(
+                loaded, length_unit=ENGINE_LENGTH, energy_unit=ENGINE_ENERGY, skin=skin_bohr, device=device
+            )
+        except ValueError as error:
+            raise DriverError(str(error)) from None
+        try:
+            self.runner.check_types(Structure(self.types, np.zeros((self.n_atoms, 3)), np.zeros((3, 3)), self.pbc))
+        except ValueError as error:
+            raise DriverError(f"structure file {structure!r}: {error}") from None
+
+        self.non_conservative = bool(non_conservative)
+        self.outputs: List[str] = ["energy"]
+        self.has_nc_stress = False
+        if self.non_conservative:
+            if "non_conservative_forces" not in outputs:
+                raise DriverError(
+                    "--non-conservative needs a model with a 'non_conservative_forces' output; this model "
+                    f"declares {', '.join(outputs)}: run without --non-conservative to use forces from "
+                    "the energy gradient"
+                )
+            if not outputs["non_conservative_forces"].per_atom:
+                raise DriverError("the model declares 'non_conservative_forces' per structure; it must be per atom")
+            self.outputs.append("non_conservative_forces" + PER_ATOM_SUFFIX)
+            self.has_nc_stress = "non_conservative_stress" in outputs
+            if self.has_nc_stress:
+                self.outputs.append("non_conservative_stress")
+            elif self.pbc.all():
+                raise DriverError(
+                    "--non-conservative on a periodic structure needs a 'non_conservative_stress' output "
+                    "for the virial, and this model has none: run without --non-conservative"
+                )
+
+        self.extras = parse_extras(extras)
+        for request in self.extras:
+            base = request[: -len(PER_ATOM_SUFFIX)] if request.endswith(PER_ATOM_SUFFIX) else request
+            if base not in outputs:
+                raise DriverError(
+                    f"--extras asks for {request!r}, which the model does not declare (it has: "
+                    f"{', '.join(outputs)}; add '{PER_ATOM_SUFFIX}' for per-atom values)"
+                )
+            if request.endswith(PER_ATOM_SUFFIX) and not outputs[base].per_atom:
+                raise DriverError(f"--extras asks for {request!r}, but the model computes {base!r} per structure only")
+        self.requests = list(self.outputs) + [name for name in self.extras if name not in self.outputs]
+        self.name = name
+        self._skin = float(self.runner.cache.skin)
+        self._move_limit = (0.5 * self._skin) ** 2  # a cache rebuilds once an atom moved more than skin/2
+        self._max_caches = max(1, min(16, 200_000 // max(self.n_atoms, 1)))
+        self._caches: List[dict] = []  # most recently used first
+        self._zero_cell = np.zeros((3, 3))
+        self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc)
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        self.n_structures = 0
+        self.n_calls = 0
+        self.model_seconds = 0.0  # wall time in the core's entry point (with neighbor lists)
+        self.model_cpu_seconds = 0.0  # CPU time of this thread in there
+
+    def warm_up(self, calls: int = 3) -> float:
+        """Run the model a few times on the template structure: TorchScript optimizes during the
+        first calls, which would otherwise slow down i-PI's first steps. Returns the seconds spent;
+        a template that cannot be evaluated (e.g. an i-PI file whose cell ASE does not read) is
+        simply skipped."""
+        from ase.units import Bohr
+
+        start = time.perf_counter()
+        positions = self.template.positions / Bohr
+        structures = [Structure(self.types, positions, self.template.cell.array / Bohr, self.pbc)]
+        # an i-PI xyz file's cell is in its comment line, which ASE does not read: warm up the
+        # same computation on the isolated structure
+        structures.append(Structure(self.types, positions, np.zeros((3, 3)), np.zeros(3, dtype=bool)))
+        for structure in structures:
+            try:
+                for _ in range(calls):
+                    self.runner.run([structure], self.requests, forces=not self.non_conservative,
+                                    virial=not self.non_conservative, use_cache=False)
+                break
+            except ValueError:
+                continue
+        self._caches = []
+        self.reset_statistics()
+        return time.perf_counter() - start
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    def _positions(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.ascontiguousarray(positions, dtype=np.float64).reshape(-1, 3)
+        if positions.shape[0] != self.n_atoms:
+            raise DriverError(
+                f"i-PI sent {positions.shape[0]} atoms but the structure file has {self.n_atoms}: start "
+                "atomplug-ipi with the structure i-PI simulates"
+            )
+        return positions
+
+    def _cell(self, h: np.ndarray) -> np.ndarray:
+        """atomplug's cell (lattice vectors as rows) from i-PI's h (lattice vectors as columns)."""
+        if not self.pbc.any():
+            return self._zero_cell
+        return np.ascontiguousarray(np.asarray(h, dtype=np.float64).reshape(3, 3).T)
+
+    def _continue_trajectory(self, positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """Pick the neighbor-list cache for a single structure, and unwrap the structure to
+        continue the configuration that cache saw last.
+
+        i-PI wraps atoms back into the box (with <ffsocket pbc="true">, the default), so an atom
+        crossing a face jumps by a lattice vector, which a Verlet-skin cache would take for a
+        large move and rebuild its lists. Moving each atom by the lattice vector that brings it
+        next to its previous image changes no pair vector, hence no energy, force or virial, and
+        keeps the lists valid. One client usually serves several beads of a path integral in
+        turn, so a few caches are kept, one per trajectory: a structure continues the trajectory
+        whose last configuration is closest (one MD step away); the cache itself decides when
+        to rebuild.
+        """
+        limit = self._move_limit
+        key = cell.tobytes()
+        best, best_move, best_shift = None, np.inf, None
+        for entry in self._caches:  # most recently used first
+            if entry["key"] != key:
+                continue
+            move = positions - entry["last"]
+            shift = None
+            largest = float(np.einsum("ij,ij->i", move, move).max())
+            if largest > limit and entry["inverse"] is not None:  # atoms wrapped back into the box?
+                jumps = np.rint(move @ entry["inverse"])
+                if jumps.any():
+                    shift = (jumps * self.pbc) @ cell
+                    move -= shift
+                    largest = float(np.einsum("ij,ij->i", move, move).max())
+            if largest < best_move:
+                best, best_move, best_shift = entry, largest, shift
+            if largest <= 0.01 * limit:  # clearly the same trajectory
+                break
+        if best is None or best_move > limit:
+            if len(self._caches) < self._max_caches:
+                best = {"cache": NeighborListCache(self.runner.cache.requests, skin=self._skin)}
+            else:
+                best = self._caches.pop()  # the least recently used
+            best["inverse"] = _inverse(cell) if self.pbc.any() else None
+            best["key"] = key
+            best_shift = None
+        elif best is not self._caches[0]:
+            self._caches.remove(best)
+        if not self._caches or self._caches[0] is not best:
+            self._caches.insert(0, best)
+        candidate = positions if best_shift is None else positions - best_shift
+        best["last"] = candidate.copy()
+        self.runner.cache = best["cache"]
+        return candidate
+
+    def batch(self, hs: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> List[Result]:
+        cells = [self._cell(h) for h in hs]
+        coordinates = [self._positions(q) for q in positions]
+        single = len(coordinates) == 1
+        if single:
+            # one Structure reused for single requests (MD): its fields are already the right
+            # arrays, so the per-step validation of a new Structure is skipped
+            structure = self._single
+            structure.positions = self._continue_trajectory(coordinates[0], cells[0])
+            structure.cell = cells[0]
+            structures = [structure]
+        else:
+            structures = [Structure(self.types, q, c, self.pbc) for q, c in zip(coordinates, cells)]
+        start = time.perf_counter()
+        start_cpu = time.thread_time()
+        try:
+            raw = self.runner.run(
+                structures,
+                self.requests,
+                forces=not self.non_conservative,
+                virial=not self.non_conservative,
+                use_cache=single,
+            )
+        except ValueError as error:
+            raise DriverError(f"the model failed on the structure i-PI sent: {error}") from None
+        self.model_seconds += time.perf_counter() - start
+        self.model_cpu_seconds += time.thread_time() - start_cpu
+        self.n_calls += 1
+        self.n_structures += len(structures)
+
+        energies = raw["energy"][:, 0]
+        if self.non_conservative:
+            all_forces = raw["non_conservative_forces" + PER_ATOM_SUFFIX]
+        else:
+            all_forces = raw["forces"]
+        results: List[Result] = []
+        for index, structure in enumerate(structures):
+            begin, end = index * self.n_atoms, (index + 1) * self.n_atoms
+            forces = all_forces if single else all_forces[begin:end]
+            virial = self._virial(raw, index, structure, forces)
+            results.append((float(energies[index]), forces, virial, self._extras(raw, index, begin, end)))
+        return results
+
+    def _virial(self, raw, index: int, structure: Structure, forces: np.ndarray) -> np.ndarray:
+        """The virial in i-PI's convention: the transpose of atomplug's W = -dE/d(strain)."""
+        if not self.non_conservative:
+            virial = raw["virial"][index]
+        elif self.has_nc_stress and self.pbc.any():
+            stress = raw["non_conservative_stress"][index].reshape(3, 3)
+            virial = -stress * abs(float(np.linalg.det(structure.cell)))
+        else:
+            # An isolated structure: the virial of the forces themselves, sum r (x) f.
+            virial = structure.positions.T @ forces
+        return virial.T.copy()  # a C-ordered copy of the transpose
+
+    def _extras(self, raw, index: int, begin: int, end: int) -> str:
+        if not self.extras and self.name is None:
+            return ""
+        data = {}
+        if self.name is not None:
+            data["client"] = self.name
+        for request in self.extras:
+            values = raw[request]
+            values = values[begin:end] if request.endswith(PER_ATOM_SUFFIX) else values[index]
+            if values.shape[-1] == 1:
+                values = values[..., 0]
+            data[request] = values.tolist()
+        return json.dumps(data)
+
+    def __call__(self, h: np.ndarray, positions: np.ndarray) -> Result:
+        return self.batch([h], [positions])[0]
+
+    def describe(self) -> str:
+        """Two or three lines for the log: the model, its citation, the structure."""
+        lines = [self.model.metadata.citation_text()]
+        periodic = "periodic" if self.pbc.all() else ("isolated" if not self.pbc.any() else f"pbc={self.pbc.tolist()}")
+        mode = "non-conservative forces" if self.non_conservative else "forces and virial from the energy"
+        lines.append(
+            f"structure: {self.n_atoms} atoms of {describe_types(np.unique(self.types))}, {periodic}; {mode}"
+        )
+        if self.extras:
+            lines.append(f"extras: {', '.join(self.extras)}")
+        return "\n".join(lines)
