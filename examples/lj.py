@@ -23,16 +23,19 @@ class LennardJones(torch.nn.Module):
     direct-force path of every engine testable against the conservative one.
     """
 
-    def __init__(self, epsilon: float, sigma: float, cutoff: float):
+    def __init__(self, epsilon: float, sigma: float, cutoff: float, full_list: bool = False):
         super().__init__()
         self.epsilon = float(epsilon)
         self.sigma = float(sigma)
         self.cutoff = float(cutoff)
+        # A full list holds each pair twice, (i, j) and (j, i): every pair term then weighs 1/2.
+        self.full_list = bool(full_list)
+        self.pair_weight = 0.5 if full_list else 1.0
         ratio6 = (self.sigma / self.cutoff) ** 6
         self.shift = 4.0 * self.epsilon * (ratio6 * ratio6 - ratio6)
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
-        return [NeighborListOptions(self.cutoff, False, True)]
+        return [NeighborListOptions(self.cutoff, self.full_list, True)]
 
     def forward(
         self,
@@ -40,7 +43,7 @@ class LennardJones(torch.nn.Module):
         outputs: Dict[str, ModelOutput],
         selected_atoms: Optional[Tensor],
     ) -> Dict[str, Tensor]:
-        options = NeighborListOptions(self.cutoff, False, True)
+        options = NeighborListOptions(self.cutoff, self.full_list, True)
         per_atom = "energy" in outputs and outputs["energy"].per_atom
         energies: List[Tensor] = []
         for system in systems:
@@ -50,11 +53,13 @@ class LennardJones(torch.nn.Module):
             pair_energy = 4.0 * self.epsilon * (ratio6 * ratio6 - ratio6) - self.shift
             if per_atom:
                 atomic = torch.zeros(len(system), dtype=system.positions.dtype, device=system.positions.device)
+                # atom i gets half of each of its pair energies (from (i, j), and (j, i) if listed)
                 atomic = atomic.index_add(0, neighbors.pairs[:, 0], 0.5 * pair_energy)
-                atomic = atomic.index_add(0, neighbors.pairs[:, 1], 0.5 * pair_energy)
+                if not self.full_list:
+                    atomic = atomic.index_add(0, neighbors.pairs[:, 1], 0.5 * pair_energy)
                 energies.append(atomic)
             else:
-                energies.append(pair_energy.sum().reshape(1))
+                energies.append((self.pair_weight * pair_energy).sum().reshape(1))
         results: Dict[str, Tensor] = {}
         if "energy" in outputs:
             results["energy"] = torch.cat(energies).reshape(-1, 1)
@@ -74,7 +79,7 @@ class LennardJones(torch.nn.Module):
             squared = (vectors * vectors).sum(dim=1)
             ratio6 = (self.sigma * self.sigma / squared) ** 3
             # phi'(r) / r
-            derivative = 4.0 * self.epsilon * (-12.0 * ratio6 * ratio6 + 6.0 * ratio6) / squared
+            derivative = self.pair_weight * 4.0 * self.epsilon * (-12.0 * ratio6 * ratio6 + 6.0 * ratio6) / squared
             pair_force = -derivative.unsqueeze(1) * vectors
             atomic = torch.zeros_like(system.positions)
             atomic = atomic.index_add(0, neighbors.pairs[:, 1], pair_force)
@@ -97,8 +102,10 @@ def export_lj(
     types: Sequence[int] = (18,),
     energy_unit: str = "eV",
     length_unit: str = "Angstrom",
+    full_list: bool = False,
 ) -> None:
-    """Export a Lennard-Jones model (defaults: argon, eV and Angstrom) to `path`."""
+    """Export a Lennard-Jones model (defaults: argon, eV and Angstrom) to `path`; `full_list`
+    asks engines for a full neighbor list instead of a half one (same physics)."""
     force_unit = f"{energy_unit}/{length_unit}"
     capabilities = ModelCapabilities(
         outputs={
@@ -124,7 +131,7 @@ def export_lj(
         authors=["atomplug developers"],
         references=["J. E. Jones, Proc. R. Soc. Lond. A 106, 463 (1924)"],
     )
-    export(LennardJones(epsilon, sigma, cutoff), path, capabilities, metadata)
+    export(LennardJones(epsilon, sigma, cutoff, full_list), path, capabilities, metadata)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -255,3 +255,19 @@ def test_multi_property_output_has_one_derivative_per_property(tmp_path):
             np.testing.assert_allclose(result["forces"][:, atom, axis], numeric, rtol=1e-7, atol=1e-8)
     with pytest.raises(ValueError, match="per-atom virial needs a single-valued output"):
         runner.run([atoms], ["features"], gradient_output="features", atomic_virial=True)
+
+
+def test_full_list_lj_equals_half_list_lj(tmp_path, argon_box):
+    from atomplug.examples.lj import export_lj
+
+    results = []
+    for full in (False, True):
+        path = str(tmp_path / f"lj-{full}.pt")
+        export_lj(path, epsilon=AR_EPSILON, sigma=AR_SIGMA, cutoff=AR_CUTOFF, full_list=full)
+        results.append(ModelRunner(path).run(
+            [argon_box], ["energy", "energy/per_atom", "non_conservative_forces/per_atom", "non_conservative_stress"],
+            forces=True, virial=True, atomic_virial=True,
+        ))
+    half, full = results
+    for key in half:
+        assert_close(full[key], half[key])
