@@ -200,7 +200,9 @@ class ANIEnsemble(torch.nn.Module):
       energy_ensemble     per-structure energy of every member, self energies included [n_systems, M];
       energy_uncertainty  standard deviation of the member energies of each structure, with
                           Bessel's correction (unbiased, divides by M - 1) [n_systems, 1].
-    `selected_atoms` is ignored: every atom's energy is returned (the entry point selects).
+    With `selected_atoms` (e.g. LAMMPS' local atoms among ghosts), the networks run for those
+    atoms only and per-atom rows come back for them only, in increasing index order; AEVs still
+    see every atom as a neighbor.
     """
 
     def __init__(
@@ -229,8 +231,11 @@ class ANIEnsemble(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.cutoff, False, True)]
 
-    def member_atomic_energies(self, systems: List[System]) -> Tuple[Tensor, Tensor]:
-        """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index)."""
+    def member_atomic_energies(
+        self, systems: List[System], selected_atoms: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
+        """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index),
+        for the selected atoms only when `selected_atoms` (sorted global indices) is given."""
         options = NeighborListOptions(self.cutoff, False, True)
         species_parts: List[Tensor] = []
         pair_parts: List[Tensor] = []
@@ -253,7 +258,13 @@ class ANIEnsemble(torch.nn.Module):
             owner_parts.append(torch.full((species.shape[0],), index, dtype=torch.long, device=species.device))
             offset += species.shape[0]
         species = torch.cat(species_parts)
+        owners = torch.cat(owner_parts)
         aevs = self.aev(species, torch.cat(pair_parts), torch.cat(vector_parts))
+        if selected_atoms is not None:
+            # the networks, the expensive part, run only for the atoms whose energies count
+            species = species.index_select(0, selected_atoms)
+            aevs = aevs.index_select(0, selected_atoms)
+            owners = owners.index_select(0, selected_atoms)
 
         atoms_of_species: List[Tensor] = []
         aevs_of_species: List[Tensor] = []
@@ -269,7 +280,7 @@ class ANIEnsemble(torch.nn.Module):
                 if atoms.shape[0] > 0:
                     energies = energies.index_add(0, atoms, network(aevs_of_species[s]).flatten())
             per_member.append(energies)
-        return torch.stack(per_member), torch.cat(owner_parts)
+        return torch.stack(per_member), owners
 
     def forward(
         self,
@@ -277,7 +288,7 @@ class ANIEnsemble(torch.nn.Module):
         outputs: Dict[str, ModelOutput],
         selected_atoms: Optional[Tensor],
     ) -> Dict[str, Tensor]:
-        member_energies, owners = self.member_atomic_energies(systems)
+        member_energies, owners = self.member_atomic_energies(systems, selected_atoms)
         n_systems = len(systems)
         results: Dict[str, Tensor] = {}
         structure_members = torch.zeros(
