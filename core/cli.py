@@ -177,6 +177,13 @@ def command_ipi_driver_path(args: argparse.Namespace) -> None:
     print(custom_driver_path())
 
 
+def command_doctor(args: argparse.Namespace) -> None:
+    from .doctor import main as doctor
+
+    if doctor(load=not args.no_load) != 0:
+        raise CommandError("some checks failed (see above)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atomplug",
@@ -211,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ipi-driver-path", help="print the PES file for `i-pi-py_driver -m custom -P` and <ffdirect><pes_path>"
     )
     ipi.set_defaults(handler=command_ipi_driver_path)
+
+    doctor = commands.add_parser("doctor", help="check torch, vesin, i-PI, LAMMPS and PLUMED and their plugins")
+    doctor.add_argument("--no-load", action="store_true", help="skip starting LAMMPS and PLUMED to load the plugins")
+    doctor.set_defaults(handler=command_doctor)
     return parser
 
 

@@ -269,6 +269,13 @@ def build(force: bool = False, quiet: bool = False) -> str:
     return library
 
 
+def is_up_to_date() -> bool:
+    """Whether the built plugin matches the installed torch, PLUMED, vesin and the source."""
+    directory = build_directory()
+    library = os.path.join(directory, LIBRARY_NAME)
+    return _is_fresh(directory, _fingerprint(compile_command(library + ".tmp")))
+
+
 def plugin_path(build_if_needed: bool = True) -> str:
     """Path of the ATOMPLUG plugin for PLUMED's `LOAD FILE=...`, building it when missing or stale."""
     if build_if_needed:
