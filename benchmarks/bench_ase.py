@@ -49,41 +49,19 @@ def trajectory(base: np.ndarray, n_frames: int, seed: int = 7) -> np.ndarray:
 
 
 def make_floor(atoms) -> Callable[[np.ndarray], Tuple[float, np.ndarray, np.ndarray]]:
-    """run.py's floor for given positions: vesin, bare scripted LJ forward, one backward to the
-    pair vectors; returns energy, forces and ASE stress (Voigt)."""
-    import torch
-    from atomplug.core import ModelOutput, NeighborList, NeighborListOptions, System
-    from atomplug.core.neighbors import compute_pairs
-    from atomplug.examples.lj import LennardJones
+    """run.py's floor for given positions; returns energy, forces and ASE stress (Voigt)."""
+    from run import make_lj_floor
 
-    bare = torch.jit.script(LennardJones(EPSILON, SIGMA, CUTOFF))
-    options = NeighborListOptions(CUTOFF, False, True)
-    cell_np = np.ascontiguousarray(atoms.cell.array, dtype=np.float64)
-    pbc_np = np.array(atoms.pbc, dtype=bool)
-    types = torch.from_numpy(np.ascontiguousarray(atoms.numbers, dtype=np.int32))
-    cell = torch.from_numpy(cell_np)
-    pbc = torch.from_numpy(pbc_np)
-    volume = abs(float(np.linalg.det(cell_np)))
-    outputs = {"energy": ModelOutput("energy", "eV", False)}
+    floor = make_lj_floor(atoms.numbers, atoms.cell.array, atoms.pbc, EPSILON, SIGMA, CUTOFF)
+    volume = abs(float(np.linalg.det(atoms.cell.array)))
 
-    def floor(positions_np: np.ndarray):
-        pairs, shifts = compute_pairs(positions_np, cell_np, pbc_np, CUTOFF, False)
-        positions = torch.from_numpy(positions_np)
-        pairs_t = torch.from_numpy(pairs)
-        shifts_t = torch.from_numpy(shifts)
-        vectors = positions[pairs_t[:, 1]] - positions[pairs_t[:, 0]] + shifts_t.to(torch.float64) @ cell
-        vectors.requires_grad_(True)
-        system = System(types, positions, cell, pbc)
-        system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
-        energy = bare([system], outputs, None)["energy"].sum()
-        (gradient,) = torch.autograd.grad(energy, vectors)
-        forces = torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
-        virial = -vectors.detach().T @ gradient
-        stress = (-virial / volume).numpy()
+    def floor_with_stress(positions_np: np.ndarray):
+        energy, forces, virial = floor(positions_np)
+        stress = -virial / volume
         voigt = np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
-        return float(energy.detach()), forces.numpy(), voigt
+        return energy, forces, voigt
 
-    return floor
+    return floor_with_stress
 
 
 def ase_step(atoms) -> Callable[[np.ndarray], Tuple[float, np.ndarray, np.ndarray]]:

@@ -39,11 +39,46 @@ def argon_864():
     return atoms
 
 
+def make_lj_floor(types, cell, pbc, epsilon: float, sigma: float, cutoff: float) -> Callable:
+    """The least work that yields LJ energy, forces and virial for given positions: a vesin list,
+    the bare scripted model, one backward pass to the pair vectors, forces scattered from the pair
+    gradients and the virial summed as -r (x) dE/dr. Returns floor(positions) -> (E, F, W)."""
+    from atomplug.core import ModelOutput, NeighborList, NeighborListOptions, System
+    from atomplug.core.neighbors import compute_pairs
+    from atomplug.examples.lj import LennardJones
+
+    bare = torch.jit.script(LennardJones(epsilon, sigma, cutoff))
+    options = NeighborListOptions(cutoff, False, True)
+    cell_np = np.ascontiguousarray(cell, dtype=np.float64)
+    pbc_np = np.array(pbc, dtype=bool)
+    types_t = torch.from_numpy(np.ascontiguousarray(types, dtype=np.int32))
+    cell_t = torch.from_numpy(cell_np)
+    pbc_t = torch.from_numpy(pbc_np)
+    outputs = {"energy": ModelOutput("energy", "eV", False)}
+
+    def floor(positions_np: np.ndarray):
+        pairs, shifts = compute_pairs(positions_np, cell_np, pbc_np, cutoff, False)
+        positions = torch.from_numpy(positions_np)
+        pairs_t = torch.from_numpy(pairs)
+        shifts_t = torch.from_numpy(shifts)
+        vectors = positions[pairs_t[:, 1]] - positions[pairs_t[:, 0]] + shifts_t.to(torch.float64) @ cell_t
+        vectors.requires_grad_(True)
+        system = System(types_t, positions, cell_t, pbc_t)
+        system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
+        energy = bare([system], outputs, None)["energy"].sum()
+        (gradient,) = torch.autograd.grad(energy, vectors)
+        forces = torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+        virial = -vectors.detach().T @ gradient
+        return float(energy.detach()), forces.numpy(), virial.numpy()
+
+    return floor
+
+
 def bench_core_lj(repeat: int, warmup: int) -> Dict[str, float]:
     """Issue 2: the entry point (with neighbor list) over vesin + bare forward + backward."""
-    from atomplug.core import ModelRunner, NeighborList, NeighborListOptions, Structure, System
+    from atomplug.core import ModelRunner, Structure
     from atomplug.core.neighbors import compute_pairs
-    from atomplug.examples.lj import LennardJones, export_lj
+    from atomplug.examples.lj import export_lj
 
     atoms = argon_864()
     structure = Structure.from_atoms(atoms)
@@ -55,29 +90,10 @@ def bench_core_lj(repeat: int, warmup: int) -> Dict[str, float]:
     def atomplug_call():
         runner.run([structure], ["energy"], forces=True, virial=True, use_cache=False)
 
-    bare = torch.jit.script(LennardJones(0.0104, 3.40, 8.5))
-    options = NeighborListOptions(8.5, False, True)
-    types = torch.from_numpy(structure.types)
-    cell = torch.from_numpy(structure.cell)
-    pbc = torch.from_numpy(structure.pbc)
-    outputs = {"energy": __import__("atomplug.core", fromlist=["ModelOutput"]).ModelOutput("energy", "eV", False)}
+    lj_floor = make_lj_floor(structure.types, structure.cell, structure.pbc, 0.0104, 3.40, 8.5)
 
     def floor_call():
-        # The least work that yields energy, forces and virial: differentiate once with respect
-        # to the pair vectors, then scatter forces and sum r (x) dE/dr for the virial.
-        pairs, shifts = compute_pairs(structure.positions, structure.cell, structure.pbc, 8.5, False)
-        positions = torch.from_numpy(structure.positions)
-        pairs_t = torch.from_numpy(pairs)
-        shifts_t = torch.from_numpy(shifts)
-        vectors = positions[pairs_t[:, 1]] - positions[pairs_t[:, 0]] + shifts_t.to(torch.float64) @ cell
-        vectors.requires_grad_(True)
-        system = System(types, positions, cell, pbc)
-        system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
-        energy = bare([system], outputs, None)["energy"].sum()
-        (gradient,) = torch.autograd.grad(energy, vectors)
-        forces = torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
-        virial = -vectors.detach().T @ gradient
-        return forces, virial
+        lj_floor(structure.positions)
 
     def neighbors_only():
         compute_pairs(structure.positions, structure.cell, structure.pbc, 8.5, False)
