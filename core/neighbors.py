@@ -126,33 +126,77 @@ class NeighborListCache:
         self._reference_positions = None
         self._cell = None
         self._pbc = None
+        self._inverse = None
+        self._last_positions = None
         self._lists: List[Pairs] = []
 
-    def _needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
-        if self._reference_positions is None or self.skin == 0.0:
-            return True
-        if positions.shape != self._reference_positions.shape:
-            return True
-        if not np.array_equal(pbc, self._pbc) or not np.array_equal(cell, self._cell):
-            return True
-        displacement = positions - self._reference_positions
-        max_squared = float(np.max(np.einsum("ij,ij->i", displacement, displacement), initial=0.0))
-        return max_squared > (0.5 * self.skin) ** 2
+    def _same_box(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        return (
+            self._reference_positions is not None
+            and positions.shape == self._reference_positions.shape
+            and np.array_equal(pbc, self._pbc)
+            and np.array_equal(cell, self._cell)
+        )
+
+    def _moved(self, positions: np.ndarray, since: "np.ndarray | None" = None) -> Tuple[float, "np.ndarray | None"]:
+        """Largest squared displacement since the build (or since `since`), not counting whole
+        lattice vectors along periodic directions (engines such as i-PI and LAMMPS wrap atoms back
+        into the box), and those integer jumps per atom (None when no atom jumped)."""
+        displacement = positions - (self._reference_positions if since is None else since)
+        largest = float(np.max(np.einsum("ij,ij->i", displacement, displacement), initial=0.0))
+        if not largest > (0.5 * self.skin) ** 2 or self._inverse is None:
+            return largest, None
+        jumps = np.rint(displacement @ self._inverse) * self._pbc
+        if not jumps.any():
+            return largest, None
+        displacement = displacement - jumps @ self._cell
+        largest = float(np.max(np.einsum("ij,ij->i", displacement, displacement), initial=0.0))
+        return largest, jumps.astype(np.int32)
+
+    def distance_squared(self, positions, cell, pbc) -> float:
+        """How far (squared, lattice jumps excepted) `positions` are from the configuration this
+        cache was last asked about; infinite when the box or atom count differs. Lets an engine
+        that interleaves several trajectories (i-PI beads) keep one cache per trajectory."""
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        if not self._same_box(positions, cell, pbc):
+            return float("inf")
+        return self._moved(positions, since=self._last_positions)[0]
+
+    def _build(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> None:
+        self._lists = [build(positions, cell, pbc) for build in self._builders]
+        self._reference_positions = positions.copy()
+        self._cell = cell.copy()
+        self._pbc = pbc.copy()
+        self._inverse = None
+        if pbc.any() and abs(np.linalg.det(cell)) > 0.0:
+            inverse = np.linalg.inv(cell)
+            heights = 1.0 / np.linalg.norm(inverse, axis=0)
+            # a jump is recognised unambiguously only if no real move reaches half a cell height
+            if np.all(heights[pbc] > self.skin):
+                self._inverse = inverse
+        self.n_builds += 1
 
     def get(self, positions, cell, pbc) -> List[Pairs]:
         positions, cell, pbc = _as_arrays(positions, cell, pbc)
-        if self._needs_rebuild(positions, cell, pbc):
-            self._lists = [build(positions, cell, pbc) for build in self._builders]
-            self._reference_positions = positions.copy()
-            self._cell = cell.copy()
-            self._pbc = pbc.copy()
-            self.n_builds += 1
-        elif not np.all(np.isfinite(positions)):
-            _check_inputs(positions, cell, pbc, 1.0)
+        jumps = None
+        rebuild = self.skin == 0.0 or not self._same_box(positions, cell, pbc)
+        if not rebuild:
+            largest, jumps = self._moved(positions)
+            if not np.isfinite(largest):
+                _check_inputs(positions, cell, pbc, 1.0)
+            rebuild = largest > (0.5 * self.skin) ** 2
+        if rebuild:
+            self._build(positions, cell, pbc)
+            jumps = None
+        self._last_positions = positions.copy()
         if self.skin == 0.0:
             return list(self._lists)
         result = []
         for (cutoff, _full, strict), (pairs, shifts) in zip(self.requests, self._lists):
+            if jumps is not None:
+                # r_j - r_i + S @ cell is unchanged when i and j jumped by n_i and n_j lattice
+                # vectors if S becomes S + n_i - n_j
+                shifts = shifts + jumps[pairs[:, 0]] - jumps[pairs[:, 1]]
             if strict:
                 # an integer take is ~6x faster than a boolean mask on [P, 2] and [P, 3] arrays
                 keep = np.flatnonzero(pair_distances(positions, cell, pairs, shifts) < cutoff)

@@ -34,13 +34,6 @@ _IPI_CELL_COMMENT = re.compile(r"CELL\s*[\(\[\{]\s*(abcABC|H|GENH)\s*[\)\]\}]", 
 Result = Tuple[float, np.ndarray, np.ndarray, str]
 
 
-def _inverse(cell: np.ndarray) -> Optional[np.ndarray]:
-    try:
-        return np.linalg.inv(cell)
-    except np.linalg.LinAlgError:  # a flat cell: the core reports it
-        return None
-
-
 class DriverError(Exception):
     """A user-facing problem (bad model, structure, option): printed as one line."""
 
@@ -177,7 +170,7 @@ class IPIEvaluator:
         self._skin = float(self.runner.cache.skin)
         self._move_limit = (0.5 * self._skin) ** 2  # a cache rebuilds once an atom moved more than skin/2
         self._max_caches = max(1, min(16, 200_000 // max(self.n_atoms, 1)))
-        self._caches: List[dict] = []  # most recently used first
+        self._caches: List[NeighborListCache] = []  # most recently used first
         self._zero_cell = np.zeros((3, 3))
         self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc)
         self.reset_statistics()
@@ -230,54 +223,33 @@ class IPIEvaluator:
             return self._zero_cell
         return np.ascontiguousarray(np.asarray(h, dtype=np.float64).reshape(3, 3).T)
 
-    def _continue_trajectory(self, positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
-        """Pick the neighbor-list cache for a single structure, and unwrap the structure to
-        continue the configuration that cache saw last.
+    def _select_cache(self, positions: np.ndarray, cell: np.ndarray) -> None:
+        """Use the neighbor-list cache of the trajectory this structure continues.
 
-        i-PI wraps atoms back into the box (with <ffsocket pbc="true">, the default), so an atom
-        crossing a face jumps by a lattice vector, which a Verlet-skin cache would take for a
-        large move and rebuild its lists. Moving each atom by the lattice vector that brings it
-        next to its previous image changes no pair vector, hence no energy, force or virial, and
-        keeps the lists valid. One client usually serves several beads of a path integral in
-        turn, so a few caches are kept, one per trajectory: a structure continues the trajectory
-        whose last configuration is closest (one MD step away); the cache itself decides when
-        to rebuild.
+        One client usually serves several beads of a path integral in turn, so a few caches are
+        kept, one per trajectory: a structure continues the trajectory whose last configuration
+        is closest (the core's cache measures that modulo lattice vectors, since i-PI wraps
+        atoms back into the box); the cache itself decides when to rebuild.
         """
-        limit = self._move_limit
-        key = cell.tobytes()
-        best, best_move, best_shift = None, np.inf, None
-        for entry in self._caches:  # most recently used first
-            if entry["key"] != key:
-                continue
-            move = positions - entry["last"]
-            shift = None
-            largest = float(np.einsum("ij,ij->i", move, move).max())
-            if largest > limit and entry["inverse"] is not None:  # atoms wrapped back into the box?
-                jumps = np.rint(move @ entry["inverse"])
-                if jumps.any():
-                    shift = (jumps * self.pbc) @ cell
-                    move -= shift
-                    largest = float(np.einsum("ij,ij->i", move, move).max())
-            if largest < best_move:
-                best, best_move, best_shift = entry, largest, shift
-            if largest <= 0.01 * limit:  # clearly the same trajectory
+        best, best_move = None, np.inf
+        for cache in self._caches:  # most recently used first
+            move = cache.distance_squared(positions, cell, self.pbc)
+            if move < best_move:
+                best, best_move = cache, move
+            if move <= 0.01 * self._move_limit:  # clearly the same trajectory
                 break
-        if best is None or best_move > limit:
+        if best is None or best_move > self._move_limit:
             if len(self._caches) < self._max_caches:
-                best = {"cache": NeighborListCache(self.runner.cache.requests, skin=self._skin)}
+                best = NeighborListCache(self.runner.cache.requests, skin=self._skin)
             else:
                 best = self._caches.pop()  # the least recently used
-            best["inverse"] = _inverse(cell) if self.pbc.any() else None
-            best["key"] = key
-            best_shift = None
-        elif best is not self._caches[0]:
+        elif best is self._caches[0]:
+            self.runner.cache = best
+            return
+        else:
             self._caches.remove(best)
-        if not self._caches or self._caches[0] is not best:
-            self._caches.insert(0, best)
-        candidate = positions if best_shift is None else positions - best_shift
-        best["last"] = candidate.copy()
-        self.runner.cache = best["cache"]
-        return candidate
+        self._caches.insert(0, best)
+        self.runner.cache = best
 
     def batch(self, hs: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> List[Result]:
         cells = [self._cell(h) for h in hs]
@@ -287,7 +259,8 @@ class IPIEvaluator:
             # one Structure reused for single requests (MD): its fields are already the right
             # arrays, so the per-step validation of a new Structure is skipped
             structure = self._single
-            structure.positions = self._continue_trajectory(coordinates[0], cells[0])
+            self._select_cache(coordinates[0], cells[0])
+            structure.positions = coordinates[0]
             structure.cell = cells[0]
             structures = [structure]
         else:

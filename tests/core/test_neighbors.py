@@ -159,3 +159,24 @@ def test_verlet_cache_catches_nan_between_rebuilds():
     broken[1, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         cache.get(broken, np.zeros((3, 3)), False)
+
+
+def test_verlet_cache_survives_atoms_wrapped_back_into_the_box():
+    # i-PI and LAMMPS wrap atoms into the box: a jump by a lattice vector is not a move.
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3)
+    cell = atoms.cell.array @ (np.eye(3) + np.array([[0, 0.05, 0], [0, 0, -0.04], [0.03, 0, 0]]))
+    rng = np.random.default_rng(5)
+    positions = atoms.get_scaled_positions() @ cell
+    cutoff = 6.0
+    cache = NeighborListCache([(cutoff, False, True), (cutoff, True, True)], skin=1.0)
+    cache.get(positions, cell, True)
+    for _ in range(5):
+        positions = positions + rng.normal(scale=0.02, size=positions.shape)
+        wrapped = (np.mod(positions @ np.linalg.inv(cell), 1.0)) @ cell
+        assert np.abs(wrapped - positions).max() > 1.0, "some atoms were wrapped"
+        lists = cache.get(wrapped, cell, True)
+        assert cache.distance_squared(wrapped, cell, True) < 0.25
+        for (pairs, shifts), full in zip(lists, (False, True)):
+            assert as_set(pairs, shifts) == as_set(*compute_pairs(wrapped, cell, True, cutoff, full_list=full))
+    assert cache.n_builds == 1
+    assert cache.distance_squared(wrapped, cell * 1.01, True) == np.inf

@@ -44,7 +44,7 @@ def test_wrapped_interleaved_beads_match_fresh_evaluations(lj_model_path, tmp_pa
     assert worst < 1e-12, worst
     caches = evaluator._caches
     assert len(caches) == 4  # one per bead
-    builds = sum(entry["cache"].n_builds for entry in caches)
+    builds = sum(cache.n_builds for cache in caches)
     assert builds < 30  # far fewer than the 120 evaluations: wrapping did not force rebuilds
 
 
