@@ -121,16 +121,7 @@ class AtomplugCalculator(Calculator):
 
     # -- checks ------------------------------------------------------------------------------
     def _check_output_name(self, request: str) -> str:
-        name = request[: -len(PER_ATOM_SUFFIX)] if request.endswith(PER_ATOM_SUFFIX) else request
-        declared = self.model.capabilities.outputs
-        if name not in declared:
-            raise ValueError(
-                f"output {name!r} is not declared by model {self.model.metadata.name!r}; it declares: "
-                f"{', '.join(declared)}"
-            )
-        if request.endswith(PER_ATOM_SUFFIX) and not declared[name].per_atom:
-            raise ValueError(f"model output {name!r} is per structure only: ask for {name!r}, not {request!r}")
-        return request
+        return self.runner.check_output_request(request)
 
     def _check_properties(self, atoms: Atoms, properties: Iterable[str]) -> List[str]:
         properties = list(properties)

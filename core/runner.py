@@ -92,6 +92,22 @@ class ModelRunner:
         self.cache = NeighborListCache(self.requests, skin=skin)
         self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
 
+    def check_output_request(self, request: str) -> str:
+        """A declared output name, or "name/per_atom" for an output the model has per atom."""
+        from .model import PER_ATOM_SUFFIX
+
+        per_atom = request.endswith(PER_ATOM_SUFFIX)
+        name = request[: -len(PER_ATOM_SUFFIX)] if per_atom else request
+        declared = self.model.capabilities.outputs
+        if name not in declared:
+            raise ValueError(
+                f"output {name!r} is not declared by model {self.model.metadata.name!r}; it declares: "
+                f"{', '.join(declared)} (add '{PER_ATOM_SUFFIX}' for per-atom values)"
+            )
+        if per_atom and not declared[name].per_atom:
+            raise ValueError(f"model output {name!r} is per structure only: ask for {name!r}, not {request!r}")
+        return request
+
     def check_types(self, structure: Structure, index: int = 0) -> None:
         """Unknown elements are named with the elements the model knows, before any work."""
         unknown = np.setdiff1d(structure.types, self.known_types)

@@ -157,14 +157,10 @@ class IPIEvaluator:
 
         self.extras = parse_extras(extras)
         for request in self.extras:
-            base = request[: -len(PER_ATOM_SUFFIX)] if request.endswith(PER_ATOM_SUFFIX) else request
-            if base not in outputs:
-                raise DriverError(
-                    f"--extras asks for {request!r}, which the model does not declare (it has: "
-                    f"{', '.join(outputs)}; add '{PER_ATOM_SUFFIX}' for per-atom values)"
-                )
-            if request.endswith(PER_ATOM_SUFFIX) and not outputs[base].per_atom:
-                raise DriverError(f"--extras asks for {request!r}, but the model computes {base!r} per structure only")
+            try:
+                self.runner.check_output_request(request)
+            except ValueError as error:
+                raise DriverError(f"--extras: {error}") from None
         self.requests = list(self.outputs) + [name for name in self.extras if name not in self.outputs]
         self.name = name
         self._skin = float(self.runner.cache.skin)

@@ -52,9 +52,9 @@ def test_bad_options(tmp_path, ani1x_path):
     run, _ = run_client("--model", ani1x_path, "--structure", structure, "--address", "localhost")
     assert run.returncode == 2 and "--port" in run.stderr
     # the rest is checked before connecting, by the evaluator the command line runs (exit 2)
-    with pytest.raises(DriverError, match="'dipole', which the model does not declare.*energy_uncertainty"):
+    with pytest.raises(DriverError, match="--extras: output 'dipole' is not declared .*energy_uncertainty"):
         IPIEvaluator(ani1x_path, structure, extras="energy,dipole")
-    with pytest.raises(DriverError, match="computes 'energy_uncertainty' per structure only"):
+    with pytest.raises(DriverError, match="--extras: model output 'energy_uncertainty' is per structure only"):
         IPIEvaluator(ani1x_path, structure, extras="energy_uncertainty/per_atom")
     with pytest.raises(DriverError, match="--non-conservative needs a model with a 'non_conservative_forces'"):
         IPIEvaluator(ani1x_path, structure, non_conservative=True)
