@@ -177,6 +177,61 @@ def command_ipi_driver_path(args: argparse.Namespace) -> None:
     print(custom_driver_path())
 
 
+class ChecksFailed(Exception):
+    """A check ran and found a problem (exit status 1), as opposed to bad input (status 2)."""
+
+
+def _ranks(text: str) -> List[int]:
+    try:
+        ranks = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise CommandError(f"--ranks takes comma-separated rank counts such as 1,2,4, not {text!r}") from None
+    if not ranks or any(n < 1 for n in ranks):
+        raise CommandError(f"--ranks needs positive rank counts such as 1,2,4, not {text!r}")
+    return ranks
+
+
+def command_crosscheck(args: argparse.Namespace) -> None:
+    import ase.io
+
+    from .crosscheck import ENGINES, crosscheck, format_report, plot_report
+
+    _load(args.model)  # a missing or foreign model is bad input, reported before any engine starts
+    if not os.path.exists(args.structure):
+        raise CommandError(f"structure file {args.structure!r} does not exist")
+    try:
+        atoms = ase.io.read(args.structure, index=args.index)
+    except Exception as error:  # ASE raises many kinds for unreadable files
+        raise CommandError(f"could not read {args.structure!r} with ASE: {error}") from None
+    if isinstance(atoms, list):
+        raise CommandError(f"--index {args.index!r} selects {len(atoms)} frames; crosscheck takes one (e.g. --index 0)")
+    engines = [name.strip() for name in args.engines.split(",") if name.strip()]
+    unknown = [name for name in engines if name not in ENGINES]
+    if unknown:
+        raise CommandError(f"unknown engine(s) {', '.join(unknown)} in --engines; choose from {', '.join(ENGINES)}")
+    models = {}
+    for item in args.model_for or []:
+        engine, _, path = item.partition("=")
+        if not path:
+            raise CommandError(f"--model-for takes ENGINE=MODEL (e.g. lammps=other.pt), not {item!r}")
+        models[engine] = path
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise CommandError(f"the directory of --output {args.output!r} does not exist")
+    progress = (lambda text: print(f"  running {text} ...", file=sys.stderr, flush=True)) if not args.quiet else None
+    try:
+        report = crosscheck(args.model, atoms, ranks=_ranks(args.ranks), engines=engines, tolerance=args.tolerance,
+                            workdir=args.workdir, models=models, structure_name=os.path.basename(args.structure),
+                            progress=progress)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    print(format_report(report))
+    if args.output:
+        plot_report(report, args.output)
+        print(f"plot written to {args.output}")
+    if not report.passed:
+        raise ChecksFailed("the engines disagree (see the table above)")
+
+
 def command_doctor(args: argparse.Namespace) -> None:
     from .doctor import main as doctor
 
@@ -219,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ipi.set_defaults(handler=command_ipi_driver_path)
 
+    check = commands.add_parser(
+        "crosscheck", help="evaluate one structure in ASE, i-PI, LAMMPS and PLUMED and compare the results"
+    )
+    check.add_argument("model")
+    check.add_argument("structure", help="any file ASE can read (one frame is used, see --index)")
+    check.add_argument("--ranks", default="1,2", help="LAMMPS MPI rank counts to run, comma-separated (default 1,2)")
+    check.add_argument("--output", "-o", help="write a plot of the differences (PNG, PDF or SVG)")
+    check.add_argument("--engines", default="ase,ipi,lammps,plumed",
+                       help="engines to compare with ASE (default all: ase,ipi,lammps,plumed)")
+    check.add_argument("--index", default="0", help="which frame of the structure file (ASE index, default 0)")
+    check.add_argument("--tolerance", type=float, default=None,
+                       help="relative tolerance (default 1e-10 for float64 models, 1e-5 for float32)")
+    check.add_argument("--model-for", action="append", metavar="ENGINE=MODEL",
+                       help="give one engine another model file (ipi, lammps or plumed), e.g. a re-export")
+    check.add_argument("--workdir", help="keep the engines' input and output files here (default: a temporary directory)")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    check.set_defaults(handler=command_crosscheck)
+
     doctor = commands.add_parser("doctor", help="check torch, vesin, i-PI, LAMMPS and PLUMED and their plugins")
     doctor.add_argument("--no-load", action="store_true", help="skip starting LAMMPS and PLUMED to load the plugins")
     doctor.set_defaults(handler=command_doctor)
@@ -233,6 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CommandError as error:
         print(f"atomplug: error: {error}", file=sys.stderr)
         return 2
+    except ChecksFailed as error:
+        print(f"atomplug: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

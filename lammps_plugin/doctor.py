@@ -77,6 +77,30 @@ def check_loadable(timeout: float = 120.0) -> Check:
     )
 
 
+def check_plugin_path_variable(directory: str) -> Check:
+    """LAMMPS_PLUGIN_PATH, when set, must name existing directories and hold no other atomplug build.
+
+    LAMMPS loads every `*plugin.so` on that path as well as the entry point's directory, so a stale
+    copy built for another torch would be loaded too; a wrong entry silently loads nothing.
+    """
+    value = os.environ.get("LAMMPS_PLUGIN_PATH")
+    name = "LAMMPS_PLUGIN_PATH"
+    if not value:
+        return Check(name, True, "not set (the lammps.plugins entry point adds the plugin's directory)")
+    fix = (f"unset LAMMPS_PLUGIN_PATH (atomplug's plugin is found through its entry point) or set it to {directory}")
+    entries = [entry for entry in value.split(os.pathsep) if entry]
+    missing = [entry for entry in entries if not os.path.isdir(entry)]
+    if missing:
+        return Check(name, False, f"points nowhere: {', '.join(missing)} (not a directory)", fix)
+    ours = os.path.realpath(directory)
+    others = [entry for entry in entries
+              if os.path.realpath(entry) != ours and os.path.exists(os.path.join(entry, PLUGIN_FILE))]
+    if others:
+        return Check(name, False, f"another {PLUGIN_FILE} (maybe built for another torch) in {', '.join(others)}",
+                     f"remove that copy, or {fix}")
+    return Check(name, True, value)
+
+
 def run_checks(load: bool = True) -> List[Check]:
     checks: List[Check] = []
     versions = installed_versions()
@@ -134,6 +158,8 @@ def run_checks(load: bool = True) -> List[Check]:
         checks.append(Check("plugin libraries", not missing,
                             "all found" if not missing else "not found: " + ", ".join(missing),
                             "rebuild (python -m atomplug.lammps_plugin.build --force)"))
+
+    checks.append(check_plugin_path_variable(directory))
 
     entry_points = [ep for ep in metadata.entry_points(group="lammps.plugins") if ep.name == "atomplug"]
     if not entry_points:

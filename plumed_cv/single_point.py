@@ -1,0 +1,84 @@
+"""One structure through `plumed driver` with the model's energy as an ATOMPLUG CV (for `atomplug
+crosscheck`).
+
+`BIASVALUE ARG=energy` makes the bias equal to the model's energy, so the forces and the virial
+PLUMED applies are the model's own. PLUMED works in its native nm and kJ/mol; the positions go in
+and the results come back through the core's unit conversion, so no PLUMED constant is involved.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+
+from atomplug.core.crosscheck import EngineResult
+from atomplug.core.units import conversion_factor
+
+TIMEOUT = 600.0
+FORMAT = "%.17e"
+
+
+def _species_keywords(atoms) -> str:
+    """SPECIESn (1-based atom numbers) and SPECIES_TO_TYPES (atomic numbers) for each element."""
+    numbers = atoms.numbers
+    keywords = []
+    types = []
+    for index, number in enumerate(sorted(set(numbers.tolist())), start=1):
+        members = np.flatnonzero(numbers == number) + 1
+        keywords.append(f"SPECIES{index}=" + ",".join(str(m) for m in members))
+        types.append(str(number))
+    return " ".join(keywords) + " SPECIES_TO_TYPES=" + ",".join(types)
+
+
+def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> EngineResult:
+    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed under PLUMED."""
+    from . import plugin_path, plumed_environment, plumed_program
+    from atomplug.core.model import read_header
+
+    result = EngineResult("plumed")
+    if atoms.pbc.any() and not atoms.pbc.all():
+        result.skipped = f"PLUMED treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"
+        return result
+    outputs = read_header(model_path)["capabilities"]["outputs"]
+    if "energy" not in outputs:
+        result.skipped = "the model has no 'energy' output to use as a CV"
+        return result
+
+    nm = conversion_factor("Angstrom", "nm")
+    kj_per_mol = conversion_factor("eV", "kJ/mol")
+    with open(os.path.join(workdir, "structure.xyz"), "w") as handle:
+        handle.write(f"{len(atoms)}\n")
+        if atoms.pbc.all():
+            handle.write(" ".join(f"{v:.17e}" for v in (atoms.cell.array * nm).reshape(-1)) + "\n")
+        else:
+            handle.write("0 0 0\n")
+        for position in atoms.positions * nm:
+            handle.write(f"X {position[0]:.17e} {position[1]:.17e} {position[2]:.17e}\n")
+    with open(os.path.join(workdir, "plumed.dat"), "w") as handle:
+        handle.write(
+            f"LOAD FILE={plugin_path()}\n"
+            f"energy: ATOMPLUG MODEL={os.path.abspath(model_path)} OUTPUT=energy {_species_keywords(atoms)}\n"
+            "BIASVALUE ARG=energy\n"
+            f"PRINT ARG=energy FILE=COLVAR FMT={FORMAT}\n"
+        )
+    command = [plumed_program(), "driver", "--plumed", "plumed.dat", "--ixyz", "structure.xyz",
+               "--dump-forces", "forces.xyz", "--dump-forces-fmt", FORMAT, "--dump-full-virial"]
+    run = subprocess.run(command, cwd=workdir, env=plumed_environment(dict(os.environ, OMP_NUM_THREADS="1")),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    if run.returncode != 0:
+        text = (run.stdout + run.stderr).splitlines()
+        message = next((line for line in text if "ERROR" in line or "error" in line), None)
+        raise RuntimeError(message or f"plumed driver failed (exit {run.returncode}): {run.stderr.strip()[-500:]}")
+
+    energy = float(np.loadtxt(os.path.join(workdir, "COLVAR"), comments="#", ndmin=2)[0, 1])
+    with open(os.path.join(workdir, "forces.xyz")) as handle:
+        lines = handle.read().splitlines()
+    virial = np.array([float(v) for v in lines[1].split()]).reshape(3, 3)
+    forces = np.array([[float(v) for v in line.split()[1:4]] for line in lines[2 : 2 + len(atoms)]])
+    # PLUMED's virial is dE/d(strain) = -W (PLUMED's sign), in kJ/mol
+    result.energy = energy / kj_per_mol
+    result.forces = forces / (kj_per_mol / nm)
+    result.virial = -virial / kj_per_mol
+    return result
