@@ -80,7 +80,7 @@ def evaluate_molecules(model_path: str) -> None:
     print("  (forces pass through the extxyz text file, written with 8 decimals: hence ~1e-9 eV/A)")
 
 
-def ase_langevin(model_path: str) -> None:
+def ase_langevin(model_path: str) -> dict:
     from ase import units
     from ase.build import molecule
     from ase.md.langevin import Langevin
@@ -100,10 +100,12 @@ def ase_langevin(model_path: str) -> None:
     dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False, rng=rng)
     print(f"  {'step':>5}{'t (fs)':>8}{'E_pot (eV)':>16}{'E_kin (eV)':>12}{'T (K)':>9}{'sigma_E (meV)':>15}")
     temperatures = []
+    potentials = []
 
     def report() -> None:
         temperature = atoms.get_temperature()
         temperatures.append(temperature)
+        potentials.append(atoms.get_potential_energy())
         if dynamics.nsteps % 25 == 0:
             print(
                 f"  {dynamics.nsteps:>5}{dynamics.nsteps * 0.5:>8.1f}{atoms.get_potential_energy():>16.5f}"
@@ -118,27 +120,76 @@ def ase_langevin(model_path: str) -> None:
     print(f"\n  mean T over the last 100 steps: {np.mean(temperatures[-100:]):.0f} K (target 300 K: the run starts at the "
           "energy minimum, so kinetic energy first flows into the potential; 9 atoms fluctuate strongly)")
     print(f"  {1000 * elapsed / 200:.1f} ms per MD step (ANI-1x, 8 networks, float64, CPU)")
+    return {"time_fs": 0.5 * np.arange(len(potentials)), "potential_ev": np.array(potentials),
+            "temperature_k": np.array(temperatures)}
 
 
-def plumed_metadynamics(model_path: str) -> None:
+def plumed_metadynamics(model_path: str) -> dict:
     from atomplug.plumed_cv.demo import run_demo
 
     banner("PLUMED: metadynamics on an ATOMPLUG CV (ASE drives PLUMED, ANI-1x underneath)")
-    run_demo(model_path, os.path.join(BUILD, "plumed"))
+    workdir = os.path.join(BUILD, "plumed")
+    run_demo(model_path, workdir)
+    data = np.loadtxt(os.path.join(workdir, "energies.dat"), ndmin=2)
+    return {"time_fs": data[:, 0], "potential_ev": data[:, 1], "temperature_k": data[:, 2]}
 
 
-def lammps_water(model_path: str) -> None:
+def lammps_water(model_path: str) -> dict:
     from atomplug.lammps_plugin.demo import run_demo
 
     banner("LAMMPS: NVT of a periodic water box with ANI-1x, pair_style atomplug on 2 MPI ranks")
-    run_demo(model_path, os.path.join(BUILD, "lammps"))
+    rows = run_demo(model_path, os.path.join(BUILD, "lammps"))
+    return {"time_fs": np.array([0.5 * row["Step"] for row in rows]),
+            "potential_ev": np.array([row["PotEng"] for row in rows]),
+            "temperature_k": np.array([row["Temp"] for row in rows])}
 
 
-def ipi_pimd(model_path: str) -> None:
+def ipi_pimd(model_path: str) -> dict:
     from atomplug.ipi_driver.demo import run_demo
 
     banner("i-PI: 4-bead path-integral MD of methanol, ANI-1x on two atomplug-ipi clients")
-    run_demo(model_path, os.path.join(BUILD, "ipi"))
+    return run_demo(model_path, os.path.join(BUILD, "ipi"))
+
+
+def crosscheck_engines(model_path: str) -> None:
+    """The same frame through every engine, with the `atomplug crosscheck` command a user runs."""
+    import ase.io
+
+    from atomplug.lammps_plugin.demo import water_box
+
+    banner("atomplug crosscheck: one water box frame through ASE, i-PI, LAMMPS (1 and 2 ranks), PLUMED")
+    structure = os.path.join(BUILD, "water64.extxyz")
+    water = water_box(n_per_side=4, seed=11)
+    ase.io.write(structure, water)
+    plot = os.path.join(BUILD, "crosscheck.png")
+    print(f"  $ atomplug crosscheck {os.path.relpath(model_path)} {os.path.relpath(structure)} --ranks 1,2 "
+          f"--output {os.path.relpath(plot)}\n")
+    atomplug_cli("crosscheck", model_path, structure, "--ranks", "1,2", "--output", plot, "--quiet")
+
+
+def plot_energies(runs: dict) -> str:
+    """One panel per engine: potential energy (from its start) and temperature against time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(2, 2, figsize=(10, 6.5), sharex=False)
+    for axes, (title, series) in zip(panels.flat, runs.items()):
+        time_fs, potential = series["time_fs"], series["potential_ev"]
+        axes.plot(time_fs, potential - potential[0], color="tab:blue", lw=1.2)
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel("time (fs)")
+        axes.set_ylabel("E_pot - E_pot(0) (eV)", color="tab:blue")
+        twin = axes.twinx()
+        twin.plot(time_fs, series["temperature_k"], color="tab:red", lw=0.8, alpha=0.6)
+        twin.set_ylabel("T (K)", color="tab:red")
+    figure.suptitle("ANI-1x (exported once by atomplug) in four engines", fontsize=11)
+    figure.tight_layout()
+    path = os.path.join(BUILD, "energies.png")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def main() -> None:
@@ -146,11 +197,15 @@ def main() -> None:
     print("atomplug demo: one exported model, every engine")
     paths = export_models()
     evaluate_molecules(paths["ani1x"])
-    ase_langevin(paths["ani1x"])
-    ipi_pimd(paths["ani1x"])
-    plumed_metadynamics(paths["ani1x"])
-    lammps_water(paths["ani1x"])
+    runs = {
+        "ASE: ethanol, Langevin 300 K": ase_langevin(paths["ani1x"]),
+        "i-PI: methanol, 4-bead PIMD 300 K (bead average)": ipi_pimd(paths["ani1x"]),
+        "PLUMED + ASE: methanol, metadynamics (E incl. bias)": plumed_metadynamics(paths["ani1x"]),
+        "LAMMPS: 192-atom water, NVT 300 K, 2 MPI ranks": lammps_water(paths["ani1x"]),
+    }
+    crosscheck_engines(paths["ani1x"])
     banner("done")
+    print(f"  energy against time in every engine: {os.path.relpath(plot_energies(runs))}")
     print(f"  total {time.perf_counter() - start:.1f} s; models and outputs are in {os.path.relpath(BUILD)}/")
 
 

@@ -205,7 +205,8 @@ def run_demo(ani1x_path: str, workdir: str, *, steps: int = STEPS, timeout: floa
           f"the H atoms; 4 beads are far from converged), <T_md> = {data[half:, 3].mean():.0f} K")
     conserved = data[:, 2]
     print(f"  conserved quantity drift: {abs(conserved[-1] - conserved[0]) * 1e3:.2f} meV over {steps * TIMESTEP_FS:g} fs")
-    return {"counts": counts, "steps": int(data[-1, 0]), "kinetic_cv": kinetic, "seconds": elapsed}
+    return {"counts": counts, "steps": int(data[-1, 0]), "kinetic_cv": kinetic, "seconds": elapsed,
+            "time_fs": data[:, 1], "potential_ev": data[:, 5], "temperature_k": data[:, 3]}
 
 
 def main(argv=None) -> None:

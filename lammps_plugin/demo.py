@@ -120,8 +120,10 @@ def read_thermo(log_text: str) -> List[dict]:
     return rows
 
 
-def run_demo(ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, every: int = 25) -> List[dict]:
-    """Run the NVT demo in `workdir`; print and return the thermo rows of the MD part."""
+def run_demo(ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, every: int = 10,
+             table_every: int = 50) -> List[dict]:
+    """Run the NVT demo in `workdir`; print every `table_every` steps, return the thermo rows of
+    the MD part (every `every` steps)."""
     from .build import BuildError, build
 
     try:
@@ -148,6 +150,8 @@ def run_demo(ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, e
     md = md[next((k for k in range(len(md) - 1, -1, -1) if md[k]["Step"] == 0), 0):]
     print(f"  {'step':>6} {'time (fs)':>10} {'T (K)':>9} {'E_pot (eV)':>14} {'E_total (eV)':>14}")
     for row in md:
+        if int(row["Step"]) % table_every and int(row["Step"]) != steps:
+            continue
         print(f"  {int(row['Step']):>6} {0.5 * row['Step']:>10.1f} {row['Temp']:>9.1f} {row['PotEng']:>14.4f} {row['TotEng']:>14.4f}")
     loop = [line for line in result.stdout.splitlines() if line.startswith("Loop time")]
     per_step = ""

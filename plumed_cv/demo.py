@@ -81,7 +81,15 @@ def run_demo(
         log=os.path.join(workdir, "plumed.log"),
     )
     dynamics = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    energies = []  # time (fs), potential energy incl. the bias (eV), temperature (K)
+
+    def record() -> None:
+        energies.append((dynamics.nsteps * 0.5, atoms.get_potential_energy(), atoms.get_temperature()))
+
+    dynamics.attach(record, interval=1)
     dynamics.run(steps)
+    np.savetxt(os.path.join(workdir, "energies.dat"), np.array(energies),
+               header="time (fs), potential energy incl. bias (eV), temperature (K)")
     atoms.calc.plumed.finalize()  # flush COLVAR and HILLS
     elapsed = time.perf_counter() - start
 
