@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -73,6 +72,7 @@ def command_eval(args: argparse.Namespace) -> None:
     from ase.stress import full_3x3_to_voigt_6_stress
 
     from .evaluate import stress_from_virial_array
+    from .model import write_atomically
     from .runner import ModelRunner
 
     model = _load(args.model)
@@ -90,7 +90,13 @@ def command_eval(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.structures!r} holds no structures")
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
-    runner = ModelRunner(model, device=args.device)
+    output_directory = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_directory):
+        raise CommandError(f"the directory of -o {args.output!r} does not exist: create {output_directory!r} first")
+    try:
+        runner = ModelRunner(model, device=args.device)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     progress = tqdm(total=len(frames), unit="structure", disable=args.quiet or None, file=sys.stderr)
     results = []
     try:
@@ -99,7 +105,7 @@ def command_eval(args: argparse.Namespace) -> None:
             try:
                 output = runner.run(batch, ["energy"], forces=True, virial=True)
             except ValueError as error:
-                raise CommandError(f"structures {start}-{start + len(batch) - 1}: {error}") from None
+                raise CommandError(_first_failure(runner, batch, start, error)) from None
             offset = 0
             for index, atoms in enumerate(batch):
                 n_atoms = len(atoms)
@@ -116,30 +122,40 @@ def command_eval(args: argparse.Namespace) -> None:
     finally:
         progress.close()
 
-    directory = os.path.dirname(os.path.abspath(args.output))
-    handle, temporary = tempfile.mkstemp(prefix=".atomplug-eval-", suffix=".xyz", dir=directory)
-    os.close(handle)
-    try:
-        written = []
-        for atoms, result in zip(frames, results):
-            atoms = atoms.copy()
-            atoms.calc = SinglePointCalculator(atoms, **result)
-            written.append(atoms)
-        ase.io.write(temporary, written, format="extxyz")
-        os.replace(temporary, args.output)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    written = []
+    for atoms, result in zip(frames, results):
+        atoms = atoms.copy()
+        atoms.calc = SinglePointCalculator(atoms, **result)
+        written.append(atoms)
+    try:  # a temporary file renamed at the end: never a half-written output
+        write_atomically(args.output, lambda handle: ase.io.write(handle, written, format="extxyz"),
+                         tag="eval", what="the results", binary=False)
+    except OSError as error:
+        raise CommandError(str(error)) from None
     energies = np.array([r["energy"] for r in results])
     print(f"wrote {len(results)} structure(s) to {args.output}: energy from {energies.min():.6f} "
           f"to {energies.max():.6f} eV")
+
+
+def _first_failure(runner, batch: list, start: int, error: ValueError) -> str:
+    """Which structure of a failed batch fails, and why: each alone, for a message naming it."""
+    if len(batch) > 1:
+        for index, atoms in enumerate(batch):
+            try:
+                runner.run([atoms], ["energy"], forces=True, virial=True, use_cache=False)
+            except ValueError as single:
+                return f"structure {start + index}: {single}"
+    return f"structure {start}: {error}" if len(batch) == 1 else f"structures {start}-{start + len(batch) - 1}: {error}"
 
 
 def command_export_example(args: argparse.Namespace) -> None:
     if args.name == "lj":
         from atomplug.examples.lj import export_lj
 
-        export_lj(args.path)
+        try:
+            export_lj(args.path)
+        except OSError as error:  # the file could not be written (disk full, no permission)
+            raise CommandError(str(error)) from None
     else:
         try:
             from atomplug.examples.ani1x import export_ani1x
@@ -147,7 +163,7 @@ def command_export_example(args: argparse.Namespace) -> None:
             raise CommandError(str(error)) from None
         try:
             export_ani1x(args.path)
-        except ImportError as error:
+        except (ImportError, OSError) as error:
             raise CommandError(str(error)) from None
     print(f"exported the {args.name} example model to {args.path}")
 
@@ -285,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="engines to compare with ASE (default all: ase,ipi,lammps,plumed)")
     check.add_argument("--index", default="0", help="which frame of the structure file (ASE index, default 0)")
     check.add_argument("--tolerance", type=float, default=None,
-                       help="relative tolerance (default 1e-10 for float64 models, 1e-5 for float32)")
+                       help="relative tolerance (default 1e-10 for float64 models, 1e-4 for float32)")
     check.add_argument("--model-for", action="append", metavar="ENGINE=MODEL",
                        help="give one engine another model file (ipi, lammps or plumed), e.g. a re-export")
     check.add_argument("--workdir", help="keep the engines' input and output files here (default: a temporary directory)")

@@ -179,3 +179,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(lj_model_path, tmp_path, arguments
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("atomplug: error:"), run.stderr
     assert message in lines[0]
+
+
+def test_float32_model_agrees_within_its_documented_bound(argon, tmp_path):
+    """A float32 LJ: engines differ by float32 rounding (~1e-7 in energy, ~1e-5 in forces), well
+    inside the float32 bound 1e-4 and far outside the float64 one."""
+    path = str(tmp_path / "lj32.pt")
+    capabilities = ModelCapabilities(
+        outputs={"energy": ModelOutput(quantity="energy", unit="eV", per_atom=True)},
+        atomic_types=[18], interaction_range=AR_CUTOFF, length_unit="Angstrom", dtype="float32",
+    )
+    export(LennardJones(AR_EPSILON, AR_SIGMA, AR_CUTOFF), path, capabilities, ModelMetadata(name="LJ float32"))
+    report = crosscheck(path, argon, ranks=(2,), engines=("ase", "lammps", "plumed"), workdir=str(tmp_path / "run"))
+    print("\n" + format_report(report))
+    assert report.dtype == "float32" and report.tolerance == 1e-4
+    assert report.passed, format_report(report)
+    worst = max(max(c.energy, c.forces, c.virial) for c in report.compared)
+    assert 1e-10 < worst < 1e-4
