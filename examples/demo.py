@@ -80,7 +80,7 @@ def evaluate_molecules(model_path: str) -> None:
     print("  (forces pass through the extxyz text file, written with 8 decimals: hence ~1e-9 eV/A)")
 
 
-def ase_langevin(model_path: str) -> dict:
+def ase_langevin(model_path: str, steps: int = 200) -> dict:
     from ase import units
     from ase.build import molecule
     from ase.md.langevin import Langevin
@@ -88,7 +88,7 @@ def ase_langevin(model_path: str) -> dict:
 
     from atomplug.ase_calculator import AtomplugCalculator
 
-    banner("ASE: 200 steps of Langevin MD, ethanol at 300 K, 0.5 fs (AtomplugCalculator)")
+    banner(f"ASE: {steps} steps of Langevin MD, ethanol at 300 K, 0.5 fs (AtomplugCalculator)")
     atoms = molecule("CH3CH2OH")
     rng = np.random.default_rng(2026)
     momenta = rng.normal(size=(len(atoms), 3)) * np.sqrt(atoms.get_masses() * units.kB * 300.0)[:, None]
@@ -115,40 +115,40 @@ def ase_langevin(model_path: str) -> dict:
 
     dynamics.attach(report, interval=1)
     start = time.perf_counter()
-    dynamics.run(200)
+    dynamics.run(steps)
     elapsed = time.perf_counter() - start
-    print(f"\n  mean T over the last 100 steps: {np.mean(temperatures[-100:]):.0f} K (target 300 K: the run starts at the "
+    print(f"\n  mean T over the last {steps // 2} steps: {np.mean(temperatures[-(steps // 2):]):.0f} K (target 300 K: the run starts at the "
           "energy minimum, so kinetic energy first flows into the potential; 9 atoms fluctuate strongly)")
-    print(f"  {1000 * elapsed / 200:.1f} ms per MD step (ANI-1x, 8 networks, float64, CPU)")
+    print(f"  {1000 * elapsed / steps:.1f} ms per MD step (ANI-1x, 8 networks, float64, CPU)")
     return {"time_fs": 0.5 * np.arange(len(potentials)), "potential_ev": np.array(potentials),
             "temperature_k": np.array(temperatures)}
 
 
-def plumed_metadynamics(model_path: str) -> dict:
+def plumed_metadynamics(model_path: str, steps: int = 100) -> dict:
     from atomplug.plumed_cv.demo import run_demo
 
     banner("PLUMED: metadynamics on an ATOMPLUG CV (ASE drives PLUMED, ANI-1x underneath)")
     workdir = os.path.join(BUILD, "plumed")
-    run_demo(model_path, workdir)
+    run_demo(model_path, workdir, steps=steps)
     data = np.loadtxt(os.path.join(workdir, "energies.dat"), ndmin=2)
     return {"time_fs": data[:, 0], "potential_ev": data[:, 1], "temperature_k": data[:, 2]}
 
 
-def lammps_water(model_path: str) -> dict:
+def lammps_water(model_path: str, steps: int = 200) -> dict:
     from atomplug.lammps_plugin.demo import run_demo
 
     banner("LAMMPS: NVT of a periodic water box with ANI-1x, pair_style atomplug on 2 MPI ranks")
-    rows = run_demo(model_path, os.path.join(BUILD, "lammps"))
+    rows = run_demo(model_path, os.path.join(BUILD, "lammps"), steps=steps)
     return {"time_fs": np.array([0.5 * row["Step"] for row in rows]),
             "potential_ev": np.array([row["PotEng"] for row in rows]),
             "temperature_k": np.array([row["Temp"] for row in rows])}
 
 
-def ipi_pimd(model_path: str) -> dict:
+def ipi_pimd(model_path: str, steps: int = 200) -> dict:
     from atomplug.ipi_driver.demo import run_demo
 
     banner("i-PI: 4-bead path-integral MD of methanol, ANI-1x on two atomplug-ipi clients")
-    return run_demo(model_path, os.path.join(BUILD, "ipi"))
+    return run_demo(model_path, os.path.join(BUILD, "ipi"), steps=steps)
 
 
 def crosscheck_engines(model_path: str) -> None:
@@ -192,16 +192,23 @@ def plot_energies(runs: dict) -> str:
     return path
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="atomplug demo: ANI-1x in every engine")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the MD steps (for the test suite)")
+    args = parser.parse_args(argv)
+    scale = 0.1 if args.quick else 1.0
+    steps = lambda n: max(10, int(n * scale))  # noqa: E731
     start = time.perf_counter()
     print("atomplug demo: one exported model, every engine")
     paths = export_models()
     evaluate_molecules(paths["ani1x"])
     runs = {
-        "ASE: ethanol, Langevin 300 K": ase_langevin(paths["ani1x"]),
-        "i-PI: methanol, 4-bead PIMD 300 K (bead average)": ipi_pimd(paths["ani1x"]),
-        "PLUMED + ASE: methanol, metadynamics (E incl. bias)": plumed_metadynamics(paths["ani1x"]),
-        "LAMMPS: 192-atom water, NVT 300 K, 2 MPI ranks": lammps_water(paths["ani1x"]),
+        "ASE: ethanol, Langevin 300 K": ase_langevin(paths["ani1x"], steps(200)),
+        "i-PI: methanol, 4-bead PIMD 300 K (bead average)": ipi_pimd(paths["ani1x"], steps(200)),
+        "PLUMED + ASE: methanol, metadynamics (E incl. bias)": plumed_metadynamics(paths["ani1x"], steps(100)),
+        "LAMMPS: 192-atom water, NVT 300 K, 2 MPI ranks": lammps_water(paths["ani1x"], steps(200)),
     }
     crosscheck_engines(paths["ani1x"])
     banner("done")
