@@ -31,9 +31,11 @@ demo: plugins
 test: plugins
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Writes benchmarks/results.md and benchmarks/results-*.png (~7 min on 2 cores; see
+# docs/benchmarks.md). `make bench BENCH_ARGS=--quick` is a 1-2 minute smoke test.
 bench: plugins
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

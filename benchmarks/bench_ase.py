@@ -30,6 +30,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
+
 INSTALL_METATOMIC = "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
 EPSILON, SIGMA, CUTOFF = 0.0104, 3.40, 8.5
 WARMUP_STEPS = 4  # TorchScript specialises during the first calls of each kind
@@ -121,7 +123,8 @@ def export_metatomic(directory: str) -> Tuple[Optional[str], str]:
     return path, ""
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
+    """Prints the comparison and returns the report's rows (benchmarks/report.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100, help="rounds of interleaved steps (default 100)")
     parser.add_argument("--steps", type=int, default=2, help="steps per calculator per round (default 2)")
@@ -132,12 +135,47 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(1)
     directory = tempfile.mkdtemp(prefix="atomplug-bench-ase-")
     try:
-        bench_ase(args, directory)
+        return ase_rows(bench_ase(args, directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def bench_ase(args: argparse.Namespace, directory: str) -> None:
+FLOOR = "floor: vesin + bare fwd + bwd"
+ATOMPLUG_DEFAULT = "atomplug (skin 0.5, default)"
+ATOMPLUG_SKIN0 = "atomplug (skin 0)"
+ATOMPLUG_ONE = "atomplug, one calculate() (skin 0.5)"
+ATOMPLUG_ONE_SKIN0 = "atomplug, one calculate() (skin 0)"
+ASE_LJ = "ase.calculators.lj (smooth=False)"
+METATOMIC = "metatomic-ase (skin 2.0, default)"
+
+
+def ase_rows(measured: Dict[str, object]) -> List[BenchRow]:
+    """Issue 3's aims: atomplug <= 1.15x the floor, metatomic-ase >= 1.5x slower than atomplug."""
+    medians: Dict[str, float] = measured["medians"]  # type: ignore[assignment]
+    system = "LJ, 864 Ar, rc 8.5 A"
+    floor_text = "vesin list + bare TorchScript forward + backward, every step (run.py's floor)"
+    ours, floor = medians[ATOMPLUG_DEFAULT], medians[FLOOR]
+    theirs = medians.get(METATOMIC)
+    missing = measured["metatomic_missing"]
+    default_row = BenchRow(
+        engine="ASE", system=system, timed="MD-like step, E + F + stress, default skin 0.5 A",
+        atomplug_ms=ours, floor_ms=floor, floor=floor_text,
+        peer="metatomic-ase (skin 2 A)", peer_ms=theirs,
+        aims=[Aim(3, "atomplug / floor", ours / floor, 1.15),
+              Aim(3, "metatomic-ase / atomplug", theirs / ours if theirs else float("nan"), 1.5, at_most=False)],
+        details={f"{name} ms": value for name, value in medians.items()},
+        note=f"{measured['calls']} model call(s) per step; the skin-0.5 list was rebuilt {measured['builds']} "
+             f"times in {measured['steps']} steps" + (f"; metatomic skipped: {missing}" if missing else ""),
+    )
+    skin0_row = BenchRow(
+        engine="ASE", system=system, timed="same step, skin 0 (list rebuilt every step)",
+        atomplug_ms=medians[ATOMPLUG_SKIN0], floor_ms=floor, floor=floor_text,
+        peer="ase.calculators.lj", peer_ms=medians[ASE_LJ],
+    )
+    return [default_row, skin0_row]
+
+
+def bench_ase(args: argparse.Namespace, directory: str) -> Dict[str, object]:
     import torch
     import vesin
     from ase.calculators.lj import LennardJones
@@ -166,19 +204,19 @@ def bench_ase(args: argparse.Namespace, directory: str) -> None:
     atomplug_one_skin0 = attached(AtomplugCalculator(model, skin=0.0))
     ase_lj = attached(LennardJones(epsilon=EPSILON, sigma=SIGMA, rc=CUTOFF, smooth=False))
     methods: Dict[str, Callable] = {
-        "floor: vesin + bare fwd + bwd": make_floor(base),
-        "atomplug (skin 0.5, default)": ase_step(atomplug_default),
-        "atomplug (skin 0)": ase_step(atomplug_skin0),
-        "atomplug, one calculate() (skin 0.5)": one_calculate_step(atomplug_one),
-        "atomplug, one calculate() (skin 0)": one_calculate_step(atomplug_one_skin0),
-        "ase.calculators.lj (smooth=False)": ase_step(ase_lj),
+        FLOOR: make_floor(base),
+        ATOMPLUG_DEFAULT: ase_step(atomplug_default),
+        ATOMPLUG_SKIN0: ase_step(atomplug_skin0),
+        ATOMPLUG_ONE: one_calculate_step(atomplug_one),
+        ATOMPLUG_ONE_SKIN0: one_calculate_step(atomplug_one_skin0),
+        ASE_LJ: ase_step(ase_lj),
     }
     metatomic_path, missing = export_metatomic(directory)
     if metatomic_path is not None:
         import metatomic.torch as metatomic_torch
         from metatomic_ase import MetatomicCalculator
 
-        methods["metatomic-ase (skin 2.0, default)"] = ase_step(attached(MetatomicCalculator(metatomic_path)))
+        methods[METATOMIC] = ase_step(attached(MetatomicCalculator(metatomic_path)))
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} thread), vesin {vesin.__version__}", end="")
     if metatomic_path is not None:
@@ -188,7 +226,7 @@ def bench_ase(args: argparse.Namespace, directory: str) -> None:
 
     checker = base.copy()
     checker.calc = AtomplugCalculator(model, skin=0.0)
-    others = {"floor": methods["floor: vesin + bare fwd + bwd"], "ase LJ": ase_step(attached(
+    others = {"floor": methods[FLOOR], "ase LJ": ase_step(attached(
         LennardJones(epsilon=EPSILON, sigma=SIGMA, rc=CUTOFF, smooth=False)))}
     if metatomic_path is not None:
         others["metatomic-ase"] = ase_step(attached(MetatomicCalculator(metatomic_path)))
@@ -215,7 +253,7 @@ def bench_ase(args: argparse.Namespace, directory: str) -> None:
 
     medians = {name: 1e3 * statistics.median(values) for name, values in samples.items()}
     minimums = {name: 1e3 * min(values) for name, values in samples.items()}
-    floor_ms = medians["floor: vesin + bare fwd + bwd"]
+    floor_ms = medians[FLOOR]
     width = max(len(name) for name in names) + 2
     print(f"\n  {'per step, ' + str(args.rounds * args.steps) + ' steps each':<{width}}{'median ms':>10}{'/ floor':>9}{'min ms':>9}")
     for name in names:
@@ -223,20 +261,22 @@ def bench_ase(args: argparse.Namespace, directory: str) -> None:
     if metatomic_path is None:
         print(f"  {'metatomic-ase':<{width}}skipped: {missing}")
 
-    builds, steps = atomplug_default.calc.runner.cache.n_builds, cursor["atomplug (skin 0.5, default)"]
+    builds, steps = atomplug_default.calc.runner.cache.n_builds, cursor[ATOMPLUG_DEFAULT]
     calls = model_calls_per_step(atomplug_default, frames[0])
     print(f"\n  atomplug via get_*: {calls} model call{'s' if calls != 1 else ''} per step; skin 0.5 rebuilt its list "
           f"{builds} times in {steps} steps")
-    ours = medians["atomplug (skin 0.5, default)"]
-    one = medians["atomplug, one calculate() (skin 0.5)"]
+    ours = medians[ATOMPLUG_DEFAULT]
+    one = medians[ATOMPLUG_ONE]
     print(f"  ratio atomplug / floor          {ours / floor_ms:6.2f}   (aim <= 1.15)")
     if metatomic_path is not None:
-        theirs = medians["metatomic-ase (skin 2.0, default)"]
+        theirs = medians[METATOMIC]
         print(f"  ratio metatomic-ase / atomplug  {theirs / ours:6.2f}   (aim >= 1.5)")
         print(f"  with one calculate() per step:  atomplug / floor {one / floor_ms:.2f}, "
               f"metatomic-ase / atomplug {theirs / one:.2f}")
     else:
         print(f"  with one calculate() per step:  atomplug / floor {one / floor_ms:.2f}")
+    return {"medians": medians, "minimums": minimums, "builds": builds, "steps": steps, "calls": calls,
+            "metatomic_missing": missing}
 
 
 def model_calls_per_step(atoms, positions: np.ndarray) -> int:

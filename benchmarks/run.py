@@ -1,23 +1,34 @@
-"""`make bench`: speed of atomplug's paths against the floor (and peers, as engines land).
+"""`make bench`: every engine's speed against the floor and the peers -> benchmarks/results.md.
 
-Every ratio is measured within one run on the same structure. Timings are medians of repeated
-calls after warm-up (TorchScript optimises during the first calls).
+Runs the core benchmark (here) and each engine's bench_<engine>.py, collects the rows their main()
+returns, and writes benchmarks/results.md (atomically) and benchmarks/results-*.png. Every ratio is
+measured within one run on the same structures. Timings are medians of repeated calls after
+warm-up (TorchScript optimises during the first calls).
+
+    python benchmarks/run.py            # the full run (`make bench`, ~7 min on 2 cores)
+    python benchmarks/run.py --quick    # fewer repeats and smaller systems: a smoke test
+    python benchmarks/run.py --only core ase --output /tmp/results.md
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+import traceback
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from report import Aim, BenchRow, EngineFailure, load_average, plot_aims, plot_times, run_context, write_report  # noqa: E402
 
 
 def median_time(function: Callable[[], object], repeat: int, warmup: int) -> float:
@@ -111,8 +122,23 @@ def bench_core_lj(repeat: int, warmup: int) -> Dict[str, float]:
     return results
 
 
-def main(argv: List[str] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def core_rows(core: Dict[str, float]) -> List[BenchRow]:
+    """Issue 2's aim: the entry point (with its neighbor list) within 1.1x the floor."""
+    return [BenchRow(
+        engine="core",
+        system="LJ, 864 Ar, rc 8.5 A",
+        timed="entry point + neighbor list, E + F + virial",
+        atomplug_ms=core["atomplug_ms"],
+        floor_ms=core["floor_ms"],
+        floor="vesin list + bare TorchScript forward + one backward to the pair vectors, in-process",
+        aims=[Aim(2, "atomplug / floor", core["ratio"], 1.1)],
+        details={"neighbor list alone (vesin) ms": core["neighbors_ms"]},
+    )]
+
+
+def run_core(argv: List[str]) -> List[BenchRow]:
+    """The core benchmark (issue 2): prints as before, returns its row."""
+    parser = argparse.ArgumentParser(description="core: entry point vs floor")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args(argv)
@@ -124,24 +150,118 @@ def main(argv: List[str] = None) -> None:
     print(f"  floor: vesin + bare fwd + bwd     {core['floor_ms']:8.2f} ms")
     print(f"  atomplug entry point + list       {core['atomplug_ms']:8.2f} ms")
     print(f"  ratio atomplug / floor            {core['ratio']:8.3f}   (aim <= 1.1)")
-    run_engine_benchmarks()
+    return core_rows(core)
 
 
-ENGINE_BENCHMARKS = ["bench_ase", "bench_ipi", "bench_lammps", "bench_plumed"]
+# name -> (module, arguments of the full run, arguments of --quick); run in this order
+BENCHMARKS: Dict[str, Tuple[Optional[str], List[str], List[str]]] = {
+    "core": (None, [], ["--repeat", "5", "--warmup", "2"]),
+    "ase": ("bench_ase", [], ["--rounds", "8"]),
+    "ipi": ("bench_ipi", [], ["--sizes", "108", "1000", "--steps", "80", "--warmup", "20", "--rounds", "1"]),
+    "lammps": ("bench_lammps", ["--repeat", "3"], ["--steps", "10", "--repeat", "1", "--water-per-side", "4"]),
+    "plumed": ("bench_plumed", [], ["--frames-small", "1000", "--frames-large", "60"]),
+}
+
+# how to read each engine's rows; written under the table
+LEGEND = [
+    "- **core** (issue 2): one call of the exported model's entry point with its neighbor list "
+    "(`ModelRunner.run`, no cache) vs the floor: a vesin list, the bare scripted module, one backward "
+    "pass to the pair vectors giving forces and virial.",
+    "- **ASE** (issue 3): one MD-like step (all atoms moved, then `get_forces`, `get_stress`, "
+    "`get_potential_energy` as integrators, barostats and loggers ask) with `AtomplugCalculator`, vs the "
+    "core floor on the same positions, vs metatomic-ase running the same LJ exported as a metatomic model, "
+    "and vs `ase.calculators.lj` (skin-0 row). With its default skin atomplug reuses the neighbor list, "
+    "which the floor rebuilds every step, so it can beat the floor.",
+    "- **i-PI** (issue 5): ms per NVT step of a real i-PI server with one `atomplug-ipi` client; floor = "
+    "the same i-PI run with i-PI's own driver returning zeros (its loop + socket) plus the model called "
+    "in-process; peer = i-PI's `-m metatomic` driver on the same physics. The clients take turns for 3 "
+    "rounds and each keeps its fastest. The zeros driver is i-PI's Python driver, whose own message "
+    "handling can cost more than atomplug's client, so atomplug / floor may fall below 1. The aim is the "
+    "client's own CPU time per step (message handling, excluding the model), measured inside the client.",
+    "- **LAMMPS** (issue 4): `pair_style atomplug`, each number the minimum over 3 repeats. 1-rank rows: the Pair time per step vs the bare "
+    "model's forward + backward on the same atoms and pairs (floor), and native `lj/cut`'s Pair time; the "
+    "aim is judged on the split measured inside the one LAMMPS process: the plugin's C++ time (atom "
+    "mapping, pair filtering, tensors) over the model's time (Pair time minus that C++ time); the "
+    "atomplug / floor column compares two processes and moves by +-15% with the machine's load. "
+    "2-rank rows: whole MD step on 2 MPI ranks; floor = perfect scaling (1-rank step / 2), peer = "
+    "`lj/cut` on 2 ranks; the aim is the speedup over 1 rank.",
+    "- **PLUMED** (issue 6): the CV action's own time per step under `plumed driver` (PLUMED's "
+    "DETAILED_TIMERS; steady-state mean from the difference of a long and a short trajectory, so that "
+    "loading the model and TorchScript's profiling of the first calls cancel out), vs the model's entry "
+    "point called from Python on the same structure (floor), vs native `COORDINATION` with the same "
+    "switching function. The mean includes preemptions on a loaded machine; the minimum is given too.",
+]
 
 
-def run_engine_benchmarks() -> None:
-    """Each engine's benchmark lives in its own bench_<engine>.py with a main([])."""
+def run_benchmarks(names: List[str], quick: bool) -> Tuple[List[BenchRow], List[EngineFailure]]:
+    """Run each named benchmark; one that raises is reported as a failure, the others still run."""
     import importlib
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ENGINE_BENCHMARKS:
-        if not os.path.exists(os.path.join(here, name + ".py")):
-            continue
-        print(f"\n==== {name} " + "=" * (60 - len(name)))
-        sys.stdout.flush()
-        importlib.import_module(name).main([])
+    rows: List[BenchRow] = []
+    failures: List[EngineFailure] = []
+    for name in names:
+        module_name, full_argv, quick_argv = BENCHMARKS[name]
+        argv = quick_argv if quick else full_argv
+        print(f"\n==== {name} {' '.join(argv)} " + "=" * max(4, 60 - len(name) - len(' '.join(argv))), flush=True)
+        started = time.perf_counter()
+        try:
+            if module_name is None:
+                produced = run_core(argv)
+            else:
+                produced = importlib.import_module(module_name).main(argv)
+            rows.extend(produced or [])
+        except Exception as error:  # noqa: BLE001 - keep the other engines' results
+            traceback.print_exc()
+            failures.append(EngineFailure(name, f"{type(error).__name__}: {error}".splitlines()[0][:300]))
+        print(f"  ({name}: {time.perf_counter() - started:.0f} s)", flush=True)
+    return rows, failures
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller systems (smoke test)")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
+                        help="run only these benchmarks")
+    parser.add_argument("--output", default=os.path.join(HERE, "results.md"),
+                        help="the report; plots go beside it as results-*.png (default benchmarks/results.md)")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    load_at_start = load_average()
+    started = time.perf_counter()
+    rows, failures = run_benchmarks(args.only, args.quick)
+    elapsed = time.perf_counter() - started
+
+    command = " ".join(["benchmarks/run.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    context = run_context(started_at, elapsed, command, args.quick, load_at_start)
+    plots = [] if args.no_plots else write_plots(rows, args.output, context)
+    write_report(args.output, rows, context, failures, plots, LEGEND)
+    print(f"\nwrote {args.output}" + "".join(f", {name}" for name in plots) + f" ({elapsed / 60:.1f} min)")
+    for failure in failures:
+        print(f"FAILED: {failure.engine}: {failure.error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def write_plots(rows: List[BenchRow], output: str, context: Dict[str, str]) -> List[str]:
+    """results-times.png and results-aims.png beside the report; names relative to it."""
+    if not rows:
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        print(f"  plots skipped: {error} (pip install matplotlib)")
+        return []
+    stem = os.path.splitext(output)[0]
+    names = []
+    subtitle = f"{context['date']}, {context['machine'].split(',')[0]}; ratios within one run are what matter"
+    for suffix, plot in (("times", plot_times), ("aims", plot_aims)):
+        path = f"{stem}-{suffix}.png"
+        title = {"times": "atomplug, floor and peer, ms per step or call", "aims": "issue aims"}[suffix]
+        plot(rows, path, f"{title}\n{subtitle}")
+        names.append(os.path.basename(path))
+    return names
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
