@@ -83,7 +83,10 @@ def command_eval(args: argparse.Namespace) -> None:
     try:
         frames = ase.io.read(args.structures, index=args.index)
     except Exception as error:  # ASE raises many kinds for unreadable files
-        raise CommandError(f"could not read {args.structures!r} with ASE: {error}") from None
+        raise CommandError(
+            f"could not read {args.structures!r} with ASE: {error}: check the file (ASE guesses its format from "
+            "the extension)"
+        ) from None
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:
@@ -232,7 +235,9 @@ def command_crosscheck(args: argparse.Namespace) -> None:
             raise CommandError(f"--model-for takes ENGINE=MODEL (e.g. lammps=other.pt), not {item!r}")
         models[engine] = path
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise CommandError(f"the directory of --output {args.output!r} does not exist")
+        raise CommandError(f"the directory of --output {args.output!r} does not exist: create it first")
+    if args.output and os.path.splitext(args.output)[1].lower() not in (".png", ".pdf", ".svg"):
+        raise CommandError(f"--output {args.output!r}: give a .png, .pdf or .svg file name for the plot")
     progress = (lambda text: print(f"  running {text} ...", file=sys.stderr, flush=True)) if not args.quiet else None
     try:
         report = crosscheck(args.model, atoms, ranks=_ranks(args.ranks), engines=engines, tolerance=args.tolerance,
@@ -242,7 +247,12 @@ def command_crosscheck(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from None
     print(format_report(report))
     if args.output:
-        plot_report(report, args.output)
+        from .model import OutputError
+
+        try:
+            plot_report(report, args.output)
+        except OutputError as error:
+            raise CommandError(str(error)) from None
         print(f"plot written to {args.output}")
     if not report.passed:
         raise ChecksFailed("the engines disagree (see the table above)")

@@ -311,7 +311,8 @@ def _label(engine: str) -> str:
 
 def plot_report(report: Report, path: str) -> None:
     """Bars of the relative differences per engine (log scale) against the tolerance line.
-    Written to a temporary file first, so a failed write leaves no half-written plot."""
+    Written to a temporary file and renamed, so a failed write leaves no half-written plot
+    (raises OutputError, an OSError naming the fix)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,14 +343,11 @@ def plot_report(report: Report, path: str) -> None:
                    f"{report.structure or 'structure'} ({report.n_atoms} atoms): {verdict}", fontsize=10)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1] or ".png"
-    handle, temporary = tempfile.mkstemp(prefix=".atomplug-plot-", suffix=suffix, dir=directory)
-    os.close(handle)
+    from .model import write_atomically
+
+    file_format = (os.path.splitext(path)[1].lstrip(".") or "png").lower()
     try:
-        figure.savefig(temporary, dpi=120)
-        os.replace(temporary, path)
+        write_atomically(path, lambda handle: figure.savefig(handle, format=file_format, dpi=120),
+                         tag="plot", what="the crosscheck plot")
     finally:
         plt.close(figure)
-        if os.path.exists(temporary):
-            os.unlink(temporary)

@@ -6,11 +6,15 @@ Python or from C++ libtorch, with tensors only. Engines never differentiate by t
 """
 
 
+import errno
+import io
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import IO, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,6 +27,7 @@ from .units import conversion_factor_with_table, unit_table
 FORMAT_NAME = "atomplug"
 FORMAT_VERSION = 1
 METADATA_FILE = "atomplug-metadata.json"
+MAX_METADATA_BYTES = 16 << 20  # real metadata is a few kB; this bounds what a hostile file can make us read
 PER_ATOM_SUFFIX = "/per_atom"
 
 
@@ -214,7 +219,9 @@ class AtomisticModel(torch.nn.Module):
                 "diverging simulation (time step too large?)"
             )
         if not bool(torch.isfinite(cells).all()):
-            raise ValueError("the cell contains NaN or infinite values")
+            raise ValueError("the cell contains NaN or infinite values: check the engine's cell (box) input")
+        if bool(pbcs.any()):
+            self._check_periodic_cells(cells, pbcs.to(torch.bool))
         known = torch.isin(types.to(torch.int32), self._known_types)
         if not bool(known.all()):
             unknown: List[int] = torch.unique(types[~known]).to(torch.int64).tolist()
@@ -238,6 +245,55 @@ class AtomisticModel(torch.nn.Module):
             if pairs.shape[0] > 0:
                 if int(pairs.min()) < 0 or int(pairs.max()) >= n_atoms:
                     raise ValueError("neighbor list " + str(index) + " has atom indices outside [0, " + str(n_atoms) + ")")
+
+    def _check_periodic_cells(self, cells: Tensor, pbcs: Tensor):
+        """Every periodic direction needs a non-zero cell vector, and the periodic vectors together
+        a non-zero volume (area): a flat cell has no images to speak of. Plain float arithmetic:
+        ~6 us, where tensor operations on 3x3 matrices cost ~50 us per call."""
+        values: List[List[List[float]]] = cells.to(torch.float64).tolist()
+        flags: List[List[bool]] = pbcs.tolist()
+        n_systems = len(values)
+        for system in range(n_systems):
+            vectors: List[List[float]] = []
+            norms: List[float] = []
+            for axis in range(3):
+                if flags[system][axis]:
+                    vector = values[system][axis]
+                    # scaled to its largest component (area and volume are compared relative to the
+                    # norms, so nothing changes) so that the products below cannot overflow for huge cells
+                    largest = max(abs(vector[0]), max(abs(vector[1]), abs(vector[2])))
+                    if largest > 0.0:
+                        vector = [vector[0] / largest, vector[1] / largest, vector[2] / largest]
+                    norm = math.sqrt(vector[0] * vector[0] + vector[1] * vector[1] + vector[2] * vector[2])
+                    if norm == 0.0:
+                        raise ValueError(
+                            _structure_prefix(system, n_systems) + "cell vector " + str(axis) + " is zero but the "
+                            "system is periodic along it: set a cell vector or make that direction non-periodic"
+                        )
+                    vectors.append(vector)
+                    norms.append(norm)
+            measure = 1.0  # the area or volume the periodic vectors span, relative to `scale`
+            scale = 1.0
+            if len(vectors) == 2:
+                a = vectors[0]
+                b = vectors[1]
+                cross = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+                measure = math.sqrt(cross[0] * cross[0] + cross[1] * cross[1] + cross[2] * cross[2])
+                scale = norms[0] * norms[1]
+            elif len(vectors) == 3:
+                a = vectors[0]
+                b = vectors[1]
+                c = vectors[2]
+                measure = abs(
+                    a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                    + a[2] * (b[0] * c[1] - b[1] * c[0])
+                )
+                scale = norms[0] * norms[1] * norms[2]
+            if measure <= 1e-10 * scale:
+                raise ValueError(
+                    _structure_prefix(system, n_systems) + "the periodic cell vectors are linearly dependent (the "
+                    "cell is flat): give a cell with a non-zero volume in its periodic directions"
+                )
 
     def forward(
         self,
@@ -285,7 +341,10 @@ class AtomisticModel(torch.nn.Module):
             index = self._output_index(name)
             capable = self._output_per_atom[index]
             if per_atom and not capable:
-                raise ValueError("the model cannot compute '" + name + "' per atom (it declares it per structure only)")
+                raise ValueError(
+                    "the model cannot compute '" + name + "' per atom (it declares it per structure only): ask for '"
+                    + name + "' without '/per_atom'"
+                )
             if selected is not None and not per_atom and not capable and self._output_quantities[index] == "energy":
                 raise ValueError(
                     "this engine evaluates a subset of atoms (e.g. LAMMPS local atoms among ghosts), "
@@ -432,7 +491,104 @@ class AtomisticModel(torch.nn.Module):
         for key, value in results.items():
             if key in requests or key == "forces" or key == "virial" or key == "atomic_virial":
                 final[key] = value.detach().to(torch.float64)
+        # NaN or infinite results are never physics: stop here rather than feed them to an MD run.
+        # One sum per output and one synchronisation (~20 us); NaN and infinities survive a sum.
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for value in final.values():
+            total = total + value.sum()
+        if not bool(torch.isfinite(total)):
+            for key, value in final.items():
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(
+                        self._non_finite_message(
+                            key, value, positions, pbcs, neighbor_pairs, vectors, system_sizes, system_of_atom,
+                            selected, length_factor, length_unit,
+                        )
+                    )
+            raise ValueError(
+                "the model returned values too large to add up (above 1e308): the structure is outside what "
+                "the model can handle, or the model is broken; check the structure"
+            )
         return final
+
+    def _non_finite_message(
+        self,
+        name: str,
+        values: Tensor,
+        positions: Tensor,
+        pbcs: Tensor,
+        neighbor_pairs: List[Tensor],
+        vectors: List[Tensor],
+        system_sizes: Tensor,
+        system_of_atom: Tensor,
+        selected: Optional[Tensor],
+        length_factor: float,
+        length_unit: str,
+    ) -> str:
+        """Name the atoms behind NaN or infinite results: two atoms (almost) on top of each other
+        are the usual cause, otherwise the atoms whose values are not finite."""
+        n_atoms = positions.shape[0]
+        n_systems = system_sizes.shape[0]
+        offsets = torch.cumsum(system_sizes, 0) - system_sizes
+        text = "the model returned NaN or infinite values in '" + name + "'"
+        if name in self._output_names and self._output_quantities[self._output_index(name)] == "pressure":
+            if not bool(pbcs.to(torch.bool).all()):
+                return (
+                    text + ", a pressure, which has no meaning without a cell periodic in all three "
+                    "directions: ask for it on 3D periodic structures only"
+                )
+        closest = -1.0
+        first = -1
+        second = -1
+        relative = 1.0
+        for index in range(len(vectors)):
+            if vectors[index].shape[0] > 0:
+                distances = torch.linalg.vector_norm(vectors[index].detach().to(torch.float64), dim=1)
+                k = int(torch.argmin(distances))
+                distance = float(distances[k])
+                if first < 0 or distance < closest:
+                    closest = distance
+                    first = int(neighbor_pairs[index][k, 0])
+                    second = int(neighbor_pairs[index][k, 1])
+                    relative = distance / self._cutoffs[index]
+        if first >= 0 and relative < 0.01:
+            system = int(system_of_atom[first])
+            offset = int(offsets[system])
+            return (
+                text + ": " + _structure_prefix(system, n_systems) + "atoms " + str(first - offset) + " and "
+                + str(second - offset) + " are only " + _number_text(closest / length_factor) + " " + length_unit
+                + " apart (overlapping atoms, at " + _position_text(positions, first) + " " + length_unit
+                + "): remove the duplicate atom or move the atoms apart"
+            )
+        fix = (
+            ": the model cannot handle this structure (atoms too close, or far from its training data?) "
+            + "or is broken; check the structure"
+        )
+        atoms = torch.zeros(0, dtype=torch.int64)
+        if name == "forces":  # [N, 3], or [P, N, 3] for several properties
+            atoms = torch.nonzero((~torch.isfinite(values.reshape(-1, n_atoms, 3))).any(dim=2).any(dim=0)).flatten()
+        elif name == "atomic_virial":
+            atoms = torch.nonzero((~torch.isfinite(values.reshape(n_atoms, 9))).any(dim=1)).flatten()
+        elif name.endswith("/per_atom"):
+            rows = torch.nonzero((~torch.isfinite(values)).any(dim=1)).flatten()
+            atoms = rows if selected is None else selected.index_select(0, rows)
+        if atoms.shape[0] > 0:
+            atom = int(atoms[0])
+            system = int(system_of_atom[atom])
+            return (
+                text + " for " + str(atoms.shape[0]) + " atom(s), first " + _structure_prefix(system, n_systems)
+                + "atom " + str(atom - int(offsets[system])) + " at " + _position_text(positions, atom) + " "
+                + length_unit + fix
+            )
+        # a per-structure value ([S, p], or the virial [S, 3, 3] / [P, S, 3, 3])
+        if name == "virial":
+            bad = (~torch.isfinite(values.reshape(-1, n_systems, 9))).any(dim=2).any(dim=0)
+        else:
+            bad = (~torch.isfinite(values.reshape(n_systems, -1))).any(dim=1)
+        systems = torch.nonzero(bad).flatten()
+        if n_systems > 1 and systems.shape[0] > 0:
+            return text + " for structure " + str(int(systems[0])) + fix
+        return text + fix
 
     def _build_systems(
         self,
@@ -483,6 +639,30 @@ class AtomisticModel(torch.nn.Module):
                 )
             systems.append(system)
         return systems
+
+
+def _structure_prefix(system: int, n_systems: int) -> str:
+    """'structure 3: ' in a batch of several structures, nothing for a single one."""
+    if n_systems > 1:
+        return "structure " + str(system) + ": "
+    return ""
+
+
+def _position_text(positions: Tensor, atom: int) -> str:
+    values: List[float] = positions[atom].detach().to(torch.float64).tolist()
+    return "(" + ", ".join([_number_text(value) for value in values]) + ")"
+
+
+def _number_text(value: float) -> str:
+    """A number for an error message: 4 decimals (TorchScript's str() prints all 17 digits)."""
+    if not math.isfinite(value) or abs(value) >= 1e12 or (value != 0.0 and abs(value) < 1e-4):
+        return str(value)
+    scaled = int(round(abs(value) * 10000.0))
+    text = ("-" if value < 0.0 and scaled > 0 else "") + str(scaled // 10000)
+    fraction = scaled % 10000
+    if fraction > 0:
+        text = text + "." + ("000" + str(fraction))[-4:].rstrip("0")
+    return text
 
 
 def _split_request(request: str) -> Tuple[str, bool]:
@@ -541,16 +721,81 @@ def export(
         "metadata": metadata.to_dict(),
         "torch_version": torch.__version__,
     }
+    # Serialized in memory first: torch aborts the whole process (an exception thrown in a
+    # destructor) when its own file writer hits a full disk; Python's writes raise OSError instead.
+    archive = io.BytesIO()
+    torch.jit.save(scripted, archive, _extra_files={METADATA_FILE: json.dumps(header, sort_keys=True)})
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".atomplug-export-", suffix=".pt", dir=directory)
-    os.close(handle)
     try:
-        torch.jit.save(scripted, temporary, _extra_files={METADATA_FILE: json.dumps(header, sort_keys=True)})
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the directory {directory!r} for the model ({error.strerror or error}): choose a "
+            "directory you may write to", error.errno,
+        ) from error
+    write_atomically(path, lambda handle: handle.write(archive.getbuffer()), tag="export", what="the model")
+
+
+class OutputError(OSError):
+    """A file atomplug writes could not be written; the message names the file and the fix."""
+
+    def __init__(self, message: str, code: Optional[int] = None):
+        super().__init__(message)
+        self.errno = code
+
+
+_FIXES = {
+    errno.ENOSPC: "free disk space or write elsewhere",
+    errno.EFBIG: "free disk space, raise the file size limit (ulimit -f) or write elsewhere",
+    errno.EDQUOT: "free space within your disk quota or write elsewhere",
+    errno.EACCES: "choose a directory you may write to",
+    errno.EPERM: "choose a directory you may write to",
+    errno.EROFS: "choose a writable file system",
+}
+
+
+def write_atomically(path: str, write: Callable[[IO], object], *, tag: str, what: str, binary: bool = True) -> None:
+    """Write `path` through `write(handle)` into a temporary file in the same directory, renamed
+    over `path` only once complete: a failure (disk full, quota, a killed process) leaves `path`
+    as it was, never half-written, and removes the temporary file. Raises OutputError."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError(
+            f"cannot write {what} to {path!r}: the directory {directory!r} does not exist: create it first",
+            errno.ENOENT,
+        )
+    temporary: Optional[str] = None
+    try:
+        for _attempt in range(100):
+            candidate = os.path.join(directory, f".atomplug-{tag}-{secrets.token_hex(6)}.tmp")
+            try:
+                # mode 0o666 minus the umask: the permissions any new file gets (mkstemp's 0o600 would not)
+                descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            temporary = candidate
+            break
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary file name")
+        with os.fdopen(descriptor, "wb" if binary else "w") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        fix = _FIXES.get(error.errno, "write elsewhere")
+        raise OutputError(
+            f"could not write {what} to {path!r} ({reason}): {fix}; {path!r} was left as it was", error.errno
+        ) from error
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
 
 
 def _check_parameter_dtype(module: torch.nn.Module, dtype: str) -> None:
@@ -590,6 +835,9 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
         outputs.append(name)
         if output.per_atom:
             outputs.append(name + PER_ATOM_SUFFIX)
+    # a pressure (stress) is only defined in a 3D periodic cell: checked in one, below
+    pressures = [name for name in outputs if capabilities.outputs[_split_request(name)[0]].quantity == "pressure"]
+    outputs = [name for name in outputs if name not in pressures]
     has_energy = "energy" in capabilities.outputs
     try:
         scripted(
@@ -597,8 +845,33 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
             torch.tensor([n_atoms]), pairs, shifts, outputs, None, "energy",
             has_energy, has_energy, False, capabilities.length_unit, "eV",
         )
+        # energies per structure only (what ASE and i-PI ask): a per-atom-capable model must honour that too
+        per_structure = [
+            name for name, output in capabilities.outputs.items() if output.per_atom and output.quantity == "energy"
+        ]
+        if per_structure:
+            scripted(
+                positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
+                torch.tensor([n_atoms]), pairs, shifts, per_structure, None, "energy",
+                has_energy, False, False, capabilities.length_unit, "eV",
+            )
+        if pressures:
+            periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
+            periodic = torch.ones(3, dtype=torch.bool)
+            pairs, shifts = [], []
+            for cutoff, full_list, _strict in requests:
+                p, s = compute_pairs(positions.numpy(), periodic_cell.numpy(), periodic.numpy(), cutoff, full_list)
+                pairs.append(torch.from_numpy(p))
+                shifts.append(torch.from_numpy(s))
+            scripted(
+                positions, torch.tensor(types, dtype=torch.int32), periodic_cell.unsqueeze(0),
+                periodic.unsqueeze(0), torch.tensor([n_atoms]), pairs, shifts, pressures, None, "energy",
+                False, False, False, capabilities.length_unit, "eV",
+            )
     except Exception as error:
-        raise ValueError(f"the model does not match its declared capabilities: {_first_line(error)}") from error
+        raise ValueError(
+            f"the model does not match its declared capabilities: {describe_model_error(error)}"
+        ) from error
 
 
 def _first_line(error: BaseException) -> str:
@@ -610,6 +883,30 @@ def _first_line(error: BaseException) -> str:
             return stripped.split(":", 1)[1].strip()
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
+
+
+_RAISED = re.compile(r"^\s*builtins\.(\w+): ?(.*)$")
+
+
+def describe_model_error(error: BaseException) -> str:
+    """One line for an error raised while the entry point ran: atomplug's own checks raise
+    ValueError with a message that names the fix, given as is; anything else (a model's own
+    `raise RuntimeError(...)`, a failing torch operation) is the model's, and said to be."""
+    text = str(error)
+    lines = text.splitlines()
+    for position in range(len(lines) - 1, -1, -1):
+        match = _RAISED.match(lines[position])
+        if match:
+            kind = match.group(1)
+            message = " ".join([match.group(2)] + [line.strip() for line in lines[position + 1 :] if line.strip()])
+            if kind == "ValueError":
+                return message
+            return (
+                f"the model's own code raised {kind}: {message} (the model refuses this input: see its "
+                "documentation for what it supports, or ask its authors)"
+            )
+    message = _first_line(error)
+    return f"the model failed: {message} (an error inside the model: check its input, or ask its authors)"
 
 
 # ---- load -------------------------------------------------------------------------------------
@@ -646,34 +943,68 @@ def read_header(path: str) -> Dict:
             "`atomplug export-example lj model.pt`"
         )
     if os.path.isdir(path):
-        raise ValueError(f"model path {path!r} is a directory, not an exported atomplug model file")
+        raise ValueError(
+            f"model path {path!r} is a directory, not an exported atomplug model file: give the .pt file"
+        )
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        raise ValueError(f"cannot read the model file {path!r} ({error.strerror}): check its permissions") from None
+    if not magic:
+        raise ValueError(
+            f"{path!r} is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
+            "export the model again"
+        )
     if not zipfile.is_zipfile(path):
+        if magic == b"PK\x03\x04":  # a zip archive without its end: cut short
+            raise ValueError(
+                f"{path!r} is a corrupt or truncated archive (an unfinished export, download or copy?): "
+                "export or copy the model again"
+            )
         raise ValueError(
             f"{path!r} is not an atomplug model: it is not a TorchScript archive (export models "
             "with atomplug.core.export())"
         )
+    candidates: List[str] = []
+    is_torchscript = False
+    declared = 0
+    raw = b""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             candidates = [n for n in names if n.endswith("/extra/" + METADATA_FILE)]
             is_torchscript = any("/code/" in n for n in names)
-            if not candidates:
-                kind = "a TorchScript archive" if is_torchscript else "a zip file (perhaps a torch.save pickle)"
-                raise ValueError(
-                    f"{path!r} is {kind} without atomplug metadata, not an atomplug model: wrap and "
-                    "export the module with atomplug.core.export()"
-                )
-            text = archive.read(candidates[0]).decode("utf-8")
-    except zipfile.BadZipFile as error:
-        raise ValueError(f"{path!r} is a corrupt or truncated archive ({error}): export the model again") from error
+            if candidates:
+                declared = archive.getinfo(candidates[0]).file_size
+                if declared <= MAX_METADATA_BYTES:  # a zip bomb is refused from its declared size
+                    with archive.open(candidates[0]) as handle:
+                        raw = handle.read(MAX_METADATA_BYTES + 1)
+    except Exception as error:  # zipfile raises many kinds for damaged archives: BadZipFile,
+        # NotImplementedError (compression, version), RuntimeError (encrypted), zlib/lzma errors, EOFError...
+        raise ValueError(
+            f"{path!r} is a corrupt or truncated archive ({type(error).__name__}: {error}): export the model again"
+        ) from None
+    if not candidates:
+        kind = "a TorchScript archive" if is_torchscript else "a zip file (perhaps a torch.save pickle)"
+        raise ValueError(
+            f"{path!r} is {kind} without atomplug metadata, not an atomplug model: wrap and "
+            "export the module with atomplug.core.export()"
+        )
+    if declared > MAX_METADATA_BYTES or len(raw) > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"{path!r} has {declared} bytes of atomplug metadata, more than any export writes "
+            f"({MAX_METADATA_BYTES}): not an atomplug model; export the model again"
+        )
     try:
-        header = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path!r} has unreadable atomplug metadata ({error}): export the model again") from error
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ValueError(f"{path!r} has unreadable atomplug metadata ({reason}): export the model again") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"{path!r} has metadata that is not atomplug's: export the model with atomplug.core.export()")
     version = header.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{path!r} has no valid format version in its metadata: export the model again")
     if version > FORMAT_VERSION:
         raise ValueError(
@@ -683,7 +1014,32 @@ def read_header(path: str) -> Dict:
     for key in ("capabilities", "metadata"):
         if not isinstance(header.get(key), dict):
             raise ValueError(f"{path!r} metadata lacks {key!r}: export the model again")
+    # Everything that reads the header later (load_model, LoadedModel, `atomplug info`, PLUMED's
+    # helpers) may then trust its shape: checked here, as export() checked it when writing.
+    try:
+        ModelCapabilities.from_dict(header["capabilities"]).validate()
+        ModelMetadata.from_dict(header["metadata"])
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RuntimeError) as error:
+        reason = f"missing {error}" if isinstance(error, KeyError) else _first_line(error)
+        raise ValueError(f"{path!r} has malformed atomplug metadata ({reason}): export the model again") from None
     return header
+
+
+def check_device(device: str, supported_devices: List[str]) -> str:
+    """`device` if it is a torch device that the model supports and this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type not in supported_devices:
+        raise ValueError(
+            f"the model supports devices {supported_devices}, not {device!r}: pick one of those"
+        )
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked, but torch {torch.__version__} sees no CUDA device: use device 'cpu'"
+        )
+    return device
 
 
 def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
@@ -692,12 +1048,7 @@ def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
     path = os.fspath(path)
     header = read_header(path)
     capabilities = ModelCapabilities.from_dict(header["capabilities"])
-    device = device or "cpu"
-    if torch.device(device).type not in capabilities.supported_devices:
-        raise ValueError(
-            f"the model supports devices {capabilities.supported_devices}, not {device!r}: "
-            "pick one of those"
-        )
+    device = check_device(device or "cpu", capabilities.supported_devices)
     try:
         module = torch.jit.load(path, map_location=device)
     except Exception as error:
@@ -707,5 +1058,12 @@ def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
             raise ValueError(f"{path!r} lacks the atomplug entry point ({method}): export the model again")
     if int(module.format_version()) != int(header["format_version"]):
         raise ValueError(f"{path!r}: archive code and metadata disagree on the format version: export the model again")
+    # The entry point converts units and checks outputs with what was compiled into the archive;
+    # metadata claiming anything else (an edited or spliced file) would mislead every engine.
+    if json.loads(module.capabilities_json()) != header["capabilities"]:
+        raise ValueError(
+            f"{path!r}: its metadata declares other outputs, units or types than its code (the file "
+            "was edited or assembled by hand): export the model again with atomplug.core.export()"
+        )
     module.eval()
     return LoadedModel(module, header, path)

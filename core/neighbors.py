@@ -25,6 +25,12 @@ except ImportError as error:  # pragma: no cover - vesin is a hard dependency
 Pairs = Tuple[np.ndarray, np.ndarray]
 Request = Tuple[float, bool, bool]
 
+# Limits that keep vesin (and memory) safe on any input; see _Geometry.
+MAX_COORDINATE_IN_CUTOFFS = 1e10  # |coordinate| / cutoff: beyond, float64 distances lose meaning
+MAX_CELL_OFFSET = 1e8  # cells an atom may lie outside the periodic cell (its shifts must fit int32)
+MAX_PAIRS = 2e8  # estimated neighbor pairs of one structure (~30 bytes each, ~6 GB): beyond, refused
+VESIN_MAX_CELLS = 5e4  # vesin shrinks (and may break) its grid above 1e5 cells
+
 
 def _check_inputs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> None:
     if not np.isfinite(cutoff) or cutoff <= 0.0:
@@ -38,19 +44,33 @@ def _check_inputs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cuto
             "(an exploded MD run or a bad input file); fix the structure before evaluating"
         )
     if not np.all(np.isfinite(cell)):
-        raise ValueError("the cell contains NaN or infinite values")
+        raise ValueError("the cell contains NaN or infinite values: check the structure's cell")
+    if positions.shape[0] > 0:
+        # float64 coordinates this large cannot resolve interatomic distances (and vesin's bounding
+        # box would overflow): almost always a unit mistake or an exploded simulation
+        largest = np.abs(positions).max(axis=1)
+        if largest.max() > MAX_COORDINATE_IN_CUTOFFS * cutoff:
+            atom = int(np.argmax(largest))
+            raise ValueError(
+                f"atom {atom} is at {positions[atom].tolist()}, more than {MAX_COORDINATE_IN_CUTOFFS:.0e} "
+                f"cutoffs ({cutoff:g}) from the origin, too far for float64 coordinates to resolve "
+                "distances: check the structure and its length unit"
+            )
     if pbc.any():
         periodic_rows = cell[pbc]
-        norms = np.linalg.norm(periodic_rows, axis=1)
+        norms = np.abs(periodic_rows).max(axis=1)  # scale of each row (its norm could overflow)
         if np.any(norms == 0.0):
             axis = int(np.flatnonzero(pbc)[np.argmin(norms)])
             raise ValueError(
                 f"cell vector {axis} is zero but the system is periodic along it: set a cell vector "
                 "or make that direction non-periodic"
             )
-        gram = periodic_rows @ periodic_rows.T
-        volume = np.sqrt(max(np.linalg.det(gram), 0.0))
-        if volume <= 1e-10 * np.prod(norms):
+        # volume spanned by unit vectors along the periodic rows: scale-free (no overflow for huge
+        # cells, no underflow for tiny ones), 1 for orthogonal vectors, 0 for dependent ones
+        unit_rows = periodic_rows / norms[:, None]
+        unit_rows /= np.linalg.norm(unit_rows, axis=1)[:, None]
+        volume = np.sqrt(max(np.linalg.det(unit_rows @ unit_rows.T), 0.0))
+        if volume <= 1e-10:
             raise ValueError(
                 "the periodic cell vectors are linearly dependent (the cell is flat): give a cell "
                 "with a non-zero volume in its periodic directions"
@@ -77,10 +97,131 @@ class _Builder:
         _check_inputs(positions, cell, pbc, self.cutoff)
         if positions.shape[0] == 0:
             return np.zeros((0, 2), dtype=np.int64), np.zeros((0, 3), dtype=np.int32)
-        pairs, shifts = self._vesin.compute(
-            positions, _standard_cell(cell, pbc), [bool(p) for p in pbc], quantities="PS"
+        geometry = _Geometry(positions, cell, pbc, self.cutoff)
+        if geometry.fits_vesin:
+            try:
+                pairs, shifts = self._vesin.compute(
+                    geometry.positions, _standard_cell(cell, pbc), [bool(p) for p in pbc], quantities="PS"
+                )
+            except RuntimeError as error:  # vesin's own refusals (e.g. a cell it cannot invert)
+                raise ValueError(f"the neighbor list cannot be built for this structure: {error}") from None
+            pairs = pairs.astype(np.int64, copy=False)
+            shifts = shifts.astype(np.int32, copy=False)
+        else:
+            pairs, shifts = _sweep_pairs(geometry, self.cutoff, self.full_list)
+        if geometry.cell_offsets is not None:
+            # the list is for atom i at r_i - n_i @ cell: the shift for the given positions is S + n_i - n_j,
+            # and rounding in the wrapped coordinates must not decide which pairs are in
+            shifts = shifts + geometry.cell_offsets[pairs[:, 0]] - geometry.cell_offsets[pairs[:, 1]]
+            keep = np.flatnonzero(pair_distances(positions, cell, pairs, shifts) < self.cutoff)
+            pairs, shifts = pairs.take(keep, axis=0), shifts.take(keep, axis=0)
+        return pairs, shifts
+
+
+class _Geometry:
+    """A structure prepared for a neighbor search that is safe whatever the input.
+
+    vesin 0.6 casts cell indices to int32 (an atom a billion cells away overflows) and, when its
+    grid would exceed 1e5 cells, shrinks the grid keeping its aspect ratio, which can make a
+    dimension zero and divide by zero (SIGFPE: a three-atom molecule 1e6 Angstrom long kills the
+    process). So atoms are wrapped into the periodic cell here (`cell_offsets` [n, 3] int32: the
+    lattice vectors taken off, or None), and `fits_vesin` says whether vesin's grid stays small;
+    otherwise (few atoms spread over a huge range) `_sweep_pairs` searches instead. A structure
+    that would need an absurd number of pairs (a periodic cell far smaller than the cutoff for
+    its number of atoms) is refused with a ValueError first.
+    """
+
+    def __init__(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+        matrix = _vesin_matrix(cell, pbc)
+        inverse = np.linalg.inv(matrix)
+        with np.errstate(divide="ignore"):  # an inverse that underflows: a face distance beyond float
+            heights = 1.0 / np.linalg.norm(inverse, axis=0)  # distances between opposite faces
+        # pairs of a full list (images included) for evenly spread atoms: N^2 x sphere volume / volume,
+        # the volume from the periodic heights and the non-periodic extents (at least 2 cutoffs)
+        lengths = heights.copy()
+        for axis in np.flatnonzero(~pbc):  # the rows of non-periodic axes are unit vectors
+            lengths[axis] = max(float(np.ptp(positions @ matrix[axis])), 2.0 * cutoff)
+        with np.errstate(divide="ignore"):  # a face distance beyond float: no pairs through it
+            log_pairs = 2.0 * np.log(positions.shape[0]) + np.log(np.pi / 6.0) + np.sum(np.log(2.0 * cutoff / lengths))
+        if log_pairs > np.log(MAX_PAIRS):
+            periodic_heights = ", ".join(f"{h:.3g}" for h in heights[pbc])
+            raise ValueError(
+                f"this structure would need about {np.exp(min(log_pairs, 700.0)):.1e} neighbor pairs within the "
+                f"cutoff {cutoff:g} (at most {MAX_PAIRS:.0e}): its periodic cell (heights {periodic_heights}) is "
+                "far smaller than the cutoff for its number of atoms; check the cell and its length unit"
+            )
+
+        self.positions = positions
+        self.cell_offsets = None
+        if pbc.any():
+            offsets = np.floor(positions @ inverse) * pbc
+            if np.abs(offsets).max() > MAX_CELL_OFFSET:
+                atom = int(np.argmax(np.abs(offsets).max(axis=1)))
+                raise ValueError(
+                    f"atom {atom} lies {np.abs(offsets[atom]).max():.3g} cells away from the periodic cell "
+                    f"(at most {MAX_CELL_OFFSET:.0e}): wrap the positions into the cell"
+                )
+            if offsets.any():
+                self.positions = positions - offsets @ matrix
+                self.cell_offsets = offsets.astype(np.int32)
+
+        # vesin's grid has max(1, trunc(D / cutoff)) cells along each axis, D the face distance of a
+        # periodic axis or 1.01 x the coordinate range along a non-periodic one (1.01 if flat)
+        ranges = np.ptp(self.positions, axis=0)
+        faces = np.where(pbc, heights, np.where(ranges < 1e-6, 1.0, ranges) * 1.01)
+        with np.errstate(over="ignore"):
+            self.fits_vesin = bool(np.prod(np.maximum(1.0, faces / cutoff)) <= VESIN_MAX_CELLS)
+        self.matrix = matrix
+        self.heights = heights
+        self.pbc = pbc
+
+
+def _sweep_pairs(geometry: _Geometry, cutoff: float, full_list: bool) -> Pairs:
+    """All pairs within `cutoff`, found by sorting atoms and their periodic images along the
+    widest axis: for the geometries vesin's grid cannot hold (few atoms over a huge range), where
+    the slab within one cutoff of an atom holds few others."""
+    positions, matrix, pbc = geometry.positions, geometry.matrix, geometry.pbc
+    n_atoms = positions.shape[0]
+    reach = [int(np.ceil(cutoff / geometry.heights[k])) if pbc[k] else 0 for k in range(3)]
+    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
+    lattice_shifts = np.stack([grid.reshape(-1) for grid in grids], axis=1)  # [S, 3]
+    with np.errstate(over="ignore", invalid="ignore"):  # images of a huge cell may overflow: never pairs
+        images = (positions[None, :, :] + (lattice_shifts @ matrix)[:, None, :]).reshape(-1, 3)  # s * n + j
+        axis = int(np.argmax(np.nan_to_num(np.ptp(images, axis=0), nan=np.inf)))
+        order = np.argsort(images[:, axis], kind="stable")
+        keys = images[order, axis]
+        low = np.searchsorted(keys, positions[:, axis] - cutoff, side="left")
+        counts = np.searchsorted(keys, positions[:, axis] + cutoff, side="right") - low
+        first = np.repeat(np.arange(n_atoms), counts)
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        candidates = order[np.repeat(low, counts) + within]
+        second = candidates % n_atoms
+        shifts = lattice_shifts[candidates // n_atoms]
+        vectors = images[candidates] - positions[first]
+        keep = np.einsum("ij,ij->i", vectors, vectors) < cutoff * cutoff
+    keep &= (first != second) | shifts.any(axis=1)  # not an atom with itself
+    if not full_list:  # one of (i, j, S) and (j, i, -S): i < j, or i == j and S > 0 lexicographically
+        positive = (shifts[:, 0] > 0) | (
+            (shifts[:, 0] == 0) & ((shifts[:, 1] > 0) | ((shifts[:, 1] == 0) & (shifts[:, 2] > 0)))
         )
-        return pairs.astype(np.int64, copy=False), shifts.astype(np.int32, copy=False)
+        keep &= (first < second) | ((first == second) & positive)
+    pairs = np.stack([first[keep], second[keep]], axis=1).astype(np.int64)
+    shifts = shifts[keep].astype(np.int32)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], pairs[:, 1], pairs[:, 0]))
+    return pairs[order], shifts[order]
+
+
+def _vesin_matrix(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The cell as vesin uses it: rows along non-periodic directions replaced by unit vectors
+    orthogonal to the periodic rows (the identity when nothing is periodic)."""
+    periodic = int(pbc.sum())
+    if periodic == 0:
+        return np.eye(3)
+    matrix = np.array(cell, dtype=np.float64)
+    if periodic < 3:
+        rows = matrix[pbc] / np.linalg.norm(matrix[pbc], axis=1)[:, None]
+        matrix[~pbc] = np.linalg.svd(rows)[2][periodic:]  # orthonormal basis of what the rows leave out
+    return matrix
 
 
 def _as_arrays(positions, cell, pbc) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,8 +285,8 @@ class NeighborListCache:
         into the box), and those integer jumps per atom (None when no atom jumped)."""
         displacement = positions - (self._reference_positions if since is None else since)
         largest = float(np.max(np.einsum("ij,ij->i", displacement, displacement), initial=0.0))
-        if not largest > (0.5 * self.skin) ** 2 or self._inverse is None:
-            return largest, None
+        if not largest > (0.5 * self.skin) ** 2 or self._inverse is None or not np.isfinite(largest):
+            return largest, None  # (NaN or infinite positions: the caller reports them)
         jumps = np.rint(displacement @ self._inverse) * self._pbc
         if not jumps.any():
             return largest, None
@@ -168,9 +309,12 @@ class NeighborListCache:
         self._cell = cell.copy()
         self._pbc = pbc.copy()
         self._inverse = None
-        if pbc.any() and abs(np.linalg.det(cell)) > 0.0:
+        with np.errstate(over="ignore", divide="ignore"):  # huge cells: det and heights beyond float
+            invertible = pbc.any() and abs(np.linalg.det(cell)) > 0.0
+        if invertible:
             inverse = np.linalg.inv(cell)
-            heights = 1.0 / np.linalg.norm(inverse, axis=0)
+            with np.errstate(divide="ignore"):
+                heights = 1.0 / np.linalg.norm(inverse, axis=0)
             # a jump is recognised unambiguously only if no real move reaches half a cell height
             if np.all(heights[pbc] > self.skin):
                 self._inverse = inverse

@@ -111,10 +111,15 @@ class ModelCapabilities:
                 )
             if name == "energy" and output.quantity != "energy":
                 raise ValueError(f"output 'energy' must have quantity 'energy', not {output.quantity!r}")
-            if output.quantity == "energy":
-                check_dimension(output.unit, DIMENSIONS_ENERGY, f"output {name!r}", table)
-            elif output.quantity == "length":
-                check_dimension(output.unit, DIMENSIONS_LENGTH, f"output {name!r}", table)
+            if output.quantity in ("energy", "length"):
+                expected = DIMENSIONS_ENERGY if output.quantity == "energy" else DIMENSIONS_LENGTH
+                try:
+                    check_dimension(output.unit, expected, f"output {name!r}", table)
+                except ValueError as error:
+                    example = "eV" if output.quantity == "energy" else "Angstrom"
+                    raise ValueError(
+                        f"{error}: declare the {output.quantity} unit of the values the model returns, e.g. {example!r}"
+                    ) from None
             elif output.quantity not in ("", "force", "pressure"):
                 raise ValueError(
                     f"output {name!r}: unknown quantity {output.quantity!r}; use 'energy', "
@@ -127,7 +132,8 @@ class ModelCapabilities:
             raise ValueError(f"ModelCapabilities.atomic_types has duplicates: {self.atomic_types}")
         if not (math.isfinite(self.interaction_range) and self.interaction_range >= 0.0):
             raise ValueError(
-                f"interaction_range must be a finite number >= 0, got {self.interaction_range}"
+                f"interaction_range must be a finite number >= 0, got {self.interaction_range}: declare the "
+                "largest distance at which atoms interact (the largest neighbor-list cutoff for most models)"
             )
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .model import LoadedModel, _first_line, load_model
+from .model import LoadedModel, _first_line, check_device, describe_model_error, load_model
 from .neighbors import NeighborListCache, compute_pairs
 
 
@@ -28,7 +28,14 @@ class Structure:
     pbc: np.ndarray
 
     def __post_init__(self) -> None:
-        self.types = np.ascontiguousarray(self.types, dtype=np.int32).reshape(-1)
+        types = np.asarray(self.types).reshape(-1)
+        if types.size and not np.all(types == np.clip(np.round(types), -(2**31), 2**31 - 1)):
+            bad = types[types != np.clip(np.round(types), -(2**31), 2**31 - 1)][0]
+            raise ValueError(
+                f"atom type {bad!r} is not a 32-bit integer: types are atomic numbers (or the model's "
+                "integer type labels)"
+            )  # checked before the cast to int32, which would wrap 2**32 + 18 into argon
+        self.types = np.ascontiguousarray(types, dtype=np.int32)
         self.positions = np.ascontiguousarray(self.positions, dtype=np.float64).reshape(-1, 3)
         self.cell = np.ascontiguousarray(self.cell, dtype=np.float64).reshape(3, 3)
         self.pbc = np.array(np.broadcast_to(self.pbc, (3,)), dtype=bool)
@@ -81,14 +88,17 @@ class ModelRunner:
         device: Optional[str] = None,
     ):
         self.model = model if isinstance(model, LoadedModel) else load_model(os.fspath(model), device)
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(check_device(device or "cpu", self.model.capabilities.supported_devices))
         self.length_unit = length_unit
         self.energy_unit = energy_unit
         try:
             self.requests = self.model.neighbor_requests(length_unit)
             self.model.unit_conversion("eV", energy_unit)
         except Exception as error:
-            raise ValueError(f"engine units: {_first_line(error)}") from error
+            raise ValueError(
+                f"engine units (length {length_unit!r}, energy {energy_unit!r}): {_first_line(error)}: give a "
+                "length unit as length_unit and an energy unit as energy_unit"
+            ) from error
         self.cache = NeighborListCache(self.requests, skin=skin)
         self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
 
@@ -108,11 +118,12 @@ class ModelRunner:
             raise ValueError(f"model output {name!r} is per structure only: ask for {name!r}, not {request!r}")
         return request
 
-    def check_types(self, structure: Structure, index: int = 0) -> None:
-        """Unknown elements are named with the elements the model knows, before any work."""
+    def check_types(self, structure: Structure, index: Optional[int] = None) -> None:
+        """Unknown elements are named with the elements the model knows, before any work
+        (`index`: the structure's place in a batch, named in the message)."""
         unknown = np.setdiff1d(structure.types, self.known_types)
         if unknown.size:
-            where = f"structure {index}: " if index else ""
+            where = f"structure {index}: " if index is not None else ""
             raise ValueError(
                 f"{where}element(s) {describe_types(unknown)} unknown to this model, which knows "
                 f"{describe_types(self.known_types)}: remove those atoms or use a model trained for them"
@@ -149,9 +160,10 @@ class ModelRunner:
         if not batch:
             raise ValueError("no structures to evaluate")
         for index, structure in enumerate(batch):
+            where = f"structure {index}" if len(batch) > 1 else "the structure"
             if len(structure) == 0:
-                raise ValueError(f"structure {index} has no atoms: every structure needs at least one atom")
-            self.check_types(structure, index)
+                raise ValueError(f"{where} has no atoms: every structure needs at least one atom")
+            self.check_types(structure, index if len(batch) > 1 else None)
         if use_cache is None:
             use_cache = len(batch) == 1
         pairs: List[List[np.ndarray]] = [[] for _ in self.requests]
@@ -191,7 +203,7 @@ class ModelRunner:
                 gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
             )
         except torch.jit.Error as error:
-            raise ValueError(_first_line(error)) from None
+            raise ValueError(describe_model_error(error)) from None
         result = {key: value.cpu().numpy() for key, value in raw.items()}
         result["system_sizes"] = sizes.cpu().numpy()
         return result

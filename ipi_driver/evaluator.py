@@ -56,7 +56,7 @@ def read_template(path: str):
     if not atoms.pbc.any() and _has_ipi_cell_comment(path):
         atoms.pbc = True
     if len(atoms) == 0:
-        raise DriverError(f"the structure file {path!r} holds no atoms")
+        raise DriverError(f"the structure file {path!r} holds no atoms: give the file i-PI starts from")
     return atoms
 
 
@@ -146,7 +146,8 @@ class IPIEvaluator:
             if not outputs["non_conservative_forces"].per_atom:
                 raise DriverError("the model declares 'non_conservative_forces' per structure; it must be per atom")
             self.outputs.append("non_conservative_forces" + PER_ATOM_SUFFIX)
-            self.has_nc_stress = "non_conservative_stress" in outputs
+            # a stress needs a cell: an isolated structure's virial comes from its forces (below)
+            self.has_nc_stress = "non_conservative_stress" in outputs and bool(self.pbc.any())
             if self.has_nc_stress:
                 self.outputs.append("non_conservative_stress")
             elif self.pbc.all():
@@ -295,7 +296,7 @@ class IPIEvaluator:
         """The virial in i-PI's convention: the transpose of atomplug's W = -dE/d(strain)."""
         if not self.non_conservative:
             virial = raw["virial"][index]
-        elif self.has_nc_stress and self.pbc.any():
+        elif self.has_nc_stress:
             stress = raw["non_conservative_stress"][index].reshape(3, 3)
             virial = -stress * abs(float(np.linalg.det(structure.cell)))
         else:

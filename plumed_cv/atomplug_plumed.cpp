@@ -23,6 +23,8 @@
 #pragma GCC diagnostic ignored "-Wpedantic"
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #pragma GCC diagnostic ignored "-Wsign-compare"
+#include <caffe2/serialize/inline_container.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 #include <torch/version.h>
 #pragma GCC diagnostic pop
@@ -33,6 +35,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -240,6 +243,31 @@ private:
   }
 };
 
+// Same JSON value (objects compared key by key, in any order).
+bool same_json(const Json& a, const Json& b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Json::Null: return true;
+    case Json::Bool: return a.boolean == b.boolean;
+    case Json::Number: return a.number == b.number;
+    case Json::String: return a.text == b.text;
+    case Json::Array:
+      if (a.items.size() != b.items.size()) return false;
+      for (size_t k = 0; k < a.items.size(); k++) {
+        if (!same_json(a.items[k], b.items[k])) return false;
+      }
+      return true;
+    case Json::Object:
+      if (a.members.size() != b.members.size()) return false;
+      for (const auto& member : a.members) {
+        const Json* other = b.find(member.first);
+        if (other == nullptr || !same_json(member.second, *other)) return false;
+      }
+      return true;
+  }
+  return false;
+}
+
 std::vector<std::string> string_list(const Json* value) {
   std::vector<std::string> out;
   if (value != nullptr) {
@@ -281,6 +309,32 @@ std::string clean_error(const std::string& text) {
     }
   }
   return first.empty() ? text : first;
+}
+
+// The one line for an error raised while the entry point ran, as atomplug.core.model's
+// describe_model_error words it: atomplug's own checks (ValueError) name the fix and are given as
+// they are; anything else (a model's `raise RuntimeError(...)`) is said to be the model's.
+std::string model_error(const std::string& text) {
+  std::string kind;
+  std::string message;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const size_t first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line.compare(first, 9, "builtins.") == 0) {
+      const size_t colon = line.find(": ", first);
+      if (colon != std::string::npos) {
+        kind = line.substr(first + 9, colon - first - 9);
+        message = line.substr(colon + 2);
+      }
+    }
+  }
+  if (kind.empty()) {
+    return "the model failed: " + clean_error(text) + " (an error inside the model: check its input, or ask its authors)";
+  }
+  if (kind == "ValueError") return message;
+  return "the model's own code raised " + kind + ": " + message +
+         " (the model refuses this input: see its documentation for what it supports, or ask its authors)";
 }
 
 // PLUMED's own units are multiples of nm and kJ/mol; the archive's unit parser reads such products.
@@ -415,11 +469,42 @@ Atomplug::Atomplug(const ActionOptions& options):
   parse("MODEL", path);
   if (path.empty()) error("MODEL is required: the path of an exported atomplug model");
   {
-    std::ifstream probe(path);
+    std::ifstream probe(path, std::ios::binary);
     if (!probe.good()) {
       error("model file '" + path + "' does not exist or cannot be read: export one with "
             "atomplug.core.export() (see `atomplug export-example`)");
     }
+    char magic[4] = {0, 0, 0, 0};
+    probe.read(magic, 4);
+    const std::streamsize read = probe.gcount();
+    if (read == 0) {
+      error("'" + path + "' is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
+            "export the model again");
+    }
+    if (read != 4 || magic[0] != 'P' || magic[1] != 'K' || magic[2] != 3 || magic[3] != 4) {
+      error("'" + path + "' could not be loaded by TorchScript: it is not a TorchScript archive, so not an "
+            "atomplug model (export models with atomplug.core.export())");
+    }
+  }
+  // The metadata first, read with the archive reader alone: nothing in a file that is not an
+  // atomplug model (e.g. a torch.save pickle) is ever unpickled.
+  std::string header_text;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const std::string record = std::string("extra/") + METADATA_FILE;
+    if (reader.hasRecord(record)) {
+      at::DataPtr data;
+      size_t size = 0;
+      std::tie(data, size) = reader.getRecord(record);
+      header_text.assign(static_cast<const char*>(data.get()), size);
+    }
+  } catch (const std::exception& e) {
+    error("'" + path + "' is a corrupt or truncated archive (" + clean_error(e.what()) +
+          "): export or copy the model again");
+  }
+  if (header_text.empty()) {
+    error("'" + path + "' is a zip or TorchScript archive without atomplug metadata, not an atomplug model: "
+          "wrap and export the module with atomplug.core.export()");
   }
   std::string device_name;
   parse("DEVICE", device_name);
@@ -428,19 +513,11 @@ Atomplug::Atomplug(const ActionOptions& options):
   } catch (const std::exception& e) {
     error("DEVICE='" + device_name + "' is not a torch device (use cpu, cuda or cuda:N)");
   }
+  if (device_.is_cuda() && !torch::cuda::is_available()) {
+    error("DEVICE=" + device_name + " asked, but torch " + std::string(TORCH_VERSION) +
+          " sees no CUDA device: use DEVICE=cpu");
+  }
 
-  torch::jit::ExtraFilesMap extra_files{{METADATA_FILE, ""}};
-  try {
-    model_ = torch::jit::load(path, device_, extra_files);
-  } catch (const std::exception& e) {
-    error("'" + path + "' could not be loaded by TorchScript " + std::string(TORCH_VERSION) + " (" +
-          clean_error(e.what()) + "): is it an atomplug model exported with a compatible torch?");
-  }
-  const std::string& header_text = extra_files[METADATA_FILE];
-  if (header_text.empty()) {
-    error("'" + path + "' is a TorchScript archive without atomplug metadata, not an atomplug model: "
-          "wrap and export the module with atomplug.core.export()");
-  }
   Json header;
   try {
     header = JsonReader(header_text).document();
@@ -460,12 +537,31 @@ Atomplug::Atomplug(const ActionOptions& options):
           ", newer than this ATOMPLUG action understands (" + std::to_string(FORMAT_VERSION) +
           "): update atomplug and rebuild the plugin");
   }
-  for (const char* method : {"neighbor_requests", "unit_conversion", "atomic_types", "forward"}) {
+  try {
+    model_ = torch::jit::load(path, device_);
+  } catch (const std::exception& e) {
+    error("'" + path + "' could not be loaded by TorchScript " + std::string(TORCH_VERSION) + " (" +
+          clean_error(e.what()) + "): is it an atomplug model exported with a compatible torch?");
+  }
+  for (const char* method : {"neighbor_requests", "unit_conversion", "atomic_types", "capabilities_json", "forward"}) {
     if (!model_.find_method(method)) {
       error("'" + path + "' lacks the atomplug entry point (" + std::string(method) + "): export the model again");
     }
   }
   model_.eval();
+  // The entry point converts units and checks outputs with what was compiled into the archive:
+  // metadata claiming anything else (an edited or spliced file) would mislead this action.
+  bool same_capabilities = false;
+  try {
+    Json compiled = JsonReader(model_.run_method("capabilities_json").toStringRef()).document();
+    same_capabilities = same_json(compiled, *capabilities);
+  } catch (const std::exception& e) {
+    same_capabilities = false;
+  }
+  if (!same_capabilities) {
+    error("'" + path + "': its metadata declares other outputs, units or types than its code (the file was edited "
+          "or assembled by hand): export the model again with atomplug.core.export()");
+  }
 
   log.printf("  atomplug model %s\n", path.c_str());
   if (metadata != nullptr) {
@@ -667,6 +763,16 @@ torch::jit::IValue Atomplug::call(const torch::Tensor& positions, bool periodic,
     last_periodic_ = periodic;
   }
 
+  // vesin refuses NaN or infinite positions with its own index; name PLUMED's atom instead
+  for (size_t i = 0; i < n_atoms; i++) {
+    const Vector& position = plumed_positions[i];
+    if (!std::isfinite(position[0]) || !std::isfinite(position[1]) || !std::isfinite(position[2])) {
+      plumed_merror("ATOMPLUG " + getLabel() + ": atom " + std::to_string(getAbsoluteIndex(i).serial()) +
+                    " has a NaN or infinite position: the trajectory or the MD engine's state is broken (a "
+                    "diverging simulation? a bad input file?); fix the positions PLUMED receives");
+    }
+  }
+
   c10::List<at::Tensor> pairs;
   c10::List<at::Tensor> shifts;
   const bool periodic_axes[3] = {periodic, periodic, periodic};
@@ -744,12 +850,12 @@ void Atomplug::calculate() {
   } catch (const PLMD::Exception&) {
     throw;
   } catch (const std::exception& e) {
-    std::string message = clean_error(e.what());
+    std::string message = model_error(e.what());
     if (derivatives && n_properties_ > 1 && message.find("single-valued") != std::string::npos) {
       message += " (this atomplug core computes derivatives of single-valued outputs only: biasing the "
                  "components of a multi-property output needs a newer atomplug; printing them works)";
     }
-    plumed_merror("ATOMPLUG " + getLabel() + ": the model failed: " + message);
+    plumed_merror("ATOMPLUG " + getLabel() + ": " + message);
   }
   auto results = output.toGenericDict();
 

@@ -168,7 +168,9 @@ std::string first_line(const std::string &text)
     size_t first = line.find_first_not_of(" \t");
     if (first != std::string::npos) {
       line = line.substr(first);
-      for (const char *prefix : {"builtins.ValueError: ", "ValueError: ", "RuntimeError: "}) {
+      // "builtins.RuntimeError: ..." is what a model's own `raise RuntimeError(...)` becomes
+      if (line.rfind("builtins.", 0) == 0) line = line.substr(strlen("builtins."));
+      for (const char *prefix : {"ValueError: ", "RuntimeError: "}) {
         if (line.rfind(prefix, 0) == 0) return line.substr(strlen(prefix));
       }
       if (line.rfind("Exception raised from", 0) == 0 && !last.empty()) return last;
@@ -177,6 +179,36 @@ std::string first_line(const std::string &text)
     start = stop + 1;
   }
   return last;
+}
+
+// The one line for an error raised while the entry point ran, as atomplug.core.model's
+// describe_model_error words it: atomplug's own checks (ValueError) name the fix and are given as
+// they are; anything else (a model's `raise RuntimeError(...)`) is said to be the model's.
+std::string model_error(const std::string &text)
+{
+  std::string kind, message;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t stop = text.find('\n', start);
+    if (stop == std::string::npos) stop = text.size();
+    const std::string line = text.substr(start, stop - start);
+    const size_t first = line.find_first_not_of(" \t");
+    if (first != std::string::npos && line.compare(first, 9, "builtins.") == 0) {
+      const size_t colon = line.find(": ", first);
+      if (colon != std::string::npos) {
+        kind = line.substr(first + 9, colon - first - 9);
+        message = line.substr(colon + 2);
+      }
+    }
+    start = stop + 1;
+  }
+  if (kind.empty())
+    return "the model failed: " + first_line(text) +
+        " (an error inside the model: check its input, or ask its authors)";
+  if (kind == "ValueError") return message;
+  return "the model's own code raised " + kind + ": " + message +
+      " (the model refuses this input: see its documentation for what it supports, or ask its "
+      "authors)";
 }
 
 }    // namespace
@@ -284,6 +316,10 @@ void PairAtomplug::load_model()
                "`atomplug export-example lj model.pt`");
     char magic[4] = {0, 0, 0, 0};
     probe.read(magic, 4);
+    if (probe.gcount() == 0)
+      FAIL_ALL("'" + model_path +
+               "' is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
+               "export the model again");
     if (!(magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4))
       FAIL_ALL("'" + model_path +
                "' is not an atomplug model: it is not a TorchScript archive (export models with "
@@ -369,6 +405,10 @@ void PairAtomplug::load_model()
     // what the archive's own code says (the metadata above may only be trusted for the checks)
     json caps = json::parse(model->run_method("capabilities_json").toStringRef());
     json meta = json::parse(model->run_method("metadata_json").toStringRef());
+    if (!header.contains("capabilities") || header["capabilities"] != caps)
+      FAIL_ALL("'" + model_path + "': its metadata declares other outputs, units or types than its "
+               "code (the file was edited or assembled by hand): export the model again with "
+               "atomplug.core.export()");
     model_name = meta.value("name", std::string());
     model_length_unit = caps.value("length_unit", std::string("Angstrom"));
     interaction_range = caps.value("interaction_range", 0.0);
@@ -909,8 +949,8 @@ void PairAtomplug::compute(int eflag, int vflag)
   try {
     output = model->forward(inputs);
   } catch (std::exception &e) {
-    error->one(FLERR, "pair_style atomplug: the model failed on rank {}: {}", comm->me,
-               first_line(e.what()));
+    error->one(FLERR, "pair_style atomplug on rank {} at step {}: {}", comm->me, update->ntimestep,
+               model_error(e.what()));
   }
   const double t4 = seconds();
   auto results = output.toGenericDict();
@@ -921,15 +961,7 @@ void PairAtomplug::compute(int eflag, int vflag)
     return found->value().toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
   };
 
-  if (check_consistency) {
-    for (auto &item : results) {
-      auto value = item.value().toTensor();
-      if (!torch::isfinite(value).all().item<bool>())
-        error->one(FLERR, "pair_style atomplug (check_consistency): the model returned NaN or "
-                   "infinite values in '{}' on rank {} at step {}",
-                   item.key().toStringRef(), comm->me, update->ntimestep);
-    }
-  }
+  // (NaN or infinite results never get here: the entry point refuses them, naming the atoms)
 
   // energy
   if (eflag_global) eng_vdwl += result("energy").item<double>();

@@ -167,6 +167,7 @@ def test_cli_passes_on_a_slab_and_skips_what_cannot_run(lj_model_path, tmp_path)
         (["{model}", "{structure}", "--model-for", "ase={model}"], "a model override is for 'ipi', 'lammps' or 'plumed'"),
         (["{model}", "{structure}", "--index", ":"], "crosscheck takes one"),
         (["{model}", "{structure}", "--output", "/nonexistent/dir/plot.png"], "the directory of --output"),
+        (["{model}", "{structure}", "--output", "plot.txt"], "give a .png, .pdf or .svg file name"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(lj_model_path, tmp_path, arguments, message):

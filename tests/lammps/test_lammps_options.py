@@ -78,8 +78,9 @@ def test_check_consistency_gives_the_same_numbers(argon, plugin, lj_model_path):
 
 
 @pytest.mark.parametrize("check", ["on", "off"])
-def test_check_consistency_catches_non_finite_outputs(tmp_path, plugin, lj_model_path, check):
-    """Two atoms on top of each other: LJ is infinite there."""
+def test_non_finite_outputs_stop_the_run(tmp_path, plugin, lj_model_path, check):
+    """Two atoms on top of each other: LJ is infinite there. The entry point refuses non-finite
+    results whatever check_consistency says, naming the atoms."""
     text = f"""
 units metal
 region box block 0 12 0 12 0 12
@@ -94,11 +95,9 @@ run 0
 """
     result = run_lmp(tmp_path, text, check=False)
     output = " ".join(result.stdout.split())
-    if check == "on":
-        assert result.returncode != 0 and result.returncode < 128
-        assert "(check_consistency): the model returned NaN or infinite values" in output
-    else:
-        assert result.returncode == 0  # LAMMPS carries on with inf/nan, as with any pair style
+    assert result.returncode != 0 and result.returncode < 128
+    assert "the model returned NaN or infinite values in" in output
+    assert "atoms 0 and 1 are only 0 Angstrom apart (overlapping atoms, at (3, 3, 3) Angstrom)" in output
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
