@@ -809,12 +809,22 @@ def _check_parameter_dtype(module: torch.nn.Module, dtype: str) -> None:
             )
 
 
+def _smoke_test_lists(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, requests) -> Tuple[List, List]:
+    """The pairs and shifts of every requested neighbor list, as the entry point takes them."""
+    from .neighbors import compute_pairs
+
+    pairs, shifts = [], []
+    for cutoff, full_list, _strict in requests:
+        p, s = compute_pairs(positions.numpy(), cell.numpy(), pbc.numpy(), cutoff, full_list)
+        pairs.append(torch.from_numpy(p))
+        shifts.append(torch.from_numpy(s))
+    return pairs, shifts
+
+
 def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilities) -> None:
     """Run the entry point once on a small cluster with every declared output (and forces and
     virial when there is an energy), so that a model whose outputs do not match its
     declaration fails at export rather than in a user's simulation."""
-    from .neighbors import compute_pairs
-
     generator = torch.Generator().manual_seed(20261124)
     types = list(capabilities.atomic_types)
     while len(types) < 4:
@@ -825,11 +835,7 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
     positions = (torch.rand((n_atoms, 3), generator=generator, dtype=torch.float64) * box).contiguous()
     cell = torch.zeros((3, 3), dtype=torch.float64)
     pbc = torch.zeros(3, dtype=torch.bool)
-    pairs, shifts = [], []
-    for cutoff, full_list, _strict in requests:
-        p, s = compute_pairs(positions.numpy(), cell.numpy(), pbc.numpy(), cutoff, full_list)
-        pairs.append(torch.from_numpy(p))
-        shifts.append(torch.from_numpy(s))
+    pairs, shifts = _smoke_test_lists(positions, cell, pbc, requests)
     outputs = []
     for name, output in capabilities.outputs.items():
         outputs.append(name)
@@ -858,11 +864,7 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
         if pressures:
             periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
             periodic = torch.ones(3, dtype=torch.bool)
-            pairs, shifts = [], []
-            for cutoff, full_list, _strict in requests:
-                p, s = compute_pairs(positions.numpy(), periodic_cell.numpy(), periodic.numpy(), cutoff, full_list)
-                pairs.append(torch.from_numpy(p))
-                shifts.append(torch.from_numpy(s))
+            pairs, shifts = _smoke_test_lists(positions, periodic_cell, periodic, requests)
             scripted(
                 positions, torch.tensor(types, dtype=torch.int32), periodic_cell.unsqueeze(0),
                 periodic.unsqueeze(0), torch.tensor([n_atoms]), pairs, shifts, pressures, None, "energy",

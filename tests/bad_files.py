@@ -53,7 +53,8 @@ class _CreatesMarkerWhenUnpickled:
         return (os.mkdir, (self.marker,))
 
 
-def _rewrite_metadata(source: str, destination: str, change) -> None:
+def rewrite_metadata(source: str, destination: str, change) -> None:
+    """A copy of a model archive whose metadata JSON went through `change(header)` (a forgery)."""
     with zipfile.ZipFile(source) as archive_in, zipfile.ZipFile(destination, "w") as archive_out:
         for item in archive_in.infolist():
             data = archive_in.read(item.filename)
@@ -100,13 +101,13 @@ def write_model_file(kind: str, directory, good_model: str) -> str:
         with open(path, "wb") as handle:
             pickle.dump(_CreatesMarkerWhenUnpickled(marker), handle)
     elif kind == "future-version":
-        _rewrite_metadata(good_model, path, lambda header: header.update(format_version=99))
+        rewrite_metadata(good_model, path, lambda header: header.update(format_version=99))
     elif kind == "not-atomplug-metadata":
-        _rewrite_metadata(good_model, path, lambda header: header.update(format="somebody-else"))
+        rewrite_metadata(good_model, path, lambda header: header.update(format="somebody-else"))
     elif kind == "metadata-lies-about-outputs":
-        _rewrite_metadata(good_model, path, _claim_more_outputs)
+        rewrite_metadata(good_model, path, _claim_more_outputs)
     elif kind == "metadata-lies-about-units":
-        _rewrite_metadata(good_model, path, _claim_other_units)
+        rewrite_metadata(good_model, path, _claim_other_units)
     else:
         raise KeyError(kind)
     return path

@@ -6,7 +6,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -25,7 +24,7 @@ from atomplug.core import (
     export,
     load_model,
 )
-from atomplug.core.model import METADATA_FILE
+from bad_files import rewrite_metadata
 from structures import displaced_triclinic_argon
 
 
@@ -106,17 +105,6 @@ def test_plain_torchscript_archive_without_metadata(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 1)), str(path))
     with pytest.raises(ValueError, match="TorchScript archive without atomplug metadata"):
         load_model(str(path))
-
-
-def rewrite_metadata(source, destination, change):
-    with zipfile.ZipFile(source) as archive_in, zipfile.ZipFile(destination, "w") as archive_out:
-        for item in archive_in.infolist():
-            data = archive_in.read(item.filename)
-            if item.filename.endswith("/extra/" + METADATA_FILE):
-                header = json.loads(data)
-                change(header)
-                data = json.dumps(header).encode()
-            archive_out.writestr(item, data)
 
 
 def test_newer_format_version_is_refused(lj_model_path, tmp_path):
