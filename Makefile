@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atomplug-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup plugins clean
+.PHONY: demo test bench setup plugins clean fuzz soak
 
 setup: $(STAMP)
 
@@ -36,6 +36,19 @@ test: plugins
 bench: plugins
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# The fuzzing campaign (issue 8): FUZZ_EXAMPLES cases over the four targets in tests/fuzz (units,
+# model files, i-PI messages, structures; shares in tests/fuzz/fuzzing.py). `make test` runs a short,
+# derandomized version of the same tests. Counts per target: build/fuzz-report.json.
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(STAMP)
+	mkdir -p build
+	ATOMPLUG_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATOMPLUG_FUZZ_REPORT=build/fuzz-report.json \
+		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+# Long run (not in CI): 100,000 ASE MD steps; fails if RSS grows > 5 % after warm-up or energy drifts.
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -148,6 +148,13 @@ def dimension_name(dims: List[float]) -> str:
 
 def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
     """Split into tokens: kinds ("num", "sym", "op"), texts and start positions."""
+    # Only these ASCII characters may appear. Python's str.isdigit()/isalpha() accept other
+    # scripts ("²", "٣"), and TorchScript indexes strings by UTF-8 byte: explicit ASCII sets make
+    # the Python and the compiled parser agree on every input and keep messages valid UTF-8.
+    # (Locals, not module constants: TorchScript cannot read global strings.)
+    digits_set = "0123456789"
+    letters_set = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+    spaces_set = " \t\n"  # and carriage return as ord 13: a "\r" literal does not survive torch.jit.save
     kinds: List[str] = []
     texts: List[str] = []
     starts: List[int] = []
@@ -155,31 +162,31 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
     i = 0
     while i < n:
         c = expression[i]
-        if c.isspace():
+        if c in spaces_set or ord(c) == 13:
             i += 1
-        elif c.isdigit() or (c == "." and i + 1 < n and expression[i + 1].isdigit()):
+        elif c in digits_set or (c == "." and i + 1 < n and expression[i + 1] in digits_set):
             start = i
-            while i < n and expression[i].isdigit():
+            while i < n and expression[i] in digits_set:
                 i += 1
             if i < n and expression[i] == ".":
                 i += 1
-                while i < n and expression[i].isdigit():
+                while i < n and expression[i] in digits_set:
                     i += 1
             # An exponent only when digits follow, so "2eV" stays number "2" then symbol "eV".
             if i < n and (expression[i] == "e" or expression[i] == "E"):
                 j = i + 1
                 if j < n and (expression[j] == "+" or expression[j] == "-"):
                     j += 1
-                if j < n and expression[j].isdigit():
+                if j < n and expression[j] in digits_set:
                     i = j
-                    while i < n and expression[i].isdigit():
+                    while i < n and expression[i] in digits_set:
                         i += 1
             kinds.append("num")
             texts.append(expression[start:i])
             starts.append(start)
-        elif c.isalpha() or c == "_":
+        elif c in letters_set:
             start = i
-            while i < n and (expression[i].isalpha() or expression[i] == "_"):
+            while i < n and expression[i] in letters_set:
                 i += 1
             kinds.append("sym")
             texts.append(expression[start:i])
@@ -189,10 +196,15 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
             texts.append(c)
             starts.append(i)
             i += 1
-        else:
+        elif c in "!\"#$%&',.:;<=>?@[\\]`{|}~":
             raise ValueError(
                 "invalid unit expression '" + expression + "': unexpected character '" + c
                 + "' at position " + str(i)
+            )
+        else:  # a control or non-ASCII character (in TorchScript, one byte of it: not quoted)
+            raise ValueError(
+                "invalid unit expression '" + expression + "': unexpected control or non-ASCII character at "
+                "position " + str(i) + " (unit expressions are plain ASCII, e.g. 'eV/Angstrom^3')"
             )
     return kinds, texts, starts
 
@@ -225,7 +237,8 @@ def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: i
     digits = texts[i]
     if not digits.isdigit():
         raise ValueError(prefix + "non-integer exponent '" + digits + "' (only integer powers are allowed)")
-    value = int(digits) if len(digits) <= 6 else max_exponent + 1
+    significant = digits.lstrip("0")  # "^0000002" is 2; bound the length before int()
+    value = int(digits) if len(significant) <= 6 else max_exponent + 1
     if value > max_exponent:
         raise ValueError(prefix + "exponent '" + digits + "' is too large (at most " + str(max_exponent) + ")")
     i += 1
@@ -236,6 +249,50 @@ def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: i
             raise ValueError(prefix + "unbalanced parenthesis: missing ')' after the exponent")
         i += 1
     return sign * value, i
+
+
+def _number(text: str, prefix: str) -> float:
+    """The value of a numeric literal ("2.5", "1e-3"), which must lie between 1e-300 and 1e300.
+
+    The decimal magnitude is read from the digits before anything is converted: Python's float()
+    and TorchScript's (C++ strtod) disagree on overflow and subnormal numbers, and an exponent of
+    thousands of digits must not reach int() at all.
+    """
+    mantissa = text
+    exponent = 0
+    cut = -1
+    for k in range(len(text)):
+        if text[k] == "e" or text[k] == "E":
+            cut = k
+    if cut >= 0:
+        mantissa = text[:cut]
+        exponent_text = text[cut + 1 :]
+        sign = 1
+        if exponent_text.startswith("-"):
+            sign = -1
+            exponent_text = exponent_text[1:]
+        elif exponent_text.startswith("+"):
+            exponent_text = exponent_text[1:]
+        exponent_text = exponent_text.lstrip("0")
+        if len(exponent_text) > 5:
+            exponent_text = "99999"
+        if exponent_text != "":
+            exponent = sign * int(exponent_text)
+    point = mantissa.find(".")
+    whole = mantissa if point < 0 else mantissa[:point]
+    fraction = "" if point < 0 else mantissa[point + 1 :]
+    whole = whole.lstrip("0")
+    magnitude = 0
+    if whole != "":
+        magnitude = len(whole) - 1 + exponent
+    else:
+        significant = fraction.lstrip("0")
+        if significant == "":
+            raise ValueError(prefix + "numeric factor '" + text + "' must be finite and non-zero")
+        magnitude = exponent - (len(fraction) - len(significant) + 1)
+    if magnitude > 299 or magnitude < -299:
+        raise ValueError(prefix + "numeric factor '" + text + "' is out of range (1e-299 to 1e299)")
+    return float(text)
 
 
 def _apply(
@@ -291,10 +348,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                 continue
             operand: List[float] = [1.0, 0.0, 0.0, 0.0]
             if kind == "num":
-                number = float(text)
-                if number == 0.0 or not math.isfinite(number):
-                    raise ValueError(prefix + "numeric factor '" + text + "' must be finite and non-zero")
-                operand = [number, 0.0, 0.0, 0.0]
+                operand = [_number(text, prefix), 0.0, 0.0, 0.0]
             elif kind == "sym":
                 symbol = text.lower()
                 if symbol not in table:
@@ -358,8 +412,11 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
         raise ValueError(
             prefix + "unbalanced parenthesis: " + str(len(saved_accumulators)) + " '(' never closed"
         )
-    if accumulator[0] == 0.0 or not math.isfinite(accumulator[0]):
-        raise ValueError(prefix + "its value " + str(accumulator[0]) + " is not a finite, non-zero number")
+    if not (accumulator[0] >= 1e-300 and accumulator[0] <= 1e300):
+        raise ValueError(
+            prefix + "its value " + str(accumulator[0]) + " is out of range (a unit must lie between "
+            "1e-300 and 1e300 SI units)"
+        )
     return accumulator
 
 
@@ -377,7 +434,13 @@ def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, 
         )
     if from_unit == to_unit:
         return 1.0
-    return source[0] / target[0]
+    factor = source[0] / target[0]
+    if factor == 0.0 or not math.isfinite(factor):
+        raise ValueError(
+            "the conversion factor from '" + from_unit + "' to '" + to_unit + "' (" + str(factor)
+            + ") is not a finite, non-zero number: the two units are too far apart in scale"
+        )
+    return factor
 
 
 def check_dimension(expression: str, expected: List[float], what: str, table: Dict[str, List[float]]) -> None:

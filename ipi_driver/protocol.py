@@ -291,8 +291,10 @@ class Client:
             count = self._receive(socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
-        if count == 0:
+        if count == 0 and self._end == self._start:
             raise ServerLost("lost the i-PI server: it closed the connection while sending a request (it stopped or crashed)")
+        # A close behind messages already received (e.g. GETFORCE, EXIT) is noticed when they are
+        # used up: the next _fill() receives the end of the stream again.
 
     def close(self) -> None:
         """Read whatever i-PI already sent, then close (a FIN, not a RST: see _read_ahead)."""

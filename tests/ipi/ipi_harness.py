@@ -149,14 +149,13 @@ def replay_xml(forcefield: str, n_atoms: int, n_frames: int, init: str, frames: 
 """
 
 
-def pimd_xml(forcefield: str, init: str, *, steps: int, nbeads: int = 4, seed: int = 4242,
-             timestep_fs: float = 0.5, temperature: float = 300.0, extra_type: str = "raw") -> str:
-    """Path-integral NVT (PILE-L thermostat), recording per-bead potentials and each bead's
-    extras (`extra_type` names one JSON field to print per bead; "raw" prints them all)."""
+def dynamics_xml(forcefield: str, init: str, *, steps: int, properties: str, dynamics: str, nbeads: int = 1,
+                 seed: int = 4242, temperature: float = 300.0, extra_output: str = "") -> str:
+    """An i-PI MD input: `dynamics` is the body of <dynamics> (mode set by the caller), `properties`
+    the list printed every step to sim.out."""
     return f"""<simulation verbosity="low" floatformat="%.17e">
   <output prefix="sim">
-    <properties stride="1" filename="out" flush="1">[step, time{{femtosecond}}, conserved, temperature{{kelvin}}, kinetic_cv, potential, bead_potentials]</properties>
-    <trajectory stride="1" filename="xtr" extra_type="{extra_type}" flush="1">extras</trajectory>
+    <properties stride="1" filename="out" flush="1">[{properties}]</properties>{extra_output}
   </output>
   <total_steps>{steps}</total_steps>
   <prng><seed>{seed}</seed></prng>
@@ -168,15 +167,28 @@ def pimd_xml(forcefield: str, init: str, *, steps: int, nbeads: int = 4, seed: i
     </initialize>
     <forces><force forcefield="model"/></forces>
     <motion mode="dynamics">
-      <dynamics mode="nvt">
-        <timestep units="femtosecond">{timestep_fs}</timestep>
-        <thermostat mode="pile_l"><tau units="femtosecond">50</tau></thermostat>
-      </dynamics>
+      {dynamics}
     </motion>
     <ensemble><temperature units="kelvin">{temperature}</temperature></ensemble>
   </system>
 </simulation>
 """
+
+
+def pimd_xml(forcefield: str, init: str, *, steps: int, nbeads: int = 4, seed: int = 4242,
+             timestep_fs: float = 0.5, temperature: float = 300.0, extra_type: str = "raw") -> str:
+    """Path-integral NVT (PILE-L thermostat), recording per-bead potentials and each bead's
+    extras (`extra_type` names one JSON field to print per bead; "raw" prints them all)."""
+    return dynamics_xml(
+        forcefield, init, steps=steps, nbeads=nbeads, seed=seed, temperature=temperature,
+        properties="step, time{femtosecond}, conserved, temperature{kelvin}, kinetic_cv, potential, bead_potentials",
+        extra_output=f"""
+    <trajectory stride="1" filename="xtr" extra_type="{extra_type}" flush="1">extras</trajectory>""",
+        dynamics=f"""<dynamics mode="nvt">
+        <timestep units="femtosecond">{timestep_fs}</timestep>
+        <thermostat mode="pile_l"><tau units="femtosecond">50</tau></thermostat>
+      </dynamics>""",
+    )
 
 
 # ---- processes ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A 1000-step NVE trajectory with `pair_style atomplug` stays on the `lj/cut` one, on any number of ranks.
+"""A 1000-step NVE trajectory with `pair_style atomplug` stays on the `lj/cut` one, on any number of ranks,
+and conserves energy by itself.
 
 The argon box is triclinic, displaced and hot enough for atoms to cross periodic boundaries; a
 small skin with `check yes` makes LAMMPS rebuild neighbor lists (and re-sort and re-wrap atoms)
@@ -18,6 +19,8 @@ from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argo
 
 STEPS = 1000
 POSITION_TOLERANCE = 1e-8  # Angstrom
+THERMO_EVERY = 10
+DRIFT_TOLERANCE = 1e-6  # eV/atom over the run
 
 
 def nve_input(pair: str, label: str) -> str:
@@ -30,7 +33,7 @@ neighbor 0.5 bin
 neigh_modify every 1 delay 0 check yes
 velocity all create 120.0 4928459 loop geom
 fix nve all nve
-thermo 250
+thermo {THERMO_EVERY}
 thermo_style custom step temp pe etotal
 thermo_modify format float %.15g
 run {STEPS}
@@ -55,6 +58,23 @@ def trajectories(tmp_path_factory, plugin, lj_model_path):
         result = run_lmp(directory, nve_input(pair, label), nprocs, name=f"in.{label}")
         runs[label] = (read_dump(directory / f"{label}.dump"), result.stdout)
     return runs
+
+
+def thermo_rows(log: str) -> np.ndarray:
+    """The rows of LAMMPS' thermo table (step temp pe etotal) from a run's screen output."""
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:4] == ["Step", "Temp", "PotEng", "TotEng"])
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("Loop time"):
+            break
+        rows.append([float(value) for value in line.split()])
+    return np.array(rows)
+
+
+def linear_drift(values: np.ndarray) -> float:
+    """|slope of a least-squares line| x number of samples: the change over the run."""
+    return float(abs(np.polyfit(np.arange(len(values)), values, 1)[0]) * len(values))
 
 
 def positions(dump):
@@ -82,3 +102,21 @@ def test_trajectory_does_not_depend_on_ranks(trajectories):
     assert difference < POSITION_TOLERANCE, difference
     velocities = lambda d: np.stack([d["vx"], d["vy"], d["vz"]], axis=1)  # noqa: E731
     assert np.max(np.abs(velocities(two) - velocities(one))) < 1e-8
+
+
+def test_atomplug_run_conserves_energy(trajectories):
+    """Total-energy drift of the atomplug run itself (a linear fit of thermo etotal every 10 steps),
+    next to lj/cut's on the same trajectory."""
+    drifts = {}
+    for label in ("atomplug-1", "native-1"):
+        rows = thermo_rows(trajectories[label][1])
+        assert rows.shape[0] == STEPS // THERMO_EVERY + 1 and rows[-1, 0] == STEPS
+        n_atoms = len(displaced_triclinic_argon())
+        drifts[label] = (linear_drift(rows[:, 3] / n_atoms), rows[:, 3].std() / n_atoms, np.ptp(rows[:, 2]) / n_atoms)
+    drift, fluctuation, potential_range = drifts["atomplug-1"]
+    print(
+        f"\nLAMMPS NVE 108 Ar, {STEPS} x 1 fs: etotal drift {drift:.2e} eV/atom (lj/cut {drifts['native-1'][0]:.2e}), "
+        f"fluctuation {fluctuation:.2e} eV/atom, potential energy range {potential_range:.2e} eV/atom"
+    )
+    assert potential_range > 100 * DRIFT_TOLERANCE, "the atoms hardly moved: not a test of integration"
+    assert drift < DRIFT_TOLERANCE
