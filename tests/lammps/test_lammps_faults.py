@@ -9,20 +9,13 @@ import signal
 import pytest
 
 from bad_files import FRAGILE_MESSAGE, export_fragile
-from lammps_harness import run_lmp
+from lammps_harness import argon_box, run_lmp
 
 
 @pytest.mark.parametrize("nprocs", [1, 2], ids=["1-rank", "2-ranks"])
 def test_model_that_raises(tmp_path, plugin, nprocs):
     model = export_fragile(str(tmp_path / "fragile.pt"))
-    text = f"""
-units metal
-lattice fcc 5.26
-region box block 0 2 0 2 0 2
-create_box 1 box
-create_atoms 1 box
-mass * 39.948
-pair_style atomplug {model}
+    text = argon_box() + f"""pair_style atomplug {model}
 pair_coeff * * Ar
 run 0
 """
