@@ -40,11 +40,15 @@ bench: plugins
 # The fuzzing campaign (issue 8): FUZZ_EXAMPLES cases over the four targets in tests/fuzz (units,
 # model files, i-PI messages, structures; shares in tests/fuzz/fuzzing.py). `make test` runs a short,
 # derandomized version of the same tests. Counts per target: build/fuzz-report.json.
+# Then atheris (coverage-guided, tests/fuzz/atheris_fuzz.py): ATHERIS_RUNS inputs per byte-level
+# reader (units, model-file header, i-PI messages); counts in build/atheris-report.json.
 FUZZ_EXAMPLES ?= 100000
+ATHERIS_RUNS ?= 100000
 fuzz: $(STAMP)
 	mkdir -p build
 	ATOMPLUG_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATOMPLUG_FUZZ_REPORT=build/fuzz-report.json \
 		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+	$(PY) tests/fuzz/atheris_fuzz.py --runs $(ATHERIS_RUNS) --report build/atheris-report.json
 
 # Long run (not in CI): 100,000 ASE MD steps; fails if RSS grows > 5 % after warm-up or energy drifts.
 soak: $(STAMP)
