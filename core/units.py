@@ -296,19 +296,26 @@ def _number(text: str, prefix: str) -> float:
 
 
 def _apply(
-    accumulator: List[float], operator: str, operand: List[float], exponent: int
+    accumulator: List[float], operator: str, operand: List[float], exponent: int, prefix: str
 ) -> List[float]:
     """accumulator (operator) operand^exponent, exponent applied by repeated multiplication.
 
     A negative power divides instead of multiplying by a reciprocal, so 'a*b^-1' and 'a/b'
-    give bit-identical values.
+    give bit-identical values. Every intermediate value must stay within 1e-300..1e300: beyond,
+    it would underflow to zero (a division by zero) or lose digits as a subnormal number.
     """
     count = exponent if exponent >= 0 else -exponent
     power = 1.0
     for _ in range(count):
         power = power * operand[0]
     divide = (operator == "/") != (exponent < 0)
+    if not (power >= 1e-300 and power <= 1e300):
+        raise ValueError(prefix + "a power of " + str(operand[0]) + " is out of range (units and their "
+                         "powers must lie between 1e-300 and 1e300 SI units)")
     value = accumulator[0] / power if divide else accumulator[0] * power
+    if not (value >= 1e-300 and value <= 1e300):
+        raise ValueError(prefix + "its value goes out of range (units and their products must lie "
+                         "between 1e-300 and 1e300 SI units)")
     scale = float(-exponent) if operator == "/" else float(exponent)
     return [
         value,
@@ -374,7 +381,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
             else:
                 raise ValueError(prefix + "unexpected operator '" + text + "' after '('")
             power = _read_exponent(expression, kinds, texts, i + 1)
-            accumulator = _apply(accumulator, operator, operand, power[0])
+            accumulator = _apply(accumulator, operator, operand, power[0], prefix)
             i = power[1]
             expect_operand = False
         else:
@@ -389,7 +396,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                 accumulator = saved_accumulators.pop()
                 operator = saved_operators.pop()
                 power = _read_exponent(expression, kinds, texts, i + 1)
-                accumulator = _apply(accumulator, operator, group, power[0])
+                accumulator = _apply(accumulator, operator, group, power[0], prefix)
                 i = power[1]
             elif kind == "op" and text == "^":
                 raise ValueError(prefix + "'^' must follow a unit, a number or ')' (write a single power)")

@@ -77,6 +77,8 @@ def check_parsed(expression: str):
 @example("1e308*1e308")
 @example("(1e300*1e300)/(1e300*1e300)")
 @example("1e-300^64")
+@example("1E-200^-2")  # found by the 100,000-case campaign: a power underflowed to 0, then divided
+@example("1e-160^2/1e-160")
 @example("m^²")
 @example("٣*m")
 @example("eV\ud800")
