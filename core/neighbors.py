@@ -134,8 +134,7 @@ class _Geometry:
     def __init__(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
         matrix = _vesin_matrix(cell, pbc)
         inverse = np.linalg.inv(matrix)
-        with np.errstate(divide="ignore"):  # an inverse that underflows: a face distance beyond float
-            heights = 1.0 / np.linalg.norm(inverse, axis=0)  # distances between opposite faces
+        heights = _face_distances(inverse)
         # pairs of a full list (images included) for evenly spread atoms: N^2 x sphere volume / volume,
         # the volume from the periodic heights and the non-periodic extents (at least 2 cutoffs)
         lengths = heights.copy()
@@ -211,6 +210,16 @@ def _sweep_pairs(geometry: _Geometry, cutoff: float, full_list: bool) -> Pairs:
     return pairs[order], shifts[order]
 
 
+def _face_distances(inverse: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of a cell, 1 / |column of its inverse|, computed scale-free:
+    for cells of 1e-300 or 1e300 the plain norm would overflow or underflow (0 or inf is returned
+    only when the distance itself is beyond float)."""
+    scale = np.abs(inverse).max(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        heights = 1.0 / (scale * np.linalg.norm(inverse / scale, axis=0))
+    return np.where(scale == 0.0, np.inf, heights)
+
+
 def _vesin_matrix(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """The cell as vesin uses it: rows along non-periodic directions replaced by unit vectors
     orthogonal to the periodic rows (the identity when nothing is periodic)."""
@@ -219,7 +228,8 @@ def _vesin_matrix(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
         return np.eye(3)
     matrix = np.array(cell, dtype=np.float64)
     if periodic < 3:
-        rows = matrix[pbc] / np.linalg.norm(matrix[pbc], axis=1)[:, None]
+        rows = matrix[pbc] / np.abs(matrix[pbc]).max(axis=1)[:, None]  # scaled first: the norm of a
+        rows /= np.linalg.norm(rows, axis=1)[:, None]  # 1e-300 row underflows to zero, of a 1e300 row overflows
         matrix[~pbc] = np.linalg.svd(rows)[2][periodic:]  # orthonormal basis of what the rows leave out
     return matrix
 
@@ -313,8 +323,7 @@ class NeighborListCache:
             invertible = pbc.any() and abs(np.linalg.det(cell)) > 0.0
         if invertible:
             inverse = np.linalg.inv(cell)
-            with np.errstate(divide="ignore"):
-                heights = 1.0 / np.linalg.norm(inverse, axis=0)
+            heights = _face_distances(inverse)
             # a jump is recognised unambiguously only if no real move reaches half a cell height
             if np.all(heights[pbc] > self.skin):
                 self._inverse = inverse

@@ -133,6 +133,7 @@ def expected_fast(positions, cell, pbc) -> bool:
 @example(structure=([2**32 + 18], np.zeros((1, 3)), np.eye(3) * 10, np.ones(3, bool)), ask_stress=False)
 @example(structure=([18, 18], np.zeros((2, 3)), np.zeros((3, 3)), np.zeros(3, bool)), ask_stress=False)
 @example(structure=([18], np.zeros((1, 3)), np.eye(3) * 1e300, np.ones(3, bool)), ask_stress=True)
+@example(structure=([18], np.zeros((1, 3)), np.eye(3) * 1e-300, np.array([False, False, True])), ask_stress=False)
 @counted("structures")
 def test_any_structure_gives_finite_results_or_a_clean_value_error(calculator, structure, ask_stress):
     numbers, positions, cell, pbc = structure
