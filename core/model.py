@@ -958,7 +958,11 @@ def read_header(path: str) -> Dict:
             f"{path!r} is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
             "export the model again"
         )
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception:  # zipfile.is_zipfile raises BadZipFile itself for some end records (multi-disk)
+        is_zip = False
+    if not is_zip:
         if magic == b"PK\x03\x04":  # a zip archive without its end: cut short
             raise ValueError(
                 f"{path!r} is a corrupt or truncated archive (an unfinished export, download or copy?): "

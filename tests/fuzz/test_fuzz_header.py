@@ -285,3 +285,15 @@ def test_a_torch_save_pickle_is_refused_before_loading(workdir):
     with pytest.raises(ValueError, match="without atomplug metadata"):
         load_model(path)
     assert not os.path.exists(marker)
+
+
+def test_a_multi_disk_end_record_is_refused(exported, workdir):
+    """Found by atheris: a ZIP64 locator announcing two disks makes zipfile.is_zipfile itself raise
+    BadZipFile (it should answer False): refused as a damaged archive."""
+    import struct
+
+    data = rezip(exported)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 2)
+    path = write(workdir, data[:-22] + locator + data[-22:], "multi-disk.pt")
+    with pytest.raises(ValueError, match="corrupt or truncated archive"):
+        read_header(path)
