@@ -12,7 +12,16 @@ values, the derivatives and the virial.
 
 from __future__ import annotations
 
+import warnings
+
 from .build import BuildError, build, plugin_path
+
+# `python -m atomplug.plumed_cv.build` imports this package, which imports .build for the names
+# above, so runpy warns that it runs a module already imported. Harmless here (build.py does
+# nothing at import) and confusing as the first line of `make demo`: silenced for that module only.
+warnings.filterwarnings(
+    "ignore", message=r"'atomplug\.plumed_cv\.build' found in sys\.modules", category=RuntimeWarning
+)
 
 __all__ = ["BuildError", "build", "plugin_path", "plumed_environment", "plumed_program"]
 
