@@ -9,6 +9,14 @@ AR_SIGMA = 3.40  # Angstrom
 AR_CUTOFF = 8.5  # Angstrom
 AR_LATTICE = 5.26  # Angstrom, fcc
 WATER_MASS = 18.015  # g/mol
+NVE_DRIFT_TOLERANCE = 1e-6  # eV/atom over 1,000 steps (issue 8), in every engine that integrates
+
+
+def linear_drift(values: np.ndarray) -> float:
+    """|slope of a least-squares line| x number of samples: the change over a run with the
+    fluctuations averaged out (how NVE energy drift is measured in every engine's test)."""
+    values = np.asarray(values, dtype=float)
+    return float(abs(np.polyfit(np.arange(len(values)), values, 1)[0]) * len(values))
 
 
 def displaced_triclinic_argon(repeat=(3, 3, 3), amplitude=0.15, seed=7) -> Atoms:

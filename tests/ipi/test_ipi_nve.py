@@ -13,12 +13,11 @@ import numpy as np
 from ase.build import bulk
 
 from ipi_harness import dynamics_xml, log_text, read_properties, socket_xml, unique_socket_name, wait, write_ipi_xyz
-from structures import AR_LATTICE
+from structures import AR_LATTICE, NVE_DRIFT_TOLERANCE, linear_drift
 
 STEPS = 1000
 TIMESTEP_FS = 2.0
 TEMPERATURE_K = 60.0
-DRIFT_TOLERANCE = 1e-6  # eV/atom over the run
 
 
 def nve_xml(forcefield: str, init: str) -> str:
@@ -28,11 +27,6 @@ def nve_xml(forcefield: str, init: str) -> str:
         "kinetic_md{electronvolt}, temperature{kelvin}",
         dynamics=f'<dynamics mode="nve"><timestep units="femtosecond">{TIMESTEP_FS}</timestep></dynamics>',
     )
-
-
-def linear_drift(values: np.ndarray) -> float:
-    """|slope of a least-squares line| x number of samples: the change over the run."""
-    return float(abs(np.polyfit(np.arange(len(values)), values, 1)[0]) * len(values))
 
 
 def test_nve_conserves_energy_through_the_socket(procs, lj_model_path, tmp_path):
@@ -57,5 +51,5 @@ def test_nve_conserves_energy_through_the_socket(procs, lj_model_path, tmp_path)
         f"fluctuation {conserved.std():.2e} eV/atom; potential energy range {np.ptp(potential):.2e} eV/atom, "
         f"temperature {temperature[0]:.0f} K -> {temperature[-1]:.0f} K"
     )
-    assert np.ptp(potential) > 100 * DRIFT_TOLERANCE, "the atoms hardly moved: not a test of integration"
-    assert drift < DRIFT_TOLERANCE
+    assert np.ptp(potential) > 100 * NVE_DRIFT_TOLERANCE, "the atoms hardly moved: not a test of integration"
+    assert drift < NVE_DRIFT_TOLERANCE

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from lammps_harness import read_dump, run_lmp
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
+from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, NVE_DRIFT_TOLERANCE, displaced_triclinic_argon, linear_drift
 
 STEPS = 1000
 POSITION_TOLERANCE = 1e-8  # Angstrom
 THERMO_EVERY = 10
-DRIFT_TOLERANCE = 1e-6  # eV/atom over the run
 
 
 def nve_input(pair: str, label: str) -> str:
@@ -72,11 +71,6 @@ def thermo_rows(log: str) -> np.ndarray:
     return np.array(rows)
 
 
-def linear_drift(values: np.ndarray) -> float:
-    """|slope of a least-squares line| x number of samples: the change over the run."""
-    return float(abs(np.polyfit(np.arange(len(values)), values, 1)[0]) * len(values))
-
-
 def positions(dump):
     return np.stack([dump["xu"], dump["yu"], dump["zu"]], axis=1)
 
@@ -118,5 +112,5 @@ def test_atomplug_run_conserves_energy(trajectories):
         f"\nLAMMPS NVE 108 Ar, {STEPS} x 1 fs: etotal drift {drift:.2e} eV/atom (lj/cut {drifts['native-1'][0]:.2e}), "
         f"fluctuation {fluctuation:.2e} eV/atom, potential energy range {potential_range:.2e} eV/atom"
     )
-    assert potential_range > 100 * DRIFT_TOLERANCE, "the atoms hardly moved: not a test of integration"
-    assert drift < DRIFT_TOLERANCE
+    assert potential_range > 100 * NVE_DRIFT_TOLERANCE, "the atoms hardly moved: not a test of integration"
+    assert drift < NVE_DRIFT_TOLERANCE
