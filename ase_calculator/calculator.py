@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomplug.core import LoadedModel, ModelRunner, PER_ATOM_SUFFIX
-from atomplug.core.evaluate import stress_from_virial_array
+from atomplug.core.virial import stress_from_virial_array
 
 LOGGER = logging.getLogger("atomplug")
 _CITED: set = set()

@@ -33,7 +33,6 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
     ) from error
 
-INSTALL_HINT = "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
 
 
 class MetatomicLennardJones(torch.nn.Module):

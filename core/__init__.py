@@ -1,9 +1,11 @@
 """atomplug.core: the model contract and everything physical, shared by every engine adapter."""
 
-from .options import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
-from .system import NeighborList, System
-from .model import AtomisticModel, LoadedModel, export, load_model, read_header, FORMAT_VERSION, PER_ATOM_SUFFIX
+from .archive import FORMAT_VERSION, LoadedModel, load_model, read_header
+from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
+from .entry_point import AtomisticModel
+from .export import export
 from .runner import ModelRunner, Structure
+from .system import NeighborList, System
 from .units import conversion_factor
 
 __all__ = [

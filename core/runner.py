@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .model import LoadedModel, _first_line, check_device, describe_model_error, load_model
+from .archive import LoadedModel, check_device, load_model
+from .errors import describe_model_error, first_line
 from .neighbors import NeighborListCache, compute_pairs
 
 
@@ -96,7 +97,7 @@ class ModelRunner:
             self.model.unit_conversion("eV", energy_unit)
         except Exception as error:
             raise ValueError(
-                f"engine units (length {length_unit!r}, energy {energy_unit!r}): {_first_line(error)}: give a "
+                f"engine units (length {length_unit!r}, energy {energy_unit!r}): {first_line(error)}: give a "
                 "length unit as length_unit and an energy unit as energy_unit"
             ) from error
         self.cache = NeighborListCache(self.requests, skin=skin)
@@ -104,7 +105,7 @@ class ModelRunner:
 
     def check_output_request(self, request: str) -> str:
         """A declared output name, or "name/per_atom" for an output the model has per atom."""
-        from .model import PER_ATOM_SUFFIX
+        from .contract import PER_ATOM_SUFFIX
 
         per_atom = request.endswith(PER_ATOM_SUFFIX)
         name = request[: -len(PER_ATOM_SUFFIX)] if per_atom else request

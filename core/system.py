@@ -10,7 +10,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .options import NeighborListOptions
+from .contract import NeighborListOptions
 
 
 @torch.jit.script

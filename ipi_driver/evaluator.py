@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from atomplug.core.model import PER_ATOM_SUFFIX
+from atomplug.core.contract import PER_ATOM_SUFFIX
 from atomplug.core.neighbors import NeighborListCache
 from atomplug.core.runner import ModelRunner, Structure, describe_types
 
@@ -103,7 +103,7 @@ class IPIEvaluator:
         skin: float = DEFAULT_SKIN_ANGSTROM,
         name: Optional[str] = None,
     ):
-        from atomplug.core.model import load_model
+        from atomplug.core.archive import load_model
 
         try:
             loaded = load_model(os.fspath(model), device)

@@ -132,7 +132,7 @@ def generated_header(lammps_version: str, torch_version: str, torch_lib: str, bu
     """
     from ase.data import chemical_symbols
 
-    from atomplug.core.model import FORMAT_VERSION, METADATA_FILE
+    from atomplug.core.archive import FORMAT_VERSION, METADATA_FILE
     from atomplug.core.units import ENGINE_UNITS, engine_units
 
     try:

@@ -1,5 +1,5 @@
-"""One structure through `plumed driver` with the model's energy as an ATOMPLUG CV (for `atomplug
-crosscheck`).
+"""One structure through `plumed driver` with the model's energy as an ATOMPLUG CV, for `atomplug
+crosscheck` (`atomplug.cli.crosscheck`), which reads the plain dict it returns.
 
 `BIASVALUE ARG=energy` makes the bias equal to the model's energy, so the forces and the virial
 PLUMED applies are the model's own. PLUMED works in its native nm and kJ/mol; the positions go in
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Dict
 
 import numpy as np
 
-from atomplug.core.crosscheck import EngineResult
 from atomplug.core.units import conversion_factor
 
 TIMEOUT = 600.0
@@ -32,19 +32,20 @@ def _species_keywords(atoms) -> str:
     return " ".join(keywords) + " SPECIES_TO_TYPES=" + ",".join(types)
 
 
-def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> EngineResult:
-    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed under PLUMED."""
-    from . import plugin_path, plumed_environment, plumed_program
-    from atomplug.core.model import read_header
+def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, object]:
+    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed under PLUMED.
 
-    result = EngineResult("plumed")
+    Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array}, or {"skipped": reason}
+    for a structure or model PLUMED cannot take; raises RuntimeError when `plumed driver` fails.
+    """
+    from . import plugin_path, plumed_environment, plumed_program
+    from atomplug.core.archive import read_header
+
     if atoms.pbc.any() and not atoms.pbc.all():
-        result.skipped = f"PLUMED treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"
-        return result
+        return {"skipped": f"PLUMED treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"}
     outputs = read_header(model_path)["capabilities"]["outputs"]
     if "energy" not in outputs:
-        result.skipped = "the model has no 'energy' output to use as a CV"
-        return result
+        return {"skipped": "the model has no 'energy' output to use as a CV"}
 
     nm = conversion_factor("Angstrom", "nm")
     kj_per_mol = conversion_factor("eV", "kJ/mol")
@@ -78,7 +79,4 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> EngineResult:
     virial = np.array([float(v) for v in lines[1].split()]).reshape(3, 3)
     forces = np.array([[float(v) for v in line.split()[1:4]] for line in lines[2 : 2 + len(atoms)]])
     # PLUMED's virial is dE/d(strain) = -W (PLUMED's sign), in kJ/mol
-    result.energy = energy / kj_per_mol
-    result.forces = forces / (kj_per_mol / nm)
-    result.virial = -virial / kj_per_mol
-    return result
+    return {"energy": energy / kj_per_mol, "forces": forces / (kj_per_mol / nm), "virial": -virial / kj_per_mol}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
-from atomplug.core.model import METADATA_FILE
+from atomplug.core.archive import METADATA_FILE
 
 # what each engine's message must say about the problem (a regular expression, case-sensitive)
 MODEL_FILE_PROBLEMS: Dict[str, str] = {

@@ -70,7 +70,7 @@ def test_export_on_a_full_disk(tmp_path, previous):
     target = prepare_target(tmp_path, "lj.pt", previous)
     script = textwrap.dedent(f"""
         import sys
-        from atomplug.core.model import OutputError
+        from atomplug.core.files import OutputError
         from atomplug.examples.lj import export_lj
         try:
             export_lj({target!r})

@@ -34,7 +34,7 @@ def one_input(target: str):
     import atheris
 
     with atheris.instrument_imports(include=["atomplug"]):
-        import atomplug.core.model  # noqa: F401
+        import atomplug.core.archive  # noqa: F401
         import atomplug.core.units  # noqa: F401
         import atomplug.ipi_driver.protocol  # noqa: F401
     sys.path.insert(0, HERE)

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from atomplug.core.model import METADATA_FILE, LoadedModel, load_model, read_header
+from atomplug.core.archive import METADATA_FILE, LoadedModel, load_model, read_header
 from fuzzing import counted, fuzz_settings
 
 TIME_LIMIT = 20.0  # seconds for one load (torch compiles the archive's code): far below a hang

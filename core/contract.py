@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+PER_ATOM_SUFFIX = "/per_atom"  # an output name ending in it asks for per-atom values
+
 
 @torch.jit.script
 class NeighborListOptions:

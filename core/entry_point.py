@@ -1,35 +1,22 @@
-"""The exported model: `AtomisticModel` (the engine entry point), `export()` and `load_model()`.
+"""The engine entry point: `AtomisticModel`, compiled into every exported archive.
 
-One TorchScript archive holds the author's module, its declared capabilities and metadata (JSON,
-in the archive's extra files), the unit table, and the one method every engine calls, from
-Python or from C++ libtorch, with tensors only. Engines never differentiate by themselves.
+Every engine (ASE, i-PI from Python; LAMMPS, PLUMED from C++ libtorch) calls its one method with
+tensors only: it checks the input, converts units, builds `System`s, runs the author's module and
+differentiates it (forces, virial) inside TorchScript. Engines never differentiate by themselves.
 """
 
-
-import errno
-import io
 import json
 import math
-import os
-import re
-import secrets
-import zipfile
-from typing import IO, Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .evaluate import atomic_virial_from_pairs, pair_vectors, strained
-from .options import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
+from .archive import FORMAT_VERSION
+from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
 from .system import NeighborList, System
 from .units import conversion_factor_with_table, unit_table
-
-FORMAT_NAME = "atomplug"
-FORMAT_VERSION = 1
-METADATA_FILE = "atomplug-metadata.json"
-MAX_METADATA_BYTES = 16 << 20  # real metadata is a few kB; this bounds what a hostile file can make us read
-PER_ATOM_SUFFIX = "/per_atom"
-
+from .virial import atomic_virial_from_pairs, pair_vectors, strained
 
 class AtomisticModel(torch.nn.Module):
     """Wraps a model author's module with its capabilities; `forward` is the engine entry point.
@@ -67,6 +54,7 @@ class AtomisticModel(torch.nn.Module):
     _factor_cache: Dict[str, float]
     _capabilities_json: str
     _metadata_json: str
+    _format_version: int
 
     def __init__(
         self,
@@ -103,6 +91,7 @@ class AtomisticModel(torch.nn.Module):
         self._factor_cache = {}
         self._capabilities_json = json.dumps(capabilities.to_dict(), sort_keys=True)
         self._metadata_json = json.dumps(metadata.to_dict(), sort_keys=True)
+        self._format_version = FORMAT_VERSION
         dtype = torch.float64 if capabilities.dtype == "float64" else torch.float32
         self.register_buffer("_dtype_probe", torch.zeros(0, dtype=dtype), persistent=True)
         self.register_buffer(
@@ -113,7 +102,7 @@ class AtomisticModel(torch.nn.Module):
 
     @torch.jit.export
     def format_version(self) -> int:
-        return 1
+        return self._format_version
 
     @torch.jit.export
     def capabilities_json(self) -> str:
@@ -690,386 +679,3 @@ def _requested_neighbor_lists(module: torch.nn.Module) -> List[NeighborListOptio
 
 
 # ---- export -----------------------------------------------------------------------------------
-
-
-def export(
-    module: torch.nn.Module,
-    path: str,
-    capabilities: ModelCapabilities,
-    metadata: Optional[ModelMetadata] = None,
-) -> None:
-    """Script `module`, wrap it with its capabilities and metadata, check it, save one archive.
-
-    The file is written to a temporary name and renamed at the end, so a failed export never
-    leaves a half-written model behind.
-    """
-    metadata = metadata if metadata is not None else ModelMetadata()
-    _check_parameter_dtype(module, capabilities.dtype)
-    try:
-        scripted_module = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-    except Exception as error:  # TorchScript's own error text says where
-        raise ValueError(f"TorchScript could not compile the model module: {error}") from error
-    requests = _requested_neighbor_lists(module)
-    scripted = torch.jit.script(AtomisticModel(scripted_module, capabilities, metadata, requests))
-    scripted.eval()
-    _smoke_test(scripted, capabilities)
-
-    header = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "capabilities": capabilities.to_dict(),
-        "metadata": metadata.to_dict(),
-        "torch_version": torch.__version__,
-    }
-    # Serialized in memory first: torch aborts the whole process (an exception thrown in a
-    # destructor) when its own file writer hits a full disk; Python's writes raise OSError instead.
-    archive = io.BytesIO()
-    torch.jit.save(scripted, archive, _extra_files={METADATA_FILE: json.dumps(header, sort_keys=True)})
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"cannot create the directory {directory!r} for the model ({error.strerror or error}): choose a "
-            "directory you may write to", error.errno,
-        ) from error
-    write_atomically(path, lambda handle: handle.write(archive.getbuffer()), tag="export", what="the model")
-
-
-class OutputError(OSError):
-    """A file atomplug writes could not be written; the message names the file and the fix."""
-
-    def __init__(self, message: str, code: Optional[int] = None):
-        super().__init__(message)
-        self.errno = code
-
-
-_FIXES = {
-    errno.ENOSPC: "free disk space or write elsewhere",
-    errno.EFBIG: "free disk space, raise the file size limit (ulimit -f) or write elsewhere",
-    errno.EDQUOT: "free space within your disk quota or write elsewhere",
-    errno.EACCES: "choose a directory you may write to",
-    errno.EPERM: "choose a directory you may write to",
-    errno.EROFS: "choose a writable file system",
-}
-
-
-def write_atomically(path: str, write: Callable[[IO], object], *, tag: str, what: str, binary: bool = True) -> None:
-    """Write `path` through `write(handle)` into a temporary file in the same directory, renamed
-    over `path` only once complete: a failure (disk full, quota, a killed process) leaves `path`
-    as it was, never half-written, and removes the temporary file. Raises OutputError."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OutputError(
-            f"cannot write {what} to {path!r}: the directory {directory!r} does not exist: create it first",
-            errno.ENOENT,
-        )
-    temporary: Optional[str] = None
-    try:
-        for _attempt in range(100):
-            candidate = os.path.join(directory, f".atomplug-{tag}-{secrets.token_hex(6)}.tmp")
-            try:
-                # mode 0o666 minus the umask: the permissions any new file gets (mkstemp's 0o600 would not)
-                descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            temporary = candidate
-            break
-        else:
-            raise FileExistsError(errno.EEXIST, "no free temporary file name")
-        with os.fdopen(descriptor, "wb" if binary else "w") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as error:
-        reason = error.strerror or str(error)
-        fix = _FIXES.get(error.errno, "write elsewhere")
-        raise OutputError(
-            f"could not write {what} to {path!r} ({reason}): {fix}; {path!r} was left as it was", error.errno
-        ) from error
-    finally:
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-
-
-def _check_parameter_dtype(module: torch.nn.Module, dtype: str) -> None:
-    expected = torch.float64 if dtype == "float64" else torch.float32
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if tensor.is_floating_point() and tensor.dtype != expected:
-            raise ValueError(
-                f"parameter/buffer {name!r} is {tensor.dtype} but the capabilities declare dtype "
-                f"{dtype!r}: call module.to(torch.{dtype}) before export, or declare dtype="
-                f"{str(tensor.dtype).replace('torch.', '')!r}"
-            )
-
-
-def _smoke_test_lists(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, requests) -> Tuple[List, List]:
-    """The pairs and shifts of every requested neighbor list, as the entry point takes them."""
-    from .neighbors import compute_pairs
-
-    pairs, shifts = [], []
-    for cutoff, full_list, _strict in requests:
-        p, s = compute_pairs(positions.numpy(), cell.numpy(), pbc.numpy(), cutoff, full_list)
-        pairs.append(torch.from_numpy(p))
-        shifts.append(torch.from_numpy(s))
-    return pairs, shifts
-
-
-def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilities) -> None:
-    """Run the entry point once on a small cluster with every declared output (and forces and
-    virial when there is an energy), so that a model whose outputs do not match its
-    declaration fails at export rather than in a user's simulation."""
-    generator = torch.Generator().manual_seed(20261124)
-    types = list(capabilities.atomic_types)
-    while len(types) < 4:
-        types = types + list(capabilities.atomic_types)
-    n_atoms = len(types)
-    requests = scripted.neighbor_requests(capabilities.length_unit)
-    box = max([r[0] for r in requests] + [1.0])
-    positions = (torch.rand((n_atoms, 3), generator=generator, dtype=torch.float64) * box).contiguous()
-    cell = torch.zeros((3, 3), dtype=torch.float64)
-    pbc = torch.zeros(3, dtype=torch.bool)
-    pairs, shifts = _smoke_test_lists(positions, cell, pbc, requests)
-    outputs = []
-    for name, output in capabilities.outputs.items():
-        outputs.append(name)
-        if output.per_atom:
-            outputs.append(name + PER_ATOM_SUFFIX)
-    # a pressure (stress) is only defined in a 3D periodic cell: checked in one, below
-    pressures = [name for name in outputs if capabilities.outputs[_split_request(name)[0]].quantity == "pressure"]
-    outputs = [name for name in outputs if name not in pressures]
-    has_energy = "energy" in capabilities.outputs
-    try:
-        scripted(
-            positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
-            torch.tensor([n_atoms]), pairs, shifts, outputs, None, "energy",
-            has_energy, has_energy, False, capabilities.length_unit, "eV",
-        )
-        # energies per structure only (what ASE and i-PI ask): a per-atom-capable model must honour that too
-        per_structure = [
-            name for name, output in capabilities.outputs.items() if output.per_atom and output.quantity == "energy"
-        ]
-        if per_structure:
-            scripted(
-                positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
-                torch.tensor([n_atoms]), pairs, shifts, per_structure, None, "energy",
-                has_energy, False, False, capabilities.length_unit, "eV",
-            )
-        if pressures:
-            periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
-            periodic = torch.ones(3, dtype=torch.bool)
-            pairs, shifts = _smoke_test_lists(positions, periodic_cell, periodic, requests)
-            scripted(
-                positions, torch.tensor(types, dtype=torch.int32), periodic_cell.unsqueeze(0),
-                periodic.unsqueeze(0), torch.tensor([n_atoms]), pairs, shifts, pressures, None, "energy",
-                False, False, False, capabilities.length_unit, "eV",
-            )
-    except Exception as error:
-        raise ValueError(
-            f"the model does not match its declared capabilities: {describe_model_error(error)}"
-        ) from error
-
-
-def _first_line(error: BaseException) -> str:
-    """TorchScript errors carry a traceback; users need the message."""
-    text = str(error)
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("builtins.ValueError:", "ValueError:")):
-            return stripped.split(":", 1)[1].strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
-
-
-_RAISED = re.compile(r"^\s*builtins\.(\w+): ?(.*)$")
-
-
-def describe_model_error(error: BaseException) -> str:
-    """One line for an error raised while the entry point ran: atomplug's own checks raise
-    ValueError with a message that names the fix, given as is; anything else (a model's own
-    `raise RuntimeError(...)`, a failing torch operation) is the model's, and said to be."""
-    text = str(error)
-    lines = text.splitlines()
-    for position in range(len(lines) - 1, -1, -1):
-        match = _RAISED.match(lines[position])
-        if match:
-            kind = match.group(1)
-            message = " ".join([match.group(2)] + [line.strip() for line in lines[position + 1 :] if line.strip()])
-            if kind == "ValueError":
-                return message
-            return (
-                f"the model's own code raised {kind}: {message} (the model refuses this input: see its "
-                "documentation for what it supports, or ask its authors)"
-            )
-    message = _first_line(error)
-    return f"the model failed: {message} (an error inside the model: check its input, or ask its authors)"
-
-
-# ---- load -------------------------------------------------------------------------------------
-
-
-class LoadedModel:
-    """An exported model ready to run: the TorchScript entry point plus its declarations."""
-
-    def __init__(self, module: torch.jit.ScriptModule, header: Dict, path: str):
-        self.module = module
-        self.path = path
-        self.format_version = int(header["format_version"])
-        self.capabilities = ModelCapabilities.from_dict(header["capabilities"])
-        self.metadata = ModelMetadata.from_dict(header["metadata"])
-        self.exported_with_torch = str(header.get("torch_version", "unknown"))
-
-    def neighbor_requests(self, length_unit: str) -> List[Tuple[float, bool, bool]]:
-        """(cutoff in `length_unit`, full_list, strict) for each neighbor list the model needs."""
-        return [tuple(r) for r in self.module.neighbor_requests(length_unit)]
-
-    def unit_conversion(self, from_unit: str, to_unit: str) -> float:
-        return float(self.module.unit_conversion(from_unit, to_unit))
-
-    def __repr__(self) -> str:
-        outputs = ", ".join(self.capabilities.outputs)
-        return f"LoadedModel({self.metadata.name or self.path!r}, outputs: {outputs})"
-
-
-def read_header(path: str) -> Dict:
-    """Read and check an archive's atomplug metadata without loading any of its code."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"model file {path!r} does not exist: export one with atomplug.core.export() or "
-            "`atomplug export-example lj model.pt`"
-        )
-    if os.path.isdir(path):
-        raise ValueError(
-            f"model path {path!r} is a directory, not an exported atomplug model file: give the .pt file"
-        )
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as error:
-        raise ValueError(f"cannot read the model file {path!r} ({error.strerror}): check its permissions") from None
-    if not magic:
-        raise ValueError(
-            f"{path!r} is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
-            "export the model again"
-        )
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except Exception:  # zipfile.is_zipfile raises BadZipFile itself for some end records (multi-disk)
-        is_zip = False
-    if not is_zip:
-        if magic == b"PK\x03\x04":  # a zip archive without its end: cut short
-            raise ValueError(
-                f"{path!r} is a corrupt or truncated archive (an unfinished export, download or copy?): "
-                "export or copy the model again"
-            )
-        raise ValueError(
-            f"{path!r} is not an atomplug model: it is not a TorchScript archive (export models "
-            "with atomplug.core.export())"
-        )
-    candidates: List[str] = []
-    is_torchscript = False
-    declared = 0
-    raw = b""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            candidates = [n for n in names if n.endswith("/extra/" + METADATA_FILE)]
-            is_torchscript = any("/code/" in n for n in names)
-            if candidates:
-                declared = archive.getinfo(candidates[0]).file_size
-                if declared <= MAX_METADATA_BYTES:  # a zip bomb is refused from its declared size
-                    with archive.open(candidates[0]) as handle:
-                        raw = handle.read(MAX_METADATA_BYTES + 1)
-    except Exception as error:  # zipfile raises many kinds for damaged archives: BadZipFile,
-        # NotImplementedError (compression, version), RuntimeError (encrypted), zlib/lzma errors, EOFError...
-        raise ValueError(
-            f"{path!r} is a corrupt or truncated archive ({type(error).__name__}: {error}): export the model again"
-        ) from None
-    if not candidates:
-        kind = "a TorchScript archive" if is_torchscript else "a zip file (perhaps a torch.save pickle)"
-        raise ValueError(
-            f"{path!r} is {kind} without atomplug metadata, not an atomplug model: wrap and "
-            "export the module with atomplug.core.export()"
-        )
-    if declared > MAX_METADATA_BYTES or len(raw) > MAX_METADATA_BYTES:
-        raise ValueError(
-            f"{path!r} has {declared} bytes of atomplug metadata, more than any export writes "
-            f"({MAX_METADATA_BYTES}): not an atomplug model; export the model again"
-        )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise ValueError(f"{path!r} has unreadable atomplug metadata ({reason}): export the model again") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path!r} has metadata that is not atomplug's: export the model with atomplug.core.export()")
-    version = header.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path!r} has no valid format version in its metadata: export the model again")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} was written in atomplug model format {version}, newer than this atomplug "
-            f"understands ({FORMAT_VERSION}): upgrade atomplug"
-        )
-    for key in ("capabilities", "metadata"):
-        if not isinstance(header.get(key), dict):
-            raise ValueError(f"{path!r} metadata lacks {key!r}: export the model again")
-    # Everything that reads the header later (load_model, LoadedModel, `atomplug info`, PLUMED's
-    # helpers) may then trust its shape: checked here, as export() checked it when writing.
-    try:
-        ModelCapabilities.from_dict(header["capabilities"]).validate()
-        ModelMetadata.from_dict(header["metadata"])
-    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RuntimeError) as error:
-        reason = f"missing {error}" if isinstance(error, KeyError) else _first_line(error)
-        raise ValueError(f"{path!r} has malformed atomplug metadata ({reason}): export the model again") from None
-    return header
-
-
-def check_device(device: str, supported_devices: List[str]) -> str:
-    """`device` if it is a torch device that the model supports and this machine has."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'") from None
-    if parsed.type not in supported_devices:
-        raise ValueError(
-            f"the model supports devices {supported_devices}, not {device!r}: pick one of those"
-        )
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} asked, but torch {torch.__version__} sees no CUDA device: use device 'cpu'"
-        )
-    return device
-
-
-def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
-    """Load an exported atomplug model (only `torch.jit.load`, and only after its metadata checks
-    out: no pickle from a user file is ever unpickled)."""
-    path = os.fspath(path)
-    header = read_header(path)
-    capabilities = ModelCapabilities.from_dict(header["capabilities"])
-    device = check_device(device or "cpu", capabilities.supported_devices)
-    try:
-        module = torch.jit.load(path, map_location=device)
-    except Exception as error:
-        raise ValueError(f"{path!r} could not be loaded by TorchScript ({_first_line(error)}): export the model again") from error
-    for method in ("format_version", "neighbor_requests", "unit_conversion", "capabilities_json"):
-        if not hasattr(module, method):
-            raise ValueError(f"{path!r} lacks the atomplug entry point ({method}): export the model again")
-    if int(module.format_version()) != int(header["format_version"]):
-        raise ValueError(f"{path!r}: archive code and metadata disagree on the format version: export the model again")
-    # The entry point converts units and checks outputs with what was compiled into the archive;
-    # metadata claiming anything else (an edited or spliced file) would mislead every engine.
-    if json.loads(module.capabilities_json()) != header["capabilities"]:
-        raise ValueError(
-            f"{path!r}: its metadata declares other outputs, units or types than its code (the file "
-            "was edited or assembled by hand): export the model again with atomplug.core.export()"
-        )
-    module.eval()
-    return LoadedModel(module, header, path)

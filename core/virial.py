@@ -56,17 +56,15 @@ def atomic_virial_from_pairs(
     return result
 
 
-def stress_from_virial(virial: Tensor, cell: Tensor) -> Tensor:
-    """Stress tensor -W / V (energy per volume) for one periodic system."""
-    volume = torch.abs(torch.linalg.det(cell))
-    if volume == 0.0:
-        raise ValueError("the cell has zero volume: stress is only defined for a 3D periodic cell")
-    return -virial / volume
-
-
 def stress_from_virial_array(virial: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """ASE's stress -W / V for a 3x3 virial or a stack of per-atom virials [n, 3, 3] (numpy)."""
     volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64))))
     if volume == 0.0:
         raise ValueError("the cell has zero volume: stress is only defined for a 3D periodic cell")
     return -np.asarray(virial, dtype=np.float64) / volume
+
+
+def virial_from_forces(positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
+    """W = sum_i r_i ⊗ F_i (numpy, 3x3) from positions [n, 3] and forces [n, 3]: the virial of an
+    isolated structure (no periodic images), where it equals the pair virial."""
+    return np.asarray(positions, dtype=np.float64).T @ np.asarray(forces, dtype=np.float64)

@@ -1,0 +1,136 @@
+"""`export()`: script an author's module, wrap it in the entry point, check it, write one archive."""
+
+import io
+import json
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+from .archive import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE
+from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata
+from .entry_point import AtomisticModel, _requested_neighbor_lists, _split_request
+from .errors import describe_model_error
+from .files import OutputError, write_atomically
+
+
+def export(
+    module: torch.nn.Module,
+    path: str,
+    capabilities: ModelCapabilities,
+    metadata: Optional[ModelMetadata] = None,
+) -> None:
+    """Script `module`, wrap it with its capabilities and metadata, check it, save one archive.
+
+    The file is written to a temporary name and renamed at the end, so a failed export never
+    leaves a half-written model behind.
+    """
+    metadata = metadata if metadata is not None else ModelMetadata()
+    _check_parameter_dtype(module, capabilities.dtype)
+    try:
+        scripted_module = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+    except Exception as error:  # TorchScript's own error text says where
+        raise ValueError(f"TorchScript could not compile the model module: {error}") from error
+    requests = _requested_neighbor_lists(module)
+    scripted = torch.jit.script(AtomisticModel(scripted_module, capabilities, metadata, requests))
+    scripted.eval()
+    _smoke_test(scripted, capabilities)
+
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "capabilities": capabilities.to_dict(),
+        "metadata": metadata.to_dict(),
+        "torch_version": torch.__version__,
+    }
+    # Serialized in memory first: torch aborts the whole process (an exception thrown in a
+    # destructor) when its own file writer hits a full disk; Python's writes raise OSError instead.
+    archive = io.BytesIO()
+    torch.jit.save(scripted, archive, _extra_files={METADATA_FILE: json.dumps(header, sort_keys=True)})
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the directory {directory!r} for the model ({error.strerror or error}): choose a "
+            "directory you may write to", error.errno,
+        ) from error
+    write_atomically(path, lambda handle: handle.write(archive.getbuffer()), tag="export", what="the model")
+
+
+def _check_parameter_dtype(module: torch.nn.Module, dtype: str) -> None:
+    expected = torch.float64 if dtype == "float64" else torch.float32
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if tensor.is_floating_point() and tensor.dtype != expected:
+            raise ValueError(
+                f"parameter/buffer {name!r} is {tensor.dtype} but the capabilities declare dtype "
+                f"{dtype!r}: call module.to(torch.{dtype}) before export, or declare dtype="
+                f"{str(tensor.dtype).replace('torch.', '')!r}"
+            )
+
+
+def _smoke_test_lists(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, requests) -> Tuple[List, List]:
+    """The pairs and shifts of every requested neighbor list, as the entry point takes them."""
+    from .neighbors import compute_pairs
+
+    pairs, shifts = [], []
+    for cutoff, full_list, _strict in requests:
+        p, s = compute_pairs(positions.numpy(), cell.numpy(), pbc.numpy(), cutoff, full_list)
+        pairs.append(torch.from_numpy(p))
+        shifts.append(torch.from_numpy(s))
+    return pairs, shifts
+
+
+def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilities) -> None:
+    """Run the entry point once on a small cluster with every declared output (and forces and
+    virial when there is an energy), so that a model whose outputs do not match its
+    declaration fails at export rather than in a user's simulation."""
+    generator = torch.Generator().manual_seed(20261124)
+    types = list(capabilities.atomic_types)
+    while len(types) < 4:
+        types = types + list(capabilities.atomic_types)
+    n_atoms = len(types)
+    requests = scripted.neighbor_requests(capabilities.length_unit)
+    box = max([r[0] for r in requests] + [1.0])
+    positions = (torch.rand((n_atoms, 3), generator=generator, dtype=torch.float64) * box).contiguous()
+    cell = torch.zeros((3, 3), dtype=torch.float64)
+    pbc = torch.zeros(3, dtype=torch.bool)
+    pairs, shifts = _smoke_test_lists(positions, cell, pbc, requests)
+    outputs = []
+    for name, output in capabilities.outputs.items():
+        outputs.append(name)
+        if output.per_atom:
+            outputs.append(name + PER_ATOM_SUFFIX)
+    # a pressure (stress) is only defined in a 3D periodic cell: checked in one, below
+    pressures = [name for name in outputs if capabilities.outputs[_split_request(name)[0]].quantity == "pressure"]
+    outputs = [name for name in outputs if name not in pressures]
+    has_energy = "energy" in capabilities.outputs
+    try:
+        scripted(
+            positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
+            torch.tensor([n_atoms]), pairs, shifts, outputs, None, "energy",
+            has_energy, has_energy, False, capabilities.length_unit, "eV",
+        )
+        # energies per structure only (what ASE and i-PI ask): a per-atom-capable model must honour that too
+        per_structure = [
+            name for name, output in capabilities.outputs.items() if output.per_atom and output.quantity == "energy"
+        ]
+        if per_structure:
+            scripted(
+                positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
+                torch.tensor([n_atoms]), pairs, shifts, per_structure, None, "energy",
+                has_energy, False, False, capabilities.length_unit, "eV",
+            )
+        if pressures:
+            periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
+            periodic = torch.ones(3, dtype=torch.bool)
+            pairs, shifts = _smoke_test_lists(positions, periodic_cell, periodic, requests)
+            scripted(
+                positions, torch.tensor(types, dtype=torch.int32), periodic_cell.unsqueeze(0),
+                periodic.unsqueeze(0), torch.tensor([n_atoms]), pairs, shifts, pressures, None, "energy",
+                False, False, False, capabilities.length_unit, "eV",
+            )
+    except Exception as error:
+        raise ValueError(
+            f"the model does not match its declared capabilities: {describe_model_error(error)}"
+        ) from error
