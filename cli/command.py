@@ -1,4 +1,5 @@
-"""The `atomplug` command line: inspect a model, evaluate structures, export the examples."""
+"""The `atomplug` command line: inspect a model, evaluate structures, export the examples, locate
+the plugins, compare the engines (crosscheck) and check the installation (doctor)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class CommandError(Exception):
 
 
 def _load(path: str):
-    from .model import load_model
+    from atomplug.core.archive import load_model
 
     try:
         return load_model(path)
@@ -71,9 +72,9 @@ def command_eval(args: argparse.Namespace) -> None:
 
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    from .evaluate import stress_from_virial_array
-    from .model import write_atomically
-    from .runner import ModelRunner
+    from atomplug.core.files import write_atomically
+    from atomplug.core.runner import ModelRunner
+    from atomplug.core.virial import stress_from_virial_array
 
     model = _load(args.model)
     if "energy" not in model.capabilities.outputs:
@@ -247,7 +248,7 @@ def command_crosscheck(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from None
     print(format_report(report))
     if args.output:
-        from .model import OutputError
+        from atomplug.core.files import OutputError
 
         try:
             plot_report(report, args.output)

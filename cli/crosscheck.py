@@ -5,7 +5,8 @@ in its own process: an i-PI server with the `atomplug-ipi` client, LAMMPS (`lmp`
 for several ranks) with `pair_style atomplug`, and `plumed driver` with the model's energy as an
 ATOMPLUG collective variable biased by BIASVALUE (so PLUMED's forces and virial are the model's).
 Every engine's numbers are brought back to eV, Angstrom and the structure's own orientation and
-atom order by the engine's adapter (`single_point` modules), then compared here.
+atom order by the engine's own package (`<engine>/single_point.py`, which returns plain arrays), then
+compared here.
 
 Differences are relative to the reference's largest magnitude: |dE|/|E|, max|dF|/max|F| and
 max|dW|/max|W| over the six independent virial components.
@@ -124,44 +125,13 @@ def compare(reference: EngineResult, result: EngineResult, tolerance: float) -> 
     return comparison
 
 
-def standard_orientation(atoms):
-    """The structure rotated so that a lies along x and b in the xy plane (LAMMPS' and i-PI's cell
-    convention), with the rotation: returns (rotated atoms, R) with r_engine = R r.
-
-    Left-handed cells cannot be rotated into that form; ValueError says so.
-    """
-    if not atoms.pbc.any():
-        return atoms.copy(), np.eye(3)
-    cell = atoms.cell.array
-    if np.linalg.det(cell) <= 0.0:
-        raise ValueError("the cell is left-handed (det < 0); reorder its vectors to make it right-handed")
-    a, b, c = cell
-    x = a / np.linalg.norm(a)
-    y = b - np.dot(b, x) * x
-    y /= np.linalg.norm(y)
-    z = np.cross(x, y)
-    rotation = np.array([x, y, z])
-    rotated = atoms.copy()
-    rotated.set_cell(cell @ rotation.T, scale_atoms=False)
-    rotated.positions = atoms.positions @ rotation.T
-    rotated.set_cell(np.tril(rotated.cell.array), scale_atoms=False)  # drop rounding above the diagonal
-    return rotated, rotation
-
-
-def back_to_structure(rotation: np.ndarray, forces: np.ndarray, virial: Optional[np.ndarray]):
-    """Forces and virial computed in the rotated frame, expressed in the structure's frame."""
-    forces = forces @ rotation
-    if virial is not None:
-        virial = rotation.T @ virial @ rotation
-    return forces, virial
-
-
 def reference_with_ase(model_path: str, atoms, device: Optional[str] = None) -> EngineResult:
     """The AtomplugCalculator's energy, forces and virial (from the stress when periodic, else
     W = sum_i r_i (x) F_i, which equals the pair virial for an isolated structure)."""
     from ase.stress import voigt_6_to_full_3x3_stress
 
     from atomplug.ase_calculator import AtomplugCalculator
+    from atomplug.core.virial import virial_from_forces
 
     start = time.perf_counter()
     result = EngineResult("ASE")
@@ -174,7 +144,7 @@ def reference_with_ase(model_path: str, atoms, device: Optional[str] = None) -> 
         if atoms.pbc.all():
             result.virial = -voigt_6_to_full_3x3_stress(atoms.get_stress()) * atoms.get_volume()
         elif not atoms.pbc.any():
-            result.virial = atoms.positions.T @ result.forces
+            result.virial = virial_from_forces(atoms.positions, result.forces)
     except Exception as error:  # the reference failing is reported, not raised
         result.error = f"{type(error).__name__}: {error}"
     result.seconds = time.perf_counter() - start
@@ -184,16 +154,31 @@ def reference_with_ase(model_path: str, atoms, device: Optional[str] = None) -> 
 EngineRunner = Callable[[str, object, str], EngineResult]
 
 
+def _as_result(label: str, evaluate: Callable[..., dict], **options) -> EngineRunner:
+    """An engine's single-point runner (plain dict: energy, forces, virial, or skipped) as an
+    EngineRunner."""
+
+    def run(model_path: str, atoms, workdir: str) -> EngineResult:
+        values = evaluate(model_path, atoms, workdir, **options)
+        if values.get("skipped"):
+            return EngineResult(label, skipped=str(values["skipped"]))
+        virial = values.get("virial")
+        return EngineResult(label, energy=float(values["energy"]), forces=np.asarray(values["forces"]),
+                            virial=None if virial is None else np.asarray(virial))
+
+    return run
+
+
 def engine_runners(ranks: Sequence[int]) -> Dict[str, EngineRunner]:
     """label -> runner(model_path, atoms, workdir) for every engine but the ASE reference."""
     from atomplug.ipi_driver.single_point import evaluate_with_ipi
     from atomplug.lammps_plugin.single_point import evaluate_with_lammps
     from atomplug.plumed_cv.single_point import evaluate_with_plumed
 
-    runners: Dict[str, EngineRunner] = {"ipi": evaluate_with_ipi}
+    runners: Dict[str, EngineRunner] = {"ipi": _as_result("ipi", evaluate_with_ipi)}
     for count in ranks:
-        runners[f"lammps:{count}"] = (lambda n: lambda model, atoms, workdir: evaluate_with_lammps(model, atoms, workdir, ranks=n))(count)
-    runners["plumed"] = evaluate_with_plumed
+        runners[f"lammps:{count}"] = _as_result(f"lammps:{count}", evaluate_with_lammps, ranks=count)
+    runners["plumed"] = _as_result("plumed", evaluate_with_plumed)
     return runners
 
 
@@ -215,7 +200,7 @@ def crosscheck(
     way to check that a re-export, a float32 version or a modified model computes the same.
     Engine work files go to `workdir` (a temporary directory, removed afterwards, by default).
     """
-    from .model import read_header
+    from atomplug.core.archive import read_header
 
     header = read_header(model_path)
     dtype = header["capabilities"].get("dtype", "float64")
@@ -343,7 +328,7 @@ def plot_report(report: Report, path: str) -> None:
                    f"{report.structure or 'structure'} ({report.n_atoms} atoms): {verdict}", fontsize=10)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    from .model import write_atomically
+    from atomplug.core.files import write_atomically
 
     file_format = (os.path.splitext(path)[1].lstrip(".") or "png").lower()
     try:

@@ -24,7 +24,7 @@ def banner(title: str) -> None:
 
 def atomplug_cli(*args: str) -> None:
     """Run the real `atomplug` command line, as a user would."""
-    subprocess.run([sys.executable, "-m", "atomplug.core.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "atomplug.cli", *args], check=True)
 
 
 def export_models() -> dict:
@@ -125,7 +125,7 @@ def ase_langevin(model_path: str, steps: int = 200) -> dict:
 
 
 def plumed_metadynamics(model_path: str, steps: int = 100) -> dict:
-    from atomplug.plumed_cv.demo import run_demo
+    from atomplug.examples.plumed_demo import run_demo
 
     banner("PLUMED: metadynamics on an ATOMPLUG CV (ASE drives PLUMED, ANI-1x underneath)")
     workdir = os.path.join(BUILD, "plumed")

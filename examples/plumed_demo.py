@@ -3,8 +3,10 @@
 A short MD of methanol with ANI-1x (an atomplug model, as an ASE calculator), biased by PLUMED's
 METAD on the O-H coordination number computed by the exported coordination example model through
 the ATOMPLUG action, with PLUMED's native COORDINATION printed next to it as a check. ASE drives
-PLUMED through `ase.calculators.plumed.Plumed`.
+PLUMED through `ase.calculators.plumed.Plumed`. It combines two engines (the ASE calculator and the
+PLUMED action) and two example models, so it lives with the examples, not in an engine's package.
 
+    python -m atomplug.examples.plumed_demo ani1x.pt [workdir]
     run_demo(ani1x_path, workdir)                         # AtomplugCalculator underneath
     run_demo(ani1x_path, workdir, calculator_factory=f)   # f(model_path) -> ASE calculator
 """

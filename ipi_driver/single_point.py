@@ -1,4 +1,5 @@
-"""One structure through a real i-PI server and the `atomplug-ipi` client (for `atomplug crosscheck`).
+"""One structure through a real i-PI server and the `atomplug-ipi` client, for `atomplug crosscheck`
+(`atomplug.cli.crosscheck`), which reads the plain dict it returns.
 
 i-PI replays the structure once and records, in atomic units and at full precision, the potential,
 the virial and every atom's force. The structure goes to i-PI in atomic units converted with the
@@ -13,10 +14,11 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Dict
 
 import numpy as np
 
-from atomplug.core.crosscheck import EngineResult, back_to_structure, standard_orientation
+from atomplug.core.frames import back_to_structure, standard_orientation
 from atomplug.core.units import conversion_factor
 
 BOX_BOHR = 200.0  # i-PI always has a cell; for a molecule (pbc="false") it is never used
@@ -74,12 +76,15 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> EngineResult:
-    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed through i-PI."""
-    result = EngineResult("ipi")
+def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]:
+    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed through i-PI.
+
+    Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array} in the structure's own
+    orientation, or {"skipped": reason} for a structure i-PI cannot take; raises RuntimeError when
+    i-PI or the client fails.
+    """
     if atoms.pbc.any() and not atoms.pbc.all():
-        result.skipped = f"i-PI treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"
-        return result
+        return {"skipped": f"i-PI treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"}
     rotated, rotation = standard_orientation(atoms)
     bohr = conversion_factor("Angstrom", "Bohr")
     hartree_to_ev = conversion_factor("Hartree", "eV")
@@ -135,7 +140,4 @@ def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> EngineResult:
     upper = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])  # i-PI keeps the upper triangle
     forces = row[9 : 9 + 3 * n_atoms].reshape(n_atoms, 3) * hartree_to_ev * bohr
     forces, virial = back_to_structure(rotation, forces, upper * hartree_to_ev)
-    result.energy = float(row[1]) * hartree_to_ev
-    result.forces = forces
-    result.virial = virial
-    return result
+    return {"energy": float(row[1]) * hartree_to_ev, "forces": forces, "virial": virial}

@@ -2,12 +2,12 @@
 
     python -m atomplug.lammps_plugin.doctor
 
-`run_checks()` returns the results for `atomplug doctor`; each failing check says how to fix it.
+`run_checks()` returns `atomplug.core.checks.Check`s for `atomplug doctor`; each failing check says how
+to fix it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,21 +15,9 @@ import sys
 from importlib import metadata
 from typing import List, Optional
 
+from atomplug.core.checks import Check
+
 from . import LAMMPS_VERSION, PLUGIN_FILE, installed_versions, plugin_dir
-
-
-@dataclasses.dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{'ok  ' if self.ok else 'FAIL'}  {self.name:<22} {self.detail}"
-        if not self.ok and self.fix:
-            text += f"\n      fix: {self.fix}"
-        return text
 
 
 def _bin(name: str) -> str:

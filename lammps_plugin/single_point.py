@@ -1,5 +1,5 @@
 """One structure through LAMMPS' `lmp` (under `mpiexec -n N` for N ranks) with `pair_style atomplug`,
-for `atomplug crosscheck`.
+for `atomplug crosscheck` (`atomplug.cli.crosscheck`), which reads the plain dict it returns.
 
 The structure is written in LAMMPS' orientation (ASE's Prism rotation), in `units metal`; LAMMPS
 dumps the forces by atom id at 17 digits and prints the energy, volume and the virial pressure,
@@ -13,10 +13,11 @@ import subprocess
 import sys
 from functools import lru_cache
 from importlib import metadata
+from typing import Dict
 
 import numpy as np
 
-from atomplug.core.crosscheck import EngineResult, back_to_structure, standard_orientation
+from atomplug.core.frames import back_to_structure, standard_orientation
 
 TIMEOUT = 600.0
 
@@ -105,8 +106,13 @@ def _inside_box(atoms):
     return boxed
 
 
-def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -> EngineResult:
-    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed by LAMMPS on `ranks` ranks."""
+def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -> Dict[str, object]:
+    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed by LAMMPS on `ranks` ranks.
+
+    Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array} in the structure's own
+    orientation and atom order, or {"skipped": reason} for a structure LAMMPS cannot take; raises
+    RuntimeError when LAMMPS fails.
+    """
     import ase.io
 
     from .build import BuildError, build
@@ -115,10 +121,8 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -
         build(verbose=False)  # a no-op when the plugin is current
     except BuildError as error:
         raise RuntimeError(f"the LAMMPS plugin could not be built: {error}") from None
-    result = EngineResult(f"lammps:{ranks}")
     if atoms.pbc.any() and atoms.cell.rank != 3:
-        result.skipped = "LAMMPS needs a 3D cell when any direction is periodic"
-        return result
+        return {"skipped": "LAMMPS needs a 3D cell when any direction is periodic"}
     boxed = _inside_box(atoms) if not atoms.pbc.all() else atoms
     rotated, rotation = standard_orientation(boxed) if boxed.pbc.any() else (boxed, np.eye(3))
     elements = _element_names(atoms)
@@ -142,9 +146,8 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -
     scale = values["vol"] / pressure_conversion()
     xx, yy, zz, xy, xz, yz = (values[k] * scale for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz"))
     virial = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    result.energy = values["pe"]
-    result.forces, result.virial = back_to_structure(rotation, forces, virial)
-    return result
+    forces, virial = back_to_structure(rotation, forces, virial)
+    return {"energy": values["pe"], "forces": forces, "virial": virial}
 
 
 def _read_forces(path: str, n_atoms: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from ase import Atoms
 from ase.build import bulk
 from torch import Tensor
 
-from atomplug.core.cli import main
+from atomplug.cli import main
 from atomplug.core import (
     ModelCapabilities, ModelMetadata, ModelOutput, ModelRunner, NeighborListOptions, System, export, load_model,
 )

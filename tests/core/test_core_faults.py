@@ -108,7 +108,7 @@ def test_eval_output_on_a_full_disk(tmp_path, lj_model_path, previous):
 
 def test_eval_of_a_model_that_raises(tmp_path, capsys):
     """The model's own RuntimeError: exit 2, one line with the model's message, no output."""
-    from atomplug.core.cli import main
+    from atomplug.cli import main
 
     model = export_fragile(str(tmp_path / "fragile.pt"))
     source = str(tmp_path / "in.xyz")

@@ -21,7 +21,8 @@ from ase.build import molecule
 from torch import Tensor
 
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
-from atomplug.core.crosscheck import crosscheck, format_report, reference_with_ase, standard_orientation
+from atomplug.cli.crosscheck import crosscheck, format_report, reference_with_ase
+from atomplug.core.frames import standard_orientation
 from atomplug.examples.lj import LennardJones
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon, water_box
 

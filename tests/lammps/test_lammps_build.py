@@ -105,7 +105,7 @@ def test_documented_input_runs(tmp_path, plugin):
     """The input in docs/lammps.md runs as written, on 1 and 2 ranks, with the exported example."""
     import re
 
-    from atomplug.core.cli import main as cli
+    from atomplug.cli import main as cli
 
     docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "lammps.md")
     text = open(docs).read()

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from atomplug.cli import main
 from atomplug.core import ModelRunner
-from atomplug.core.cli import main
 
-from lj_reference import lennard_jones_reference
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
+# the independent LJ of tests/core/lj_reference.py, shared with the core tests
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "core"))
+from lj_reference import lennard_jones_reference  # noqa: E402
+from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon  # noqa: E402
 
 
 def atomplug(*args):

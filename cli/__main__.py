@@ -1,0 +1,7 @@
+"""`python -m atomplug.cli ...`: the `atomplug` command."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())
