@@ -164,19 +164,14 @@ class AtomplugCalculator(Calculator):
         forces = "forces" in wanted
         virial = "stress" in wanted
         atomic_virial = "stresses" in wanted
-        if self.non_conservative:
-            if forces:
-                outputs.append(NON_CONSERVATIVE_FORCES + PER_ATOM_SUFFIX)
-            if virial:
-                outputs.append(NON_CONSERVATIVE_STRESS)
-            forces = virial = False
         if self.uncertainty_threshold is not None and "energy_uncertainty" not in outputs:
             outputs.append("energy_uncertainty")
         for name in self.additional_outputs:
             if name not in outputs:
                 outputs.append(name)
         raw = self.runner.run(
-            structures, outputs, forces=forces, virial=virial, atomic_virial=atomic_virial, use_cache=use_cache
+            structures, outputs, forces=forces, virial=virial, atomic_virial=atomic_virial,
+            non_conservative=self.non_conservative, use_cache=use_cache,
         )
         results: List[Dict[str, Any]] = []
         start = 0
@@ -187,13 +182,9 @@ class AtomplugCalculator(Calculator):
             if "energies" in wanted:
                 result["energies"] = raw["energy" + PER_ATOM_SUFFIX][start:stop, 0].copy()
             if "forces" in wanted:
-                key = NON_CONSERVATIVE_FORCES + PER_ATOM_SUFFIX if self.non_conservative else "forces"
-                result["forces"] = raw[key][start:stop].copy()
+                result["forces"] = raw["forces"][start:stop].copy()
             if "stress" in wanted:
-                if self.non_conservative:
-                    stress = raw[NON_CONSERVATIVE_STRESS][index].reshape(3, 3)
-                else:
-                    stress = stress_from_virial_array(raw["virial"][index], atoms.cell.array)
+                stress = stress_from_virial_array(raw["virial"][index], atoms.cell.array)
                 result["stress"] = full_3x3_to_voigt_6_stress(stress)
             if "stresses" in wanted:
                 stresses = stress_from_virial_array(raw["atomic_virial"][start:stop], atoms.cell.array)

@@ -146,6 +146,7 @@ class ModelRunner:
         forces: bool = False,
         virial: bool = False,
         atomic_virial: bool = False,
+        non_conservative: bool = False,
         gradient_output: str = "energy",
         selected_atoms: Optional[Sequence[int]] = None,
         use_cache: Optional[bool] = None,
@@ -154,7 +155,9 @@ class ModelRunner:
 
         Returns numpy arrays: each requested output ([n_structures, n] or, for "name/per_atom",
         [n_atoms, n]), "forces" [n_atoms, 3], "virial" [n_structures, 3, 3], "atomic_virial"
-        [n_atoms, 3, 3], and "system_sizes". The neighbor-list cache is used for a single
+        [n_atoms, 3, 3], and "system_sizes". With `non_conservative`, "forces" and "virial" come
+        from the model's non_conservative_forces / non_conservative_stress by the entry point's
+        rule (AtomisticModel._virial_source). The neighbor-list cache is used for a single
         structure (MD) unless `use_cache` says otherwise.
         """
         batch = [as_structure(s) for s in structures]
@@ -202,6 +205,7 @@ class ModelRunner:
             raw = self.model.module(
                 positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors, list(outputs), selected,
                 gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
+                non_conservative,
             )
         except torch.jit.Error as error:
             raise ValueError(describe_model_error(error)) from None

@@ -135,7 +135,6 @@ class IPIEvaluator:
 
         self.non_conservative = bool(non_conservative)
         self.outputs: List[str] = ["energy"]
-        self.has_nc_stress = False
         if self.non_conservative:
             if "non_conservative_forces" not in outputs:
                 raise DriverError(
@@ -145,12 +144,9 @@ class IPIEvaluator:
                 )
             if not outputs["non_conservative_forces"].per_atom:
                 raise DriverError("the model declares 'non_conservative_forces' per structure; it must be per atom")
-            self.outputs.append("non_conservative_forces" + PER_ATOM_SUFFIX)
-            # a stress needs a cell: an isolated structure's virial comes from its forces (below)
-            self.has_nc_stress = "non_conservative_stress" in outputs and bool(self.pbc.any())
-            if self.has_nc_stress:
-                self.outputs.append("non_conservative_stress")
-            elif self.pbc.all():
+            # the virial: -sigma V from the model's stress, or for an isolated structure sum r (x) f
+            # (the entry point's rule, AtomisticModel._virial_source)
+            if self.pbc.all() and "non_conservative_stress" not in outputs:
                 raise DriverError(
                     "--non-conservative on a periodic structure needs a 'non_conservative_stress' output "
                     "for the virial, and this model has none: run without --non-conservative"
@@ -194,8 +190,8 @@ class IPIEvaluator:
         for structure in structures:
             try:
                 for _ in range(calls):
-                    self.runner.run([structure], self.requests, forces=not self.non_conservative,
-                                    virial=not self.non_conservative, use_cache=False)
+                    self.runner.run([structure], self.requests, forces=True, virial=True,
+                                    non_conservative=self.non_conservative, use_cache=False)
                 break
             except ValueError:
                 continue
@@ -268,8 +264,9 @@ class IPIEvaluator:
             raw = self.runner.run(
                 structures,
                 self.requests,
-                forces=not self.non_conservative,
-                virial=not self.non_conservative,
+                forces=True,
+                virial=True,
+                non_conservative=self.non_conservative,
                 use_cache=single,
             )
         except ValueError as error:
@@ -280,29 +277,14 @@ class IPIEvaluator:
         self.n_structures += len(structures)
 
         energies = raw["energy"][:, 0]
-        if self.non_conservative:
-            all_forces = raw["non_conservative_forces" + PER_ATOM_SUFFIX]
-        else:
-            all_forces = raw["forces"]
+        all_forces = raw["forces"]
         results: List[Result] = []
         for index, structure in enumerate(structures):
             begin, end = index * self.n_atoms, (index + 1) * self.n_atoms
             forces = all_forces if single else all_forces[begin:end]
-            virial = self._virial(raw, index, structure, forces)
+            virial = raw["virial"][index].T.copy()  # i-PI's convention: the transpose, C-ordered
             results.append((float(energies[index]), forces, virial, self._extras(raw, index, begin, end)))
         return results
-
-    def _virial(self, raw, index: int, structure: Structure, forces: np.ndarray) -> np.ndarray:
-        """The virial in i-PI's convention: the transpose of atomplug's W = -dE/d(strain)."""
-        if not self.non_conservative:
-            virial = raw["virial"][index]
-        elif self.has_nc_stress:
-            stress = raw["non_conservative_stress"][index].reshape(3, 3)
-            virial = -stress * abs(float(np.linalg.det(structure.cell)))
-        else:
-            # An isolated structure: the virial of the forces themselves, sum r (x) f.
-            virial = structure.positions.T @ forces
-        return virial.T.copy()  # a C-ordered copy of the transpose
 
     def _extras(self, raw, index: int, begin: int, end: int) -> str:
         if not self.extras and self.name is None:
