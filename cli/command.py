@@ -68,9 +68,8 @@ def _type_label(atomic_type: int) -> str:
 def command_eval(args: argparse.Namespace) -> None:
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
-    from tqdm import tqdm
-
     from ase.stress import full_3x3_to_voigt_6_stress
+    from tqdm import tqdm
 
     from atomplug.core.files import write_atomically
     from atomplug.core.runner import ModelRunner
@@ -179,7 +178,8 @@ def command_plugin_path(args: argparse.Namespace) -> None:
 
         locate = plugin_path
     else:
-        from atomplug.lammps_plugin import BuildError, plugin_path as lammps_plugin_path
+        from atomplug.lammps_plugin import BuildError
+        from atomplug.lammps_plugin import plugin_path as lammps_plugin_path
 
         def locate() -> str:
             return lammps_plugin_path(build_if_needed=True)

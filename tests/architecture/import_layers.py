@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 SKIPPED_DIRECTORIES = {"__pycache__", ".git", ".venv", "build", "_build", "node_modules"}
 

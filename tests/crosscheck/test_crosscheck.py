@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 from ase.build import molecule
+from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon, water_box
 from torch import Tensor
 
-from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
 from atomplug.cli.crosscheck import crosscheck, format_report, reference_with_ase
+from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
 from atomplug.core.frames import standard_orientation
 from atomplug.examples.lj import LennardJones
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon, water_box
 
 
 def atomplug_cli(*args: str) -> subprocess.CompletedProcess:
