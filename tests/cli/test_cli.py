@@ -9,14 +9,11 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from lj_reference import lennard_jones_reference
+from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
 
 from atomplug.cli import main
 from atomplug.core import ModelRunner
-
-# the independent LJ of tests/core/lj_reference.py, shared with the core tests
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "core"))
-from lj_reference import lennard_jones_reference  # noqa: E402
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon  # noqa: E402
 
 
 def atomplug(*args):
