@@ -4,8 +4,10 @@ Only `torch.jit.load`, and only after the metadata checks out: no pickle from a 
 ever unpickled.
 """
 
+import itertools
 import json
 import os
+import re
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
@@ -43,50 +45,105 @@ class LoadedModel:
         return f"LoadedModel({self.metadata.name or self.path!r}, outputs: {outputs})"
 
 
+# What read_header and load_model say about a file that is not a usable model: str.format templates,
+# {path} being the path as Python's repr() writes it (model_file_message). The C++ plugins say the
+# same words: atomplug.core.native_header writes this table into the header both include.
+MODEL_FILE_MESSAGES: Dict[str, str] = {
+    "missing": (
+        "model file {path} does not exist: export one with atomplug.core.export() or "
+        "`atomplug export-example lj model.pt`"
+    ),
+    "directory": "model path {path} is a directory, not an exported atomplug model file: give the .pt file",
+    "unreadable": "cannot read the model file {path} ({reason}): check its permissions",
+    "empty": (
+        "{path} is empty (0 bytes), not an atomplug model: an export or a copy did not finish; export the model again"
+    ),
+    "truncated": (
+        "{path} is a corrupt or truncated archive (an unfinished export, download or copy?): "
+        "export or copy the model again"
+    ),
+    "not_archive": (
+        "{path} is not an atomplug model: it is not a TorchScript archive, so it could not be loaded by "
+        "TorchScript (export models with atomplug.core.export())"
+    ),
+    "corrupt": "{path} is a corrupt or truncated archive ({reason}): export the model again",
+    "no_metadata": (
+        "{path} is a zip or TorchScript archive without atomplug metadata, not an atomplug model: wrap "
+        "and export the module with atomplug.core.export()"
+    ),
+    "metadata_too_large": (
+        "{path} has {size} bytes of atomplug metadata, more than any export writes ({limit}): "
+        "not an atomplug model; export the model again"
+    ),
+    "unreadable_metadata": "{path} has unreadable atomplug metadata ({reason}): export the model again",
+    "not_atomplug": "{path} has metadata that is not atomplug's: export the model with atomplug.core.export()",
+    "no_version": "{path} has no valid format version in its metadata: export the model again",
+    "newer_version": (
+        "{path} was written in atomplug model format {version}, newer than this atomplug "
+        "understands ({supported}): upgrade atomplug"
+    ),
+    "lacks": "{path} metadata lacks {key}: export the model again",
+    "malformed": "{path} has malformed atomplug metadata ({reason}): export the model again",
+    "not_loadable": "{path} could not be loaded by TorchScript ({reason}): export the model again",
+    "no_entry_point": "{path} lacks the atomplug entry point ({method}): export the model again",
+    "version_disagrees": "{path}: archive code and metadata disagree on the format version: export the model again",
+    "capabilities_disagree": (
+        "{path}: its metadata declares other outputs, units or types than its code (the file "
+        "was edited or assembled by hand): export the model again with atomplug.core.export()"
+    ),
+}
+
+# JSON nested deeper than this is refused as unreadable ("nested too deeply"), by Python's json
+# (its recursion limit) and by the plugins (this bound)
+MAX_METADATA_DEPTH = 500
+
+# The methods of the exported entry point (AtomisticModel) that the engines call
+ENTRY_POINT_METHODS = (
+    "forward",
+    "format_version",
+    "neighbor_requests",
+    "unit_conversion",
+    "atomic_types",
+    "capabilities_json",
+    "metadata_json",
+)
+
+
+def model_file_message(fault: str, path: str, **values) -> str:
+    """The words for `fault` (a MODEL_FILE_MESSAGES key) about the model file `path`."""
+    return MODEL_FILE_MESSAGES[fault].format(path=repr(path), **values)
+
+
+def _refuse(fault: str, path: str, **values) -> ValueError:
+    return ValueError(model_file_message(fault, path, **values))
+
+
 def read_header(path: str) -> Dict:
     """Read and check an archive's atomplug metadata without loading any of its code."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"model file {path!r} does not exist: export one with atomplug.core.export() or "
-            "`atomplug export-example lj model.pt`"
-        )
+        raise FileNotFoundError(model_file_message("missing", path))
     if os.path.isdir(path):
-        raise ValueError(
-            f"model path {path!r} is a directory, not an exported atomplug model file: give the .pt file"
-        )
+        raise _refuse("directory", path)
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as error:
-        raise ValueError(f"cannot read the model file {path!r} ({error.strerror}): check its permissions") from None
+        raise _refuse("unreadable", path, reason=error.strerror) from None
     if not magic:
-        raise ValueError(
-            f"{path!r} is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
-            "export the model again"
-        )
+        raise _refuse("empty", path)
     try:
         is_zip = zipfile.is_zipfile(path)
     except Exception:  # zipfile.is_zipfile raises BadZipFile itself for some end records (multi-disk)
         is_zip = False
     if not is_zip:
-        if magic == b"PK\x03\x04":  # a zip archive without its end: cut short
-            raise ValueError(
-                f"{path!r} is a corrupt or truncated archive (an unfinished export, download or copy?): "
-                "export or copy the model again"
-            )
-        raise ValueError(
-            f"{path!r} is not an atomplug model: it is not a TorchScript archive (export models "
-            "with atomplug.core.export())"
-        )
+        # a zip archive without its end: cut short
+        raise _refuse("truncated" if magic == b"PK\x03\x04" else "not_archive", path)
     candidates: List[str] = []
-    is_torchscript = False
     declared = 0
     raw = b""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            candidates = [n for n in names if n.endswith("/extra/" + METADATA_FILE)]
-            is_torchscript = any("/code/" in n for n in names)
+            candidates = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_FILE)]
             if candidates:
                 declared = archive.getinfo(candidates[0]).file_size
                 if declared <= MAX_METADATA_BYTES:  # a zip bomb is refused from its declared size
@@ -94,38 +151,22 @@ def read_header(path: str) -> Dict:
                         raw = handle.read(MAX_METADATA_BYTES + 1)
     except Exception as error:  # zipfile raises many kinds for damaged archives: BadZipFile,
         # NotImplementedError (compression, version), RuntimeError (encrypted), zlib/lzma errors, EOFError...
-        raise ValueError(
-            f"{path!r} is a corrupt or truncated archive ({type(error).__name__}: {error}): export the model again"
-        ) from None
+        raise _refuse("corrupt", path, reason=f"{type(error).__name__}: {error}") from None
     if not candidates:
-        kind = "a TorchScript archive" if is_torchscript else "a zip file (perhaps a torch.save pickle)"
-        raise ValueError(
-            f"{path!r} is {kind} without atomplug metadata, not an atomplug model: wrap and "
-            "export the module with atomplug.core.export()"
-        )
+        raise _refuse("no_metadata", path)
     if declared > MAX_METADATA_BYTES or len(raw) > MAX_METADATA_BYTES:
-        raise ValueError(
-            f"{path!r} has {declared} bytes of atomplug metadata, more than any export writes "
-            f"({MAX_METADATA_BYTES}): not an atomplug model; export the model again"
-        )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
-        raise ValueError(f"{path!r} has unreadable atomplug metadata ({reason}): export the model again") from None
+        raise _refuse("metadata_too_large", path, size=declared, limit=MAX_METADATA_BYTES)
+    header = _parse_metadata(raw, path)
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path!r} has metadata that is not atomplug's: export the model with atomplug.core.export()")
+        raise _refuse("not_atomplug", path)
     version = header.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path!r} has no valid format version in its metadata: export the model again")
+        raise _refuse("no_version", path)
     if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} was written in atomplug model format {version}, newer than this atomplug "
-            f"understands ({FORMAT_VERSION}): upgrade atomplug"
-        )
+        raise _refuse("newer_version", path, version=version, supported=FORMAT_VERSION)
     for key in ("capabilities", "metadata"):
         if not isinstance(header.get(key), dict):
-            raise ValueError(f"{path!r} metadata lacks {key!r}: export the model again")
+            raise _refuse("lacks", path, key=repr(key))
     # Everything that reads the header later (load_model, LoadedModel, `atomplug info`, PLUMED's
     # helpers) may then trust its shape: checked here, as export() checked it when writing.
     try:
@@ -133,8 +174,29 @@ def read_header(path: str) -> Dict:
         ModelMetadata.from_dict(header["metadata"])
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RuntimeError) as error:
         reason = f"missing {error}" if isinstance(error, KeyError) else first_line(error)
-        raise ValueError(f"{path!r} has malformed atomplug metadata ({reason}): export the model again") from None
+        raise _refuse("malformed", path, reason=reason) from None
     return header
+
+
+def _parse_metadata(raw: bytes, path: str):
+    try:
+        text = raw.decode("utf-8")
+        if _nested_too_deeply(text):
+            raise RecursionError
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise _refuse("unreadable_metadata", path, reason=reason) from None
+
+
+def _nested_too_deeply(text: str) -> bool:
+    """Whether [ and { outside JSON strings nest deeper than MAX_METADATA_DEPTH anywhere in `text`
+    (counted on the text as it is, broken JSON included: the plugins count the same way)."""
+    if text.count("[") + text.count("{") <= MAX_METADATA_DEPTH:
+        return False  # real metadata: a handful of brackets
+    brackets = re.sub(r"[^\[\]{}]", "", re.sub(r'"(?:[^"\\]|\\.)*"?', "", text))
+    depths = itertools.accumulate(1 if bracket in "[{" else -1 for bracket in brackets)
+    return max(depths, default=0) > MAX_METADATA_DEPTH
 
 
 def check_device(device: str, supported_devices: List[str]) -> str:
@@ -144,9 +206,7 @@ def check_device(device: str, supported_devices: List[str]) -> str:
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"{device!r} is not a torch device: use 'cpu', 'cuda' or 'cuda:N'") from None
     if parsed.type not in supported_devices:
-        raise ValueError(
-            f"the model supports devices {supported_devices}, not {device!r}: pick one of those"
-        )
+        raise ValueError(f"the model supports devices {supported_devices}, not {device!r}: pick one of those")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} asked, but torch {torch.__version__} sees no CUDA device: use device 'cpu'"
@@ -164,18 +224,15 @@ def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
     try:
         module = torch.jit.load(path, map_location=device)
     except Exception as error:
-        raise ValueError(f"{path!r} could not be loaded by TorchScript ({first_line(error)}): export the model again") from error
-    for method in ("format_version", "neighbor_requests", "unit_conversion", "capabilities_json"):
+        raise _refuse("not_loadable", path, reason=first_line(error)) from error
+    for method in ENTRY_POINT_METHODS:
         if not hasattr(module, method):
-            raise ValueError(f"{path!r} lacks the atomplug entry point ({method}): export the model again")
+            raise _refuse("no_entry_point", path, method=method)
     if int(module.format_version()) != int(header["format_version"]):
-        raise ValueError(f"{path!r}: archive code and metadata disagree on the format version: export the model again")
+        raise _refuse("version_disagrees", path)
     # The entry point converts units and checks outputs with what was compiled into the archive;
     # metadata claiming anything else (an edited or spliced file) would mislead every engine.
     if json.loads(module.capabilities_json()) != header["capabilities"]:
-        raise ValueError(
-            f"{path!r}: its metadata declares other outputs, units or types than its code (the file "
-            "was edited or assembled by hand): export the model again with atomplug.core.export()"
-        )
+        raise _refuse("capabilities_disagree", path)
     module.eval()
     return LoadedModel(module, header, path)

@@ -1,7 +1,23 @@
-"""One wording for errors raised while an archive's code runs, for every engine (the C++ plugins
-get the same rules through the generated header)."""
+"""One wording for errors raised while an archive's code runs, for every engine.
+
+The C++ plugins get the same rules and the same words: `atomplug.core.native_header` writes
+`MODEL_ERROR_MESSAGES` and `ATOMPLUG_ERROR_KIND` into the header both plugins include, whose
+`first_line` and `describe_model_error` follow the functions below line by line.
+"""
 
 import re
+
+# atomplug's own checks raise this kind of error, with a message that already names the fix
+ATOMPLUG_ERROR_KIND = "ValueError"
+
+# str.format templates; {kind} is the exception's class name, {message} its text
+MODEL_ERROR_MESSAGES = {
+    "model_raised": (
+        "the model's own code raised {kind}: {message} (the model refuses this input: see its "
+        "documentation for what it supports, or ask its authors)"
+    ),
+    "model_failed": "the model failed: {message} (an error inside the model: check its input, or ask its authors)",
+}
 
 
 def first_line(error: BaseException) -> str:
@@ -9,7 +25,7 @@ def first_line(error: BaseException) -> str:
     text = str(error)
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith(("builtins.ValueError:", "ValueError:")):
+        if stripped.startswith(("builtins." + ATOMPLUG_ERROR_KIND + ":", ATOMPLUG_ERROR_KIND + ":")):
             return stripped.split(":", 1)[1].strip()
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
@@ -29,14 +45,7 @@ def describe_model_error(error: BaseException) -> str:
         if match:
             kind = match.group(1)
             message = " ".join([match.group(2)] + [line.strip() for line in lines[position + 1 :] if line.strip()])
-            if kind == "ValueError":
+            if kind == ATOMPLUG_ERROR_KIND:
                 return message
-            return (
-                f"the model's own code raised {kind}: {message} (the model refuses this input: see its "
-                "documentation for what it supports, or ask its authors)"
-            )
-    message = first_line(error)
-    return f"the model failed: {message} (an error inside the model: check its input, or ask its authors)"
-
-
-# ---- load -------------------------------------------------------------------------------------
+            return MODEL_ERROR_MESSAGES["model_raised"].format(kind=kind, message=message)
+    return MODEL_ERROR_MESSAGES["model_failed"].format(message=first_line(error))

@@ -1,0 +1,184 @@
+"""The model file for C++: one header, generated from core, that both plugins include.
+
+    python -m atomplug.core.native_header [DIRECTORY]   # print it, or write DIRECTORY/atomplug_core.h
+
+`header_text()` is `native/atomplug_core.h` (the C++ checks and error clean-up, written to follow
+`archive.read_header` / `load_model` and `errors.first_line` / `describe_model_error` step by step)
+with core's tables put in place of its GENERATED marker:
+
+- the format constants of `archive` (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, MAX_METADATA_BYTES,
+  MAX_METADATA_DEPTH, ENTRY_POINT_METHODS);
+- the messages: `archive.MODEL_FILE_MESSAGES` as MODEL_FILE_<FAULT>, `errors.MODEL_ERROR_MESSAGES`
+  as MODEL_ERROR_<NAME>, the same str.format templates, filled in by the C++ `format()`;
+- the entry point's arguments: `EntryPointArguments` with one field per argument of
+  `AtomisticModel.forward`, read from its signature, and `entry_point_stack()` putting them in that
+  signature's order (a new argument of forward appears here, with its Python default).
+
+Each plugin's build writes the header into its build directory (`write_header`), so a change in
+core rebuilds both plugins.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import typing
+from typing import Dict, List, Optional, Tuple
+
+from . import archive, errors
+
+HEADER_FILE = "atomplug_core.h"
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "atomplug_core.h")
+MARKER = "// @ATOMPLUG_GENERATED@"
+
+# Python annotation of an entry point argument -> C++ type of its field
+_CPP_TYPES = {
+    "Tensor": "torch::Tensor",
+    "List[Tensor]": "c10::List<at::Tensor>",
+    "List[str]": "c10::List<std::string>",
+    "Optional[Tensor]": "std::optional<torch::Tensor>",
+    "str": "std::string",
+    "bool": "bool",
+    "float": "double",
+    "int": "int64_t",
+}
+
+
+def cpp_string(text: str) -> str:
+    """A C++ string literal (UTF-8 source) holding `text`."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _annotation_name(annotation) -> str:
+    if annotation is inspect.Parameter.empty:
+        raise TypeError("an argument of AtomisticModel.forward has no type annotation")
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return getattr(annotation, "__name__", str(annotation))
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Union and len(arguments) == 1:
+        return f"Optional[{_annotation_name(arguments[0])}]"
+    name = {list: "List", dict: "Dict", tuple: "Tuple"}.get(origin, getattr(origin, "__name__", str(origin)))
+    return f"{name}[{', '.join(_annotation_name(a) for a in arguments)}]"
+
+
+def entry_point_arguments() -> List[Tuple[str, str, Optional[object]]]:
+    """(name, Python type, default or None) of each argument of AtomisticModel.forward, in order."""
+    from .entry_point import AtomisticModel
+
+    hints = typing.get_type_hints(AtomisticModel.forward)
+    arguments = []
+    for name, parameter in inspect.signature(AtomisticModel.forward).parameters.items():
+        if name == "self":
+            continue
+        default = None if parameter.default is inspect.Parameter.empty else parameter.default
+        arguments.append((name, _annotation_name(hints.get(name, parameter.annotation)), default))
+    return arguments
+
+
+def _cpp_default(kind: str, default) -> str:
+    if default is None:
+        return "{}"
+    if kind == "bool":
+        return " = true" if default else " = false"
+    if kind in ("float", "int"):
+        return f" = {default!r}"
+    if kind == "str":
+        return f" = {cpp_string(default)}"
+    raise TypeError(f"no C++ default for a {kind} argument of AtomisticModel.forward")
+
+
+def _entry_point_lines() -> List[str]:
+    arguments = entry_point_arguments()
+    lines = ["// AtomisticModel.forward's arguments (atomplug.core.entry_point), in its order"]
+    lines.append("struct EntryPointArguments {")
+    for name, kind, default in arguments:
+        if kind not in _CPP_TYPES:
+            raise TypeError(f"AtomisticModel.forward argument {name!r} is a {kind}: add its C++ type to _CPP_TYPES")
+        lines.append(f"  {_CPP_TYPES[kind]} {name}{_cpp_default(kind, default)};    // {kind}")
+    lines.append("};")
+    names = ", ".join(cpp_string(name) for name, _, _ in arguments)
+    lines.append(f"constexpr const char *ENTRY_POINT_ARGUMENTS[] = {{{names}}};")
+    lines.append("")
+    lines.append("inline std::vector<torch::jit::IValue> entry_point_stack(const EntryPointArguments &arguments)")
+    lines.append("{")
+    lines.append("  std::vector<torch::jit::IValue> stack;")
+    lines.append(f"  stack.reserve({len(arguments)});")
+    for name, _, _ in arguments:
+        lines.append(f"  stack.emplace_back(arguments.{name});")
+    lines.append("  return stack;")
+    lines.append("}")
+    return lines
+
+
+def _table_lines(prefix: str, table: Dict[str, str], source: str) -> List[str]:
+    lines = [f"// {source}"]
+    for key, text in table.items():
+        lines.append(f"constexpr const char *{prefix}_{key.upper()} = {cpp_string(text)};")
+    return lines
+
+
+def generated_tables() -> str:
+    """core's constants, messages and entry point arguments as C++ (inside namespace atomplug_core)."""
+    methods = ", ".join(cpp_string(name) for name in archive.ENTRY_POINT_METHODS)
+    lines = [
+        "// ---- generated by atomplug.core.native_header from atomplug.core: do not edit ----",
+        f"constexpr const char *FORMAT_NAME = {cpp_string(archive.FORMAT_NAME)};",
+        f"constexpr long long FORMAT_VERSION = {int(archive.FORMAT_VERSION)};",
+        f"constexpr const char *METADATA_FILE = {cpp_string(archive.METADATA_FILE)};",
+        f"constexpr long long MAX_METADATA_BYTES = {int(archive.MAX_METADATA_BYTES)};",
+        f"constexpr long MAX_METADATA_DEPTH = {int(archive.MAX_METADATA_DEPTH)};",
+        f"constexpr const char *ENTRY_POINT_METHODS[] = {{{methods}}};",
+        f"constexpr const char *ATOMPLUG_ERROR_KIND = {cpp_string(errors.ATOMPLUG_ERROR_KIND)};",
+        "",
+    ]
+    lines += _table_lines("MODEL_FILE", archive.MODEL_FILE_MESSAGES, "atomplug.core.archive.MODEL_FILE_MESSAGES")
+    lines.append("")
+    lines += _table_lines("MODEL_ERROR", errors.MODEL_ERROR_MESSAGES, "atomplug.core.errors.MODEL_ERROR_MESSAGES")
+    lines.append("")
+    lines += _entry_point_lines()
+    lines.append("// ---- end of the generated part ----")
+    return "\n".join(lines)
+
+
+def header_text() -> str:
+    """The whole header: native/atomplug_core.h with core's tables in place of its marker."""
+    with open(TEMPLATE) as handle:
+        template = handle.read()
+    if template.count(MARKER) != 1:
+        raise RuntimeError(f"{TEMPLATE} must hold the line {MARKER!r} exactly once")
+    banner = "// generated by atomplug.core.native_header from core/native/atomplug_core.h: do not edit\n"
+    return banner + template.replace(MARKER, generated_tables())
+
+
+def write_header(directory: str) -> str:
+    """Write the header into `directory` (left untouched when it already holds the same text)."""
+    text = header_text()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, HEADER_FILE)
+    try:
+        with open(path) as handle:
+            if handle.read() == text:
+                return path
+    except OSError:
+        pass
+    temporary = path + f".{os.getpid()}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        print(write_header(argv[0]))
+    else:
+        sys.stdout.write(header_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
