@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, TextIO
 from atomplug.core import native_header, plugin_build
 from atomplug.core.plugin_build import BuildError, compiler_version, find_compiler
 
-from . import LAMMPS_VERSION, PLUGIN_FILE, SOURCE_DIR, installed_versions, plugin_dir
+from .location import LAMMPS_VERSION, PLUGIN_FILE, SOURCE_DIR, installed_versions, plugin_dir
 
 IMPLEMENTATION_SOURCE = "pair_atomplug.cpp"
 LOADER_SOURCE = "atomplug_loader.cpp"

@@ -19,7 +19,7 @@ def _rank() -> int:
 
 def plugin_directory() -> str:
     try:
-        from . import PLUGIN_FILE, plugin_dir
+        from .location import PLUGIN_FILE, plugin_dir
 
         directory = plugin_dir()
         if not os.path.exists(os.path.join(directory, PLUGIN_FILE)) and _rank() == 0:
