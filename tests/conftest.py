@@ -28,3 +28,51 @@ def ani1x_path(tmp_path_factory):
 @pytest.fixture
 def argon_box() -> Atoms:
     return displaced_triclinic_argon()
+
+
+@pytest.fixture(scope="session")
+def message_passing_path(tmp_path_factory):
+    """The example message-passing model (H C O, 3 layers x 2.5 A = interaction range 7.5 A)."""
+    from atomplug.examples.message_passing import export_message_passing
+
+    path = tmp_path_factory.mktemp("message_passing") / "message_passing.pt"
+    export_message_passing(str(path))
+    return str(path)
+
+
+MACE_SKIP_REASON = (
+    "mace-torch is not installed: `make test` installs it (the 'mace' extra of pyproject.toml, "
+    "with a constraint keeping the installed torch)"
+)
+
+
+def require_mace():
+    """Skip the calling test or fixture when mace-torch (the 'mace' extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("mace") is None or importlib.util.find_spec("e3nn") is None:
+        pytest.skip(MACE_SKIP_REASON)
+
+
+@pytest.fixture(scope="session")
+def mace_model_path(tmp_path_factory):
+    """A small MACE model file (`torch.save` of a ScaleShiftMACE with seeded random weights:
+    H C O, r_max 4 A, 2 interactions, 16x0e+16x1o, float64), as a user's trained `.model`."""
+    require_mace()
+    import torch
+
+    from atomplug.examples.mace import random_mace_model
+
+    path = tmp_path_factory.mktemp("mace") / "small.model"
+    torch.save(random_mace_model(), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def mace_path(mace_model_path, tmp_path_factory):
+    """`mace_model_path` exported as an atomplug archive by examples/mace.py (float64)."""
+    from atomplug.examples.mace import export_mace
+
+    path = tmp_path_factory.mktemp("mace_export") / "mace.pt"
+    export_mace(mace_model_path, str(path))
+    return str(path)
