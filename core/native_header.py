@@ -90,6 +90,10 @@ def _cpp_default(kind: str, default) -> str:
     raise TypeError(f"no C++ default for a {kind} argument of AtomisticModel.forward")
 
 
+def _cpp_value(kind: str, default) -> str:
+    return _cpp_default(kind, default)[len(" = "):]
+
+
 def _entry_point_lines() -> List[str]:
     arguments = entry_point_arguments()
     lines = ["// AtomisticModel.forward's arguments (atomplug.core.entry_point), in its order"]
@@ -106,8 +110,18 @@ def _entry_point_lines() -> List[str]:
     lines.append("{")
     lines.append("  std::vector<torch::jit::IValue> stack;")
     lines.append(f"  stack.reserve({len(arguments)});")
-    for name, _, _ in arguments:
+    required = [name for name, _, default in arguments if default is None]
+    optional = [(name, kind, default) for name, kind, default in arguments if default is not None]
+    for name in required:
         lines.append(f"  stack.emplace_back(arguments.{name});")
+    if optional:
+        # trailing arguments with defaults go only up to the last one that differs from its default,
+        # so that archives exported before an argument existed still run where it is not used
+        lines.append("  int last_given = -1;")
+        for index, (name, kind, default) in enumerate(optional):
+            lines.append(f"  if (arguments.{name} != {_cpp_value(kind, default)}) last_given = {index};")
+        for index, (name, _, _) in enumerate(optional):
+            lines.append(f"  if (last_given >= {index}) stack.emplace_back(arguments.{name});")
     lines.append("  return stack;")
     lines.append("}")
     return lines

@@ -101,6 +101,8 @@ class ModelRunner:
                 "length unit as length_unit and an energy unit as energy_unit"
             ) from error
         self.cache = NeighborListCache(self.requests, skin=skin)
+        schema = self.model.module.forward.schema
+        self._takes_non_conservative = any(argument.name == "non_conservative" for argument in schema.arguments)
         self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
 
     def check_output_request(self, request: str) -> str:
@@ -201,12 +203,19 @@ class ModelRunner:
         selected = None
         if selected_atoms is not None:
             selected = torch.as_tensor(np.asarray(selected_atoms, dtype=np.int64), device=self.device)
+        arguments = [
+            positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors, list(outputs), selected,
+            gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
+        ]
+        if non_conservative:  # left out otherwise: archives exported before it existed still run
+            if not self._takes_non_conservative:
+                raise ValueError(
+                    f"non-conservative forces: {self.model.path!r} was exported before the entry point took "
+                    "non_conservative; export it again with this atomplug"
+                )
+            arguments.append(True)
         try:
-            raw = self.model.module(
-                positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors, list(outputs), selected,
-                gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
-                non_conservative,
-            )
+            raw = self.model.module(*arguments)
         except torch.jit.Error as error:
             raise ValueError(describe_model_error(error)) from None
         result = {key: value.cpu().numpy() for key, value in raw.items()}

@@ -429,6 +429,15 @@ inline torch::jit::Module load_model(const std::string &path, const c10::Device 
   return module;
 }
 
+// Whether the archive's entry point takes `argument` (archives exported before an argument with a
+// default existed lack it; entry_point_stack() leaves such arguments out unless they are set)
+inline bool entry_point_accepts(torch::jit::Module &module, const std::string &argument)
+{
+  for (const auto &known : module.get_method("forward").function().getSchema().arguments())
+    if (known.name() == argument) return true;
+  return false;
+}
+
 // ---- what the metadata declares, typed -------------------------------------------------------
 
 struct Output {

@@ -344,6 +344,9 @@ void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
   if (non_conservative && !has_nc_forces)
     FAIL_ALL("non_conservative on needs a 'non_conservative_forces' output, which this model "
              "does not declare");
+  if (non_conservative && !atomplug_core::entry_point_accepts(*model, "non_conservative"))
+    FAIL_ALL("non_conservative on: this model file was exported before the entry point took "
+             "non_conservative; export it again with this atomplug");
 }
 
 // atom types and neighbor-list cutoffs (in LAMMPS units, converted by the archive's own unit table)
@@ -485,14 +488,25 @@ void PairAtomplug::init_style()
   if (force->newton_pair == 0)
     FAIL_ALL("needs newton_pair on (the default): forces on ghost atoms are sent back to their "
              "owners; remove 'newton off'");
-  if (non_conservative && comm->me == 0 && (comm->nprocs > 1 || !has_nc_stress))
-    error->warning(FLERR,
-                   "pair_style atomplug: non_conservative on{}: forces come from the "
-                   "model's non_conservative_forces, but the virial (pressure) from the energy "
-                   "gradient, because {}",
-                   comm->nprocs > 1 ? fmt::format(" with {} MPI ranks", comm->nprocs) : "",
-                   comm->nprocs > 1 ? "a per-structure stress cannot be split among ranks"
-                                    : "the model has no non_conservative_stress output");
+  // core's non-conservative rule (AtomisticModel._virial_source), said where it is not -sigma V
+  const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  const bool isolated = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
+  if (non_conservative && comm->me == 0 && (comm->nprocs > 1 || !(periodic && has_nc_stress))) {
+    const char *reason = comm->nprocs > 1 ? "a per-structure stress cannot be split among ranks"
+        : !periodic ? "the box is not periodic in all three directions"
+                    : "the model has no non_conservative_stress output";
+    if (comm->nprocs == 1 && isolated)
+      error->warning(FLERR,
+                     "pair_style atomplug: non_conservative on: forces come from the model's "
+                     "non_conservative_forces and the virial (pressure) is sum r (x) f of those "
+                     "forces, because the box is not periodic");
+    else
+      error->warning(FLERR,
+                     "pair_style atomplug: non_conservative on{}: forces come from the model's "
+                     "non_conservative_forces, but the virial (pressure) from the energy gradient, "
+                     "because {}",
+                     comm->nprocs > 1 ? fmt::format(" with {} MPI ranks", comm->nprocs) : "", reason);
+  }
   if (atom->molecular != Atom::ATOMIC && comm->me == 0 && !warned_special) {
     bool all_one = true;
     for (int k = 1; k < 4; ++k) all_one = all_one && force->special_lj[k] == 1.0;
@@ -788,9 +802,10 @@ atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
   add_pairs(inputs);
   if (eflag_global) inputs.outputs.push_back("energy");
   if (eflag_atom) inputs.outputs.push_back("energy/per_atom");
-  // every model atom local (one rank, or no ghosts needed): no selection, so the model may
-  // compute the total energy directly instead of per-atom energies
-  if (n_model != n_local_model) inputs.selected_atoms = selected_tensor;
+  // one rank with every model atom local: no selection, so the model may compute the total energy
+  // directly instead of per-atom energies. On several ranks always a selection, even without
+  // ghosts: this rank holds part of the system (a per-structure stress is not its share)
+  if (n_model != n_local_model || comm->nprocs > 1) inputs.selected_atoms = selected_tensor;
   inputs.gradient_output = "energy";
   // forces and virial: the entry point picks the energy's derivatives or (non_conservative) the
   // model's direct outputs, by core's one rule; LAMMPS reads "forces" and "virial" either way
