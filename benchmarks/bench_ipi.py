@@ -27,7 +27,6 @@ import uuid
 from typing import Dict, List, Optional
 
 import numpy as np
-
 from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
 
 EPSILON, SIGMA, CUTOFF = 0.0104, 3.40, 8.5  # eV, Angstrom
@@ -61,11 +60,10 @@ def export_metatomic_lj(path: str) -> None:
 
 def direct_ms(model_path: str, atoms, calls: int) -> float:
     """Median ms of one `ModelRunner.run` (i-PI units, skin cache) on slowly moving positions."""
+    import torch
     from ase.units import Bohr
 
     from atomplug.core import ModelRunner, Structure
-
-    import torch
 
     torch.set_num_threads(1)
     runner = ModelRunner(model_path, length_unit="Bohr", energy_unit="Hartree", skin=SKIN / Bohr)
@@ -122,14 +120,24 @@ def ipi_run(workdir: str, client: List[str], warmup: int, steps: int, timeout: f
         handle.write(INPUT.format(steps=warmup + steps, address=address))
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     with open(os.path.join(workdir, "ipi.log"), "w") as ipi_log, open(os.path.join(workdir, "client.log"), "w") as log:
-        server = subprocess.Popen([shutil.which("i-pi", path=BIN), "input.xml"], cwd=workdir, stdout=ipi_log,
-                                  stderr=subprocess.STDOUT, env=environment)
+        server = subprocess.Popen(
+            [shutil.which("i-pi", path=BIN), "input.xml"],
+            cwd=workdir,
+            stdout=ipi_log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
         if "i-pi-py_driver" in client[0]:  # it does not wait for the server
             deadline = time.monotonic() + 60
             while not os.path.exists(socket_file) and time.monotonic() < deadline:
                 time.sleep(0.02)
-        driver = subprocess.Popen([c.replace("@ADDRESS@", address) for c in client], cwd=workdir, stdout=log,
-                                  stderr=subprocess.STDOUT, env=environment)
+        driver = subprocess.Popen(
+            [c.replace("@ADDRESS@", address) for c in client],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
         output = os.path.join(workdir, "sim.out")
         marks = {}
         deadline = time.monotonic() + timeout
@@ -171,8 +179,16 @@ def client_timings(log: str):
     return tuple(float(match.group(i)) for i in (1, 2, 3))
 
 
-def bench_system(n_atoms: int, workdir: str, model_path: str, metatomic_path: Optional[str], warmup: int,
-                 steps: int, direct_calls: int, rounds: int = 1) -> Dict[str, float]:
+def bench_system(
+    n_atoms: int,
+    workdir: str,
+    model_path: str,
+    metatomic_path: Optional[str],
+    warmup: int,
+    steps: int,
+    direct_calls: int,
+    rounds: int = 1,
+) -> Dict[str, float]:
     """ms/step of each i-PI client; the clients take turns for `rounds` rounds and each keeps its
     fastest round (on a shared machine noise only adds), so that a burst of load hits all alike."""
     from ase.units import Bohr
@@ -186,13 +202,30 @@ def bench_system(n_atoms: int, workdir: str, model_path: str, metatomic_path: Op
 
     py_driver = shutil.which("i-pi-py_driver", path=BIN)
     clients = {
-        "atomplug": [shutil.which("atomplug-ipi", path=BIN), "--model", model_path, "--structure", "init.xyz",
-                     "--unix", "@ADDRESS@", "--threads", "1"],
+        "atomplug": [
+            shutil.which("atomplug-ipi", path=BIN),
+            "--model",
+            model_path,
+            "--structure",
+            "init.xyz",
+            "--unix",
+            "@ADDRESS@",
+            "--threads",
+            "1",
+        ],
         "dummy": [py_driver, "-m", "dummy", "-u", "-a", "@ADDRESS@"],
     }
     if metatomic_path is not None:
-        clients["metatomic"] = [py_driver, "-m", "metatomic", "-u", "-a", "@ADDRESS@", "-o",
-                                f"template=init.xyz,model={metatomic_path},skin={SKIN}"]
+        clients["metatomic"] = [
+            py_driver,
+            "-m",
+            "metatomic",
+            "-u",
+            "-a",
+            "@ADDRESS@",
+            "-o",
+            f"template=init.xyz,model={metatomic_path},skin={SKIN}",
+        ]
     samples: Dict[str, List[float]] = {name: [] for name in list(clients) + ["direct"]}
     client_samples: List[tuple] = []
     for _ in range(rounds):
@@ -205,7 +238,8 @@ def bench_system(n_atoms: int, workdir: str, model_path: str, metatomic_path: Op
                 client_samples.append(client_timings(run["log"]))
     results = {name: min(values) for name, values in samples.items()}
     results["client_model"], results["client_cpu"], results["client_wall"] = (
-        min(sample[index] for sample in client_samples) for index in range(3))
+        min(sample[index] for sample in client_samples) for index in range(3)
+    )
     return results
 
 
@@ -221,26 +255,37 @@ def same_physics(model_path: str, metatomic_path: str) -> str:
     atoms.calc = MetatomicCalculator(metatomic_path)
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     atoms.calc = AtomplugCalculator(model_path)
-    return (f"|dE|/|E| = {abs(atoms.get_potential_energy() - energy) / abs(energy):.1e}, "
-            f"max |dF| = {np.abs(atoms.get_forces() - forces).max():.1e} eV/A")
+    return (
+        f"|dE|/|E| = {abs(atoms.get_potential_energy() - energy) / abs(energy):.1e}, "
+        f"max |dF| = {np.abs(atoms.get_forces() - forces).max():.1e} eV/A"
+    )
 
 
 def ipi_rows(all_results: Dict[int, Dict[str, float]]) -> List[BenchRow]:
     """Issue 5's aim, per size: the client adds <= 0.3 ms per step over the model's time."""
     rows = []
     for n_atoms, results in all_results.items():
-        rows.append(BenchRow(
-            engine="i-PI", system=f"LJ, {n_atoms} Ar, rc 8.5 A", timed="NVT step, one atomplug-ipi client",
-            atomplug_ms=results["atomplug"], floor_ms=results["dummy"] + results["direct"],
-            floor="i-PI with its zeros driver (loop + socket) + the model called in-process",
-            peer="i-PI -m metatomic", peer_ms=results.get("metatomic"),
-            aims=[Aim(5, "client's own CPU per step", results["client_cpu"], 0.3, unit="ms")],
-            details={"i-PI + zeros driver ms": results["dummy"], "model in-process ms": results["direct"],
-                     "model inside the client ms": results["client_model"],
-                     "client CPU (overhead) ms": results["client_cpu"],
-                     "client wall (overhead) ms": results["client_wall"],
-                     "outside estimate (atomplug - zeros - in-process) ms": results["outside"]},
-        ))
+        rows.append(
+            BenchRow(
+                engine="i-PI",
+                system=f"LJ, {n_atoms} Ar, rc 8.5 A",
+                timed="NVT step, one atomplug-ipi client",
+                atomplug_ms=results["atomplug"],
+                floor_ms=results["dummy"] + results["direct"],
+                floor="i-PI with its zeros driver (loop + socket) + the model called in-process",
+                peer="i-PI -m metatomic",
+                peer_ms=results.get("metatomic"),
+                aims=[Aim(5, "client's own CPU per step", results["client_cpu"], 0.3, unit="ms")],
+                details={
+                    "i-PI + zeros driver ms": results["dummy"],
+                    "model in-process ms": results["direct"],
+                    "model inside the client ms": results["client_model"],
+                    "client CPU (overhead) ms": results["client_cpu"],
+                    "client wall (overhead) ms": results["client_wall"],
+                    "outside estimate (atomplug - zeros - in-process) ms": results["outside"],
+                },
+            )
+        )
     return rows
 
 
@@ -274,20 +319,28 @@ def bench_sizes(args: argparse.Namespace, workdir: str) -> Dict[int, Dict[str, f
 
     if metatomic_path is not None:
         print(f"  same physics: metatomic vs atomplug LJ, 108 atoms: {same_physics(model_path, metatomic_path)}")
-    print("i-PI: Lennard-Jones argon, NVT, one client, OMP_NUM_THREADS=1; ms per MD step (per request inside the client)")
-    print(f"  {'atoms':>6} {'direct':>8} {'i-PI+atomplug':>14} {'model':>7} {'client CPU':>11} {'client wall':>12} "
-          f"{'i-PI+dummy':>11} {'i-PI+metatomic':>15} {'outside est.':>13}")
+    print(
+        "i-PI: Lennard-Jones argon, NVT, one client, OMP_NUM_THREADS=1; ms per MD step (per request inside the client)"
+    )
+    print(
+        f"  {'atoms':>6} {'direct':>8} {'i-PI+atomplug':>14} {'model':>7} {'client CPU':>11} {'client wall':>12} "
+        f"{'i-PI+dummy':>11} {'i-PI+metatomic':>15} {'outside est.':>13}"
+    )
     all_results = {}
     for n_atoms in args.sizes:
         steps = args.steps if n_atoms <= 200 else max(args.steps // 2, 20)
-        results = bench_system(n_atoms, workdir, model_path, metatomic_path, args.warmup, steps, direct_calls=steps,
-                               rounds=args.rounds)
+        results = bench_system(
+            n_atoms, workdir, model_path, metatomic_path, args.warmup, steps, direct_calls=steps, rounds=args.rounds
+        )
         all_results[n_atoms] = results
         results["outside"] = results["atomplug"] - results["dummy"] - results["direct"]
         metatomic = f"{results['metatomic']:>15.2f}" if "metatomic" in results else f"{'-':>15}"
-        print(f"  {n_atoms:>6} {results['direct']:>8.2f} {results['atomplug']:>14.2f} {results['client_model']:>7.2f} "
-              f"{results['client_cpu']:>11.3f} {results['client_wall']:>12.3f} {results['dummy']:>11.2f} {metatomic} "
-              f"{results['outside']:>13.2f}", flush=True)
+        print(
+            f"  {n_atoms:>6} {results['direct']:>8.2f} {results['atomplug']:>14.2f} {results['client_model']:>7.2f} "
+            f"{results['client_cpu']:>11.3f} {results['client_wall']:>12.3f} {results['dummy']:>11.2f} {metatomic} "
+            f"{results['outside']:>13.2f}",
+            flush=True,
+        )
     print(f"  each number: the fastest of {args.rounds} rounds in which the clients take turns")
     print("  direct: the core's entry point in-process, median; model / client: inside atomplug-ipi, mean per")
     print("  request; client = its time handling messages minus model time (aim <= 0.3 ms); dummy: i-PI's")

@@ -27,7 +27,6 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-
 from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
 
 BIN = os.path.dirname(sys.executable)
@@ -55,7 +54,7 @@ def floor_ms(model_path: str, atoms, repeat: int) -> Dict[str, float]:
 
     loaded = load_model(model_path)
     bare = loaded.module.module
-    (cutoff, full_list, strict), = loaded.neighbor_requests(loaded.capabilities.length_unit)
+    ((cutoff, full_list, strict),) = loaded.neighbor_requests(loaded.capabilities.length_unit)
     options = NeighborListOptions(cutoff, full_list, strict)
     pairs, shifts = compute_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, full_list)
     positions = torch.from_numpy(np.ascontiguousarray(atoms.positions))
@@ -75,11 +74,28 @@ def floor_ms(model_path: str, atoms, repeat: int) -> Dict[str, float]:
         system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
         energy = bare([system], outputs, None)["energy"].sum()
         (gradient,) = torch.autograd.grad(energy, vectors)
-        return torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+        return (
+            torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+        )
 
     def entry():
-        return loaded.module(positions, types, cell[None], pbc[None], sizes, [pairs_t], [shifts_t], ["energy"], None,
-                             "energy", True, False, False, "Angstrom", "eV")
+        return loaded.module(
+            positions,
+            types,
+            cell[None],
+            pbc[None],
+            sizes,
+            [pairs_t],
+            [shifts_t],
+            ["energy"],
+            None,
+            "energy",
+            True,
+            False,
+            False,
+            "Angstrom",
+            "eV",
+        )
 
     for _ in range(3):
         floor()
@@ -155,8 +171,16 @@ run {steps}
 """
 
 
-def bench_system(name: str, workdir: str, atoms, model: str, lammps_text: str, steps: int, repeat: int,
-                 native_pair: Optional[str] = None) -> Dict[str, float]:
+def bench_system(
+    name: str,
+    workdir: str,
+    atoms,
+    model: str,
+    lammps_text: str,
+    steps: int,
+    repeat: int,
+    native_pair: Optional[str] = None,
+) -> Dict[str, float]:
     import ase.io
 
     data = os.path.join(workdir, f"{name}.data")
@@ -167,11 +191,19 @@ def bench_system(name: str, workdir: str, atoms, model: str, lammps_text: str, s
     floors, one, two, native_one, native_two = [], [], [], [], []
     for _ in range(repeat):
         floors.append(floor_ms(model, atoms, repeat=7))
-        one.append(run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 1, steps))
-        two.append(run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 2, steps))
+        one.append(
+            run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 1, steps)
+        )
+        two.append(
+            run_lammps(workdir, lammps_text.format(data=data, pair=ours_pair, model=model, steps=steps), 2, steps)
+        )
         if native_pair:
-            native_one.append(run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 1, steps * 10))
-            native_two.append(run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 2, steps * 10))
+            native_one.append(
+                run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 1, steps * 10)
+            )
+            native_two.append(
+                run_lammps(workdir, lammps_text.format(data=data, pair=native_pair, steps=steps * 10), 2, steps * 10)
+            )
     results.update(best(floors))
     for prefix, runs in (("one", one), ("two", two), ("native_one", native_one), ("native_two", native_two)):
         if runs:
@@ -184,20 +216,30 @@ def report(title: str, r: Dict[str, float]) -> None:
     floor = r["floor_ms"]
     print(title)
     print(f"  floor: bare model forward + backward        {floor:9.2f} ms   (Python, same atoms and pairs)")
-    print(f"  model entry point from Python               {r['entry_python_ms']:9.2f} ms   "
-          f"{100 * (r['entry_python_ms'] / floor - 1):+6.1f}% (atomplug.core's own cost)")
-    print(f"  atomplug 1 rank, Pair (plugin + model)      {r['one_pair_ms']:9.2f} ms   "
-          f"overhead vs floor {100 * (r['one_pair_ms'] / floor - 1):+6.1f}%")
-    print(f"    plugin C++ (mapping, pairs, tensors)      {r['one_plugin_ms']:9.2f} ms   "
-          f"= {100 * r['one_plugin_ms'] / (r['one_pair_ms'] - r['one_plugin_ms']):.1f}% of the model's time "
-          "(Pair - C++)")
+    print(
+        f"  model entry point from Python               {r['entry_python_ms']:9.2f} ms   "
+        f"{100 * (r['entry_python_ms'] / floor - 1):+6.1f}% (atomplug.core's own cost)"
+    )
+    print(
+        f"  atomplug 1 rank, Pair (plugin + model)      {r['one_pair_ms']:9.2f} ms   "
+        f"overhead vs floor {100 * (r['one_pair_ms'] / floor - 1):+6.1f}%"
+    )
+    print(
+        f"    plugin C++ (mapping, pairs, tensors)      {r['one_plugin_ms']:9.2f} ms   "
+        f"= {100 * r['one_plugin_ms'] / (r['one_pair_ms'] - r['one_plugin_ms']):.1f}% of the model's time "
+        "(Pair - C++)"
+    )
     print(f"    model entry point (incl. setup calls)     {r['one_entry_ms']:9.2f} ms")
     print(f"  atomplug 1 rank, whole MD step              {r['one_step_ms']:9.2f} ms")
-    print(f"  atomplug 2 ranks, whole MD step             {r['two_step_ms']:9.2f} ms   "
-          f"speedup {r['one_step_ms'] / r['two_step_ms']:.2f}x")
+    print(
+        f"  atomplug 2 ranks, whole MD step             {r['two_step_ms']:9.2f} ms   "
+        f"speedup {r['one_step_ms'] / r['two_step_ms']:.2f}x"
+    )
     if "native_one_step_ms" in r:
-        print(f"  lj/cut 1 rank / 2 ranks, whole MD step      {r['native_one_step_ms']:9.3f} / "
-              f"{r['native_two_step_ms']:.3f} ms   speedup {r['native_one_step_ms'] / r['native_two_step_ms']:.2f}x")
+        print(
+            f"  lj/cut 1 rank / 2 ranks, whole MD step      {r['native_one_step_ms']:9.3f} / "
+            f"{r['native_two_step_ms']:.3f} ms   speedup {r['native_one_step_ms'] / r['native_two_step_ms']:.2f}x"
+        )
 
 
 # lj/cut scales ~2.4x on 2 free cores (pair work dominates); below this, others were using them
@@ -220,14 +262,30 @@ def lammps_rows(system: str, r: Dict[str, float], busy_cores: str = "") -> List[
     # energy + virial call at each run's setup, which LAMMPS' Pair timer leaves out
     model_ms = r["one_pair_ms"] - r["one_plugin_ms"]
     one_rank = BenchRow(
-        engine="LAMMPS", system=system, timed="Pair time per step, 1 rank",
-        atomplug_ms=r["one_pair_ms"], floor_ms=r["floor_ms"],
+        engine="LAMMPS",
+        system=system,
+        timed="Pair time per step, 1 rank",
+        atomplug_ms=r["one_pair_ms"],
+        floor_ms=r["floor_ms"],
         floor="the bare model's forward + backward (forces) on the same atoms and pairs, from Python",
-        peer="lj/cut" if native else "", peer_ms=r.get("native_one_pair_ms"),
-        aims=[Aim(4, "plugin C++ / model time", 100.0 * r["one_plugin_ms"] / model_ms, 3.0, unit="%",
-                  extra=f"{format_ms_plain(r['one_plugin_ms'])} ms over {format_ms_plain(model_ms)} ms")],
-        details={"plugin C++ ms": r["one_plugin_ms"], "model entry point in LAMMPS ms": r["one_entry_ms"],
-                 "model entry point from Python ms": r["entry_python_ms"], "whole MD step, 1 rank ms": r["one_step_ms"]},
+        peer="lj/cut" if native else "",
+        peer_ms=r.get("native_one_pair_ms"),
+        aims=[
+            Aim(
+                4,
+                "plugin C++ / model time",
+                100.0 * r["one_plugin_ms"] / model_ms,
+                3.0,
+                unit="%",
+                extra=f"{format_ms_plain(r['one_plugin_ms'])} ms over {format_ms_plain(model_ms)} ms",
+            )
+        ],
+        details={
+            "plugin C++ ms": r["one_plugin_ms"],
+            "model entry point in LAMMPS ms": r["one_entry_ms"],
+            "model entry point from Python ms": r["entry_python_ms"],
+            "whole MD step, 1 rank ms": r["one_step_ms"],
+        },
     )
     speedup = r["one_step_ms"] / r["two_step_ms"]
     details = {"whole MD step, 1 rank ms": r["one_step_ms"], "whole MD step, 2 ranks ms": r["two_step_ms"]}
@@ -235,13 +293,19 @@ def lammps_rows(system: str, r: Dict[str, float], busy_cores: str = "") -> List[
         details["lj/cut step, 1 rank ms"] = r["native_one_step_ms"]
         details["lj/cut step, 2 ranks ms"] = r["native_two_step_ms"]
     two_ranks = BenchRow(
-        engine="LAMMPS", system=system, timed="whole MD step, 2 MPI ranks",
-        atomplug_ms=r["two_step_ms"], floor_ms=r["one_step_ms"] / 2.0,
+        engine="LAMMPS",
+        system=system,
+        timed="whole MD step, 2 MPI ranks",
+        atomplug_ms=r["two_step_ms"],
+        floor_ms=r["one_step_ms"] / 2.0,
         floor="perfect 2-rank scaling of atomplug's 1-rank step (1-rank step / 2)",
-        peer="lj/cut, 2 ranks" if native else "", peer_ms=r.get("native_two_step_ms"),
+        peer="lj/cut, 2 ranks" if native else "",
+        peer_ms=r.get("native_two_step_ms"),
         aims=[Aim(4, "2-rank speedup", speedup, 1.7, at_most=False, caveat=busy_cores)],
         details=details,
-        note=(f"lj/cut's own 2-rank speedup {r['native_one_step_ms'] / r['native_two_step_ms']:.2f}x" if native else ""),
+        note=(
+            f"lj/cut's own 2-rank speedup {r['native_one_step_ms'] / r['native_two_step_ms']:.2f}x" if native else ""
+        ),
     )
     return [one_rank, two_ranks]
 
@@ -256,8 +320,9 @@ def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
     parser.add_argument("--steps", type=int, default=100, help="timed LJ steps (ANI-1x: steps / 5)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-ani", action="store_true")
-    parser.add_argument("--water-per-side", type=int, default=8,
-                        help="ANI-1x water box of n^3 molecules (default 8: 1536 atoms)")
+    parser.add_argument(
+        "--water-per-side", type=int, default=8, help="ANI-1x water box of n^3 molecules (default 8: 1536 atoms)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -270,8 +335,10 @@ def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
 
     build(verbose=False)
     versions = installed_versions()
-    print(f"LAMMPS pair_style atomplug: lammps {versions['lammps']}, torch {versions['torch']}, "
-          "1 thread per rank, times per MD step")
+    print(
+        f"LAMMPS pair_style atomplug: lammps {versions['lammps']}, torch {versions['torch']}, "
+        "1 thread per rank, times per MD step"
+    )
     rows: List[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="atomplug-bench-lammps-") as workdir:
         lj_path = os.path.join(workdir, "lj.pt")
@@ -297,8 +364,11 @@ def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
             water = water_box(args.water_per_side)
             steps = max(5, args.steps // 5)
             ani = bench_system("water", workdir, water, ani_path, WATER_INPUT, steps, args.repeat)
-            report(f"\nANI-1x: {len(water)}-atom water box ({water.cell[0, 0]:.1f} A), rc 5.2 A, "
-                   "metal units (skin 2 A), NVE", ani)
+            report(
+                f"\nANI-1x: {len(water)}-atom water box ({water.cell[0, 0]:.1f} A), rc 5.2 A, "
+                "metal units (skin 2 A), NVE",
+                ani,
+            )
             rows += lammps_rows(f"ANI-1x, {len(water)}-atom water", ani, busy_cores)
     return rows
 

@@ -23,7 +23,6 @@ import time
 from typing import Dict, List, Tuple
 
 import numpy as np
-
 from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
 
 DENSITY = 100.0  # atoms per nm^3
@@ -52,7 +51,12 @@ def action_timer(log: str, label: str) -> Dict[str, float]:
     for line in log.splitlines():
         fields = line.split()
         if len(fields) >= 8 and fields[1].startswith("4") and fields[3] == label:
-            return {"calls": int(fields[4]), "total": float(fields[5]), "min": float(fields[7]), "max": float(fields[8])}
+            return {
+                "calls": int(fields[4]),
+                "total": float(fields[5]),
+                "min": float(fields[7]),
+                "max": float(fields[8]),
+            }
     raise RuntimeError(f"no timer for {label!r} in the PLUMED log")
 
 
@@ -80,7 +84,10 @@ def run_driver(directory: str, plumed_input: str, trajectory: str) -> tuple:
     start = time.perf_counter()
     result = subprocess.run(
         [plumed_program(), "driver", "--plumed", path, "--ixyz", trajectory],
-        cwd=directory, env=environment, capture_output=True, text=True,
+        cwd=directory,
+        env=environment,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
@@ -105,9 +112,21 @@ def entry_point_floor(model_path: str, box: float, positions: np.ndarray, repeat
     cell = np.eye(3) * box
     pairs, shifts = compute_pairs(positions, cell, [True] * 3, D_MAX, False)
     arguments = [
-        torch.from_numpy(positions), types, torch.from_numpy(cell)[None], torch.ones(1, 3, dtype=torch.bool),
-        torch.tensor([n_atoms]), [torch.from_numpy(pairs)], [torch.from_numpy(shifts)], ["features"], None,
-        "features", True, True, False, "nm", "kJ/mol",
+        torch.from_numpy(positions),
+        types,
+        torch.from_numpy(cell)[None],
+        torch.ones(1, 3, dtype=torch.bool),
+        torch.tensor([n_atoms]),
+        [torch.from_numpy(pairs)],
+        [torch.from_numpy(shifts)],
+        ["features"],
+        None,
+        "features",
+        True,
+        True,
+        False,
+        "nm",
+        "kJ/mol",
     ]
     for _ in range(50):
         module(*arguments)
@@ -150,17 +169,32 @@ def plumed_row(n_atoms: int, r: Dict[str, float]) -> BenchRow:
     """One size; the issue's aim (<= 0.15 ms per step) is judged on the mean action time at 20 atoms."""
     aims = []
     if n_atoms == AIM_ATOMS:
-        aims.append(Aim(6, "ATOMPLUG action, mean per step", 1e3 * r["atomplug action"], AIM_MS, unit="ms",
-                        extra=f"fastest call {1e3 * r['atomplug min']:.3f} ms"))
+        aims.append(
+            Aim(
+                6,
+                "ATOMPLUG action, mean per step",
+                1e3 * r["atomplug action"],
+                AIM_MS,
+                unit="ms",
+                extra=f"fastest call {1e3 * r['atomplug min']:.3f} ms",
+            )
+        )
     return BenchRow(
-        engine="PLUMED", system=f"coordination, {n_atoms} atoms", timed="CV action per step, `plumed driver`",
-        atomplug_ms=1e3 * r["atomplug action"], floor_ms=1e3 * r["floor"],
+        engine="PLUMED",
+        system=f"coordination, {n_atoms} atoms",
+        timed="CV action per step, `plumed driver`",
+        atomplug_ms=1e3 * r["atomplug action"],
+        floor_ms=1e3 * r["floor"],
         floor="the model's entry point (values, derivatives, virial) called from Python, median",
-        peer="native COORDINATION", peer_ms=1e3 * r["native action"],
+        peer="native COORDINATION",
+        peer_ms=1e3 * r["native action"],
         aims=aims,
-        details={"ATOMPLUG fastest call ms": 1e3 * r["atomplug min"], "native fastest call ms": 1e3 * r["native min"],
-                 "ATOMPLUG whole driver step ms": 1e3 * r["atomplug driver"],
-                 "native whole driver step ms": 1e3 * r["native driver"]},
+        details={
+            "ATOMPLUG fastest call ms": 1e3 * r["atomplug min"],
+            "native fastest call ms": 1e3 * r["native min"],
+            "ATOMPLUG whole driver step ms": 1e3 * r["atomplug driver"],
+            "native whole driver step ms": 1e3 * r["native driver"],
+        },
     )
 
 
@@ -181,17 +215,23 @@ def main(argv=None) -> List[BenchRow]:
         model_path = os.path.join(directory, "coordination.pt")
         export_coordination(model_path, r0=R0, d_max=D_MAX, types_a=[8], types_b=[1], length_unit="nm")
         print("PLUMED: ATOMPLUG (coordination model) vs native COORDINATION, us per step, `plumed driver`")
-        print(f"  {'atoms':>6} {'native action':>14} {'ATOMPLUG action':>16} {'ATOMPLUG min':>13} "
-              f"{'entry-point floor':>18} {'native driver':>14} {'ATOMPLUG driver':>16} {'ratio':>6}")
+        print(
+            f"  {'atoms':>6} {'native action':>14} {'ATOMPLUG action':>16} {'ATOMPLUG min':>13} "
+            f"{'entry-point floor':>18} {'native driver':>14} {'ATOMPLUG driver':>16} {'ratio':>6}"
+        )
         rows = []
         for n_atoms, n_frames in ((AIM_ATOMS, args.frames_small), (500, args.frames_large)):
             r = bench(n_atoms, n_frames, plugin, model_path, directory)
             rows.append(plumed_row(n_atoms, r))
-            print(f"  {n_atoms:>6} {r['native action'] * 1e6:>14.1f} {r['atomplug action'] * 1e6:>16.1f} "
-                  f"{r['atomplug min'] * 1e6:>13.1f} "
-                  f"{r['floor'] * 1e6:>18.1f} {r['native driver'] * 1e6:>14.1f} {r['atomplug driver'] * 1e6:>16.1f} "
-                  f"{r['atomplug action'] / r['native action']:>6.1f}")
-        print("  action = steady-state mean per call (long - short run), min = fastest call: on a loaded machine the mean")
+            print(
+                f"  {n_atoms:>6} {r['native action'] * 1e6:>14.1f} {r['atomplug action'] * 1e6:>16.1f} "
+                f"{r['atomplug min'] * 1e6:>13.1f} "
+                f"{r['floor'] * 1e6:>18.1f} {r['native driver'] * 1e6:>14.1f} {r['atomplug driver'] * 1e6:>16.1f} "
+                f"{r['atomplug action'] / r['native action']:>6.1f}"
+            )
+        print(
+            "  action = steady-state mean per call (long - short run), min = fastest call: on a loaded machine the mean"
+        )
         print("  carries preemptions; floor = the entry point alone from Python (median); ratio = action / native")
     return rows
 

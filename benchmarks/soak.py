@@ -74,7 +74,9 @@ def main(argv=None) -> int:
     export_lj(model, epsilon=EPSILON, sigma=SIGMA, cutoff=CUTOFF, types=[18])
 
     atoms = bulk("Ar", "fcc", a=LATTICE, cubic=True).repeat((3, 3, 3))
-    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    thermalize = (
+        getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    )
     thermalize(atoms, temperature_K=args.temperature, rng=np.random.default_rng(3))
     Stationary(atoms)
     atoms.calc = AtomplugCalculator(model, skin=1.0)

@@ -35,8 +35,10 @@ def command_info(args: argparse.Namespace) -> None:
         print(f"authors        {', '.join(meta.authors)}")
     for reference in meta.references:
         print(f"reference      {reference}")
-    print(f"file           {os.path.abspath(args.model)} (atomplug format {model.format_version}, "
-          f"exported with torch {model.exported_with_torch})")
+    print(
+        f"file           {os.path.abspath(args.model)} (atomplug format {model.format_version}, "
+        f"exported with torch {model.exported_with_torch})"
+    )
     print(f"atomic types   {', '.join(_type_label(t) for t in caps.atomic_types)}")
     print(f"length unit    {caps.length_unit}")
     print(f"dtype          {caps.dtype}; devices: {', '.join(caps.supported_devices)}")
@@ -53,8 +55,10 @@ def command_info(args: argparse.Namespace) -> None:
     if not requests:
         print("  (none)")
     for cutoff, full_list, strict in requests:
-        print(f"  cutoff {cutoff:g} {caps.length_unit}, {'full' if full_list else 'half'}, "
-              f"{'strict' if strict else 'non-strict'}")
+        print(
+            f"  cutoff {cutoff:g} {caps.length_unit}, {'full' if full_list else 'half'}, "
+            f"{'strict' if strict else 'non-strict'}"
+        )
 
 
 def _type_label(atomic_type: int) -> str:
@@ -131,13 +135,20 @@ def command_eval(args: argparse.Namespace) -> None:
         atoms.calc = SinglePointCalculator(atoms, **result)
         written.append(atoms)
     try:  # a temporary file renamed at the end: never a half-written output
-        write_atomically(args.output, lambda handle: ase.io.write(handle, written, format="extxyz"),
-                         tag="eval", what="the results", binary=False)
+        write_atomically(
+            args.output,
+            lambda handle: ase.io.write(handle, written, format="extxyz"),
+            tag="eval",
+            what="the results",
+            binary=False,
+        )
     except OSError as error:
         raise CommandError(str(error)) from None
     energies = np.array([r["energy"] for r in results])
-    print(f"wrote {len(results)} structure(s) to {args.output}: energy from {energies.min():.6f} "
-          f"to {energies.max():.6f} eV")
+    print(
+        f"wrote {len(results)} structure(s) to {args.output}: energy from {energies.min():.6f} "
+        f"to {energies.max():.6f} eV"
+    )
 
 
 def _first_failure(runner, batch: list, start: int, error: ValueError) -> str:
@@ -241,9 +252,17 @@ def command_crosscheck(args: argparse.Namespace) -> None:
         raise CommandError(f"--output {args.output!r}: give a .png, .pdf or .svg file name for the plot")
     progress = (lambda text: print(f"  running {text} ...", file=sys.stderr, flush=True)) if not args.quiet else None
     try:
-        report = crosscheck(args.model, atoms, ranks=_ranks(args.ranks), engines=engines, tolerance=args.tolerance,
-                            workdir=args.workdir, models=models, structure_name=os.path.basename(args.structure),
-                            progress=progress)
+        report = crosscheck(
+            args.model,
+            atoms,
+            ranks=_ranks(args.ranks),
+            engines=engines,
+            tolerance=args.tolerance,
+            workdir=args.workdir,
+            models=models,
+            structure_name=os.path.basename(args.structure),
+            progress=progress,
+        )
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     print(format_report(report))
@@ -308,14 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("structure", help="any file ASE can read (one frame is used, see --index)")
     check.add_argument("--ranks", default="1,2", help="LAMMPS MPI rank counts to run, comma-separated (default 1,2)")
     check.add_argument("--output", "-o", help="write a plot of the differences (PNG, PDF or SVG)")
-    check.add_argument("--engines", default="ase,ipi,lammps,plumed",
-                       help="engines to compare with ASE (default all: ase,ipi,lammps,plumed)")
+    check.add_argument(
+        "--engines",
+        default="ase,ipi,lammps,plumed",
+        help="engines to compare with ASE (default all: ase,ipi,lammps,plumed)",
+    )
     check.add_argument("--index", default="0", help="which frame of the structure file (ASE index, default 0)")
-    check.add_argument("--tolerance", type=float, default=None,
-                       help="relative tolerance (default 1e-10 for float64 models, 1e-4 for float32)")
-    check.add_argument("--model-for", action="append", metavar="ENGINE=MODEL",
-                       help="give one engine another model file (ipi, lammps or plumed), e.g. a re-export")
-    check.add_argument("--workdir", help="keep the engines' input and output files here (default: a temporary directory)")
+    check.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="relative tolerance (default 1e-10 for float64 models, 1e-4 for float32)",
+    )
+    check.add_argument(
+        "--model-for",
+        action="append",
+        metavar="ENGINE=MODEL",
+        help="give one engine another model file (ipi, lammps or plumed), e.g. a re-export",
+    )
+    check.add_argument(
+        "--workdir", help="keep the engines' input and output files here (default: a temporary directory)"
+    )
     check.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     check.set_defaults(handler=command_crosscheck)
 

@@ -79,8 +79,7 @@ class Report:
     @property
     def passed(self) -> bool:
         """Every engine that ran agrees with ASE, and at least one ran."""
-        return (self.reference.error is None and bool(self.compared)
-                and all(c.status == "ok" for c in self.compared))
+        return self.reference.error is None and bool(self.compared) and all(c.status == "ok" for c in self.compared)
 
 
 def virial_components(virial: np.ndarray) -> np.ndarray:
@@ -117,8 +116,11 @@ def compare(reference: EngineResult, result: EngineResult, tolerance: float) -> 
     comparison.forces = relative_difference(result.forces, reference.forces)
     if result.virial is not None and reference.virial is not None:
         comparison.virial = relative_difference(virial_components(result.virial), virial_components(reference.virial))
-    worst = [name for name in ("energy", "forces", "virial")
-             if getattr(comparison, name) is not None and not getattr(comparison, name) <= tolerance]
+    worst = [
+        name
+        for name in ("energy", "forces", "virial")
+        if getattr(comparison, name) is not None and not getattr(comparison, name) <= tolerance
+    ]
     if worst:
         comparison.status = "DIFFERS"
         comparison.note = f"{', '.join(worst)} beyond {tolerance:.0e}"
@@ -163,8 +165,12 @@ def _as_result(label: str, evaluate: Callable[..., dict], **options) -> EngineRu
         if values.get("skipped"):
             return EngineResult(label, skipped=str(values["skipped"]))
         virial = values.get("virial")
-        return EngineResult(label, energy=float(values["energy"]), forces=np.asarray(values["forces"]),
-                            virial=None if virial is None else np.asarray(virial))
+        return EngineResult(
+            label,
+            energy=float(values["energy"]),
+            forces=np.asarray(values["forces"]),
+            virial=None if virial is None else np.asarray(virial),
+        )
 
     return run
 
@@ -262,22 +268,36 @@ def format_report(report: Report) -> str:
         lines.append("verdict: FAIL (the reference could not be computed)")
         return "\n".join(lines)
     force_scale = float(np.max(np.abs(reference.forces))) if reference.forces.size else 0.0
-    lines.append(f"reference  ASE: E = {reference.energy:.10f} eV, max|F| = {force_scale:.6f} eV/A"
-                 + ("" if reference.virial is None else f", max|W| = {np.max(np.abs(virial_components(reference.virial))):.6f} eV"))
+    lines.append(
+        f"reference  ASE: E = {reference.energy:.10f} eV, max|F| = {force_scale:.6f} eV/A"
+        + (
+            ""
+            if reference.virial is None
+            else f", max|W| = {np.max(np.abs(virial_components(reference.virial))):.6f} eV"
+        )
+    )
     lines.append("")
-    header = f"{'engine':<18}{'energy (eV)':>20}{'|dE|/|E|':>11}{'dF/max|F|':>11}{'dW/max|W|':>11}{'time (s)':>10}  status"
+    header = (
+        f"{'engine':<18}{'energy (eV)':>20}{'|dE|/|E|':>11}{'dF/max|F|':>11}{'dW/max|W|':>11}{'time (s)':>10}  status"
+    )
     lines.append(header)
     lines.append("-" * len(header))
-    lines.append(f"{'ASE (reference)':<18}{reference.energy:>20.10f}{'':>11}{'':>11}{'':>11}{reference.seconds:>10.2f}  reference")
+    lines.append(
+        f"{'ASE (reference)':<18}{reference.energy:>20.10f}{'':>11}{'':>11}{'':>11}{reference.seconds:>10.2f}  reference"
+    )
     for comparison in report.comparisons:
         energy = "" if comparison.engine_energy is None else f"{comparison.engine_energy:.10f}"
         status = comparison.status + (f" ({comparison.note})" if comparison.note else "")
-        lines.append(f"{_label(comparison.engine):<18}{energy:>20}{_number(comparison.energy):>11}"
-                     f"{_number(comparison.forces):>11}{_number(comparison.virial):>11}{comparison.seconds:>10.2f}  {status}")
+        lines.append(
+            f"{_label(comparison.engine):<18}{energy:>20}{_number(comparison.energy):>11}"
+            f"{_number(comparison.forces):>11}{_number(comparison.virial):>11}{comparison.seconds:>10.2f}  {status}"
+        )
     lines.append("")
     if report.passed:
-        lines.append(f"verdict: PASS: {len(report.compared)} engine run(s) agree with ASE within {report.tolerance:.0e} "
-                     f"relative ({report.dtype} tolerance)")
+        lines.append(
+            f"verdict: PASS: {len(report.compared)} engine run(s) agree with ASE within {report.tolerance:.0e} "
+            f"relative ({report.dtype} tolerance)"
+        )
     elif not report.compared:
         lines.append("verdict: FAIL: no engine besides ASE ran, so nothing was compared")
     else:
@@ -291,7 +311,6 @@ def _label(engine: str) -> str:
         count = int(engine.split(":")[1])
         return f"LAMMPS {count} rank" + ("s" if count > 1 else "")
     return {"ipi": "i-PI", "plumed": "PLUMED", "ase": "ASE"}.get(engine, engine)
-
 
 
 def plot_report(report: Report, path: str) -> None:
@@ -324,15 +343,22 @@ def plot_report(report: Report, path: str) -> None:
     axes.set_xticklabels([_label(c.engine) + ("" if c.status == "ok" else f"\n{c.status}") for c in rows])
     axes.set_ylabel("relative difference to ASE")
     verdict = "PASS" if report.passed else "FAIL"
-    axes.set_title(f"atomplug crosscheck: {os.path.basename(report.model)} on "
-                   f"{report.structure or 'structure'} ({report.n_atoms} atoms): {verdict}", fontsize=10)
+    axes.set_title(
+        f"atomplug crosscheck: {os.path.basename(report.model)} on "
+        f"{report.structure or 'structure'} ({report.n_atoms} atoms): {verdict}",
+        fontsize=10,
+    )
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     from atomplug.core.files import write_atomically
 
     file_format = (os.path.splitext(path)[1].lstrip(".") or "png").lower()
     try:
-        write_atomically(path, lambda handle: figure.savefig(handle, format=file_format, dpi=120),
-                         tag="plot", what="the crosscheck plot")
+        write_atomically(
+            path,
+            lambda handle: figure.savefig(handle, format=file_format, dpi=120),
+            tag="plot",
+            what="the crosscheck plot",
+        )
     finally:
         plt.close(figure)

@@ -36,7 +36,9 @@ def check_core() -> List[Check]:
         pairs, _ = compute_pairs(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), np.zeros((3, 3)), False, 2.0, True)
         checks.append(Check("vesin", len(pairs) == 2, f"{_version('vesin')}, neighbor list works"))
     except Exception as error:  # a broken wheel can raise anything
-        checks.append(Check("vesin", False, f"not working ({error})", "pip install --force-reinstall 'vesin>=0.6,<0.7'"))
+        checks.append(
+            Check("vesin", False, f"not working ({error})", "pip install --force-reinstall 'vesin>=0.6,<0.7'")
+        )
     ase_version = _version("ase")
     checks.append(Check("ase", ase_version is not None, ase_version or "not installed", "pip install ase"))
     return checks
@@ -77,5 +79,8 @@ def main(load: bool = True) -> int:
     for check in checks:
         print(check.line())
     failed = [check for check in checks if not check.ok]
-    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + ("" if not failed else ": fix the FAIL lines above"))
+    print(
+        f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
+        + ("" if not failed else ": fix the FAIL lines above")
+    )
     return 0 if not failed else 1

@@ -37,11 +37,7 @@ class NeighborListOptions:
         self.strict = strict
 
     def same_as(self, other: NeighborListOptions) -> bool:
-        return (
-            self.cutoff == other.cutoff
-            and self.full_list == other.full_list
-            and self.strict == other.strict
-        )
+        return self.cutoff == other.cutoff and self.full_list == other.full_list and self.strict == other.strict
 
     def describe(self) -> str:
         kind = "full" if self.full_list else "half"

@@ -34,19 +34,28 @@ def check_inputs(
         raise ValueError("no systems to evaluate")
     if cells.shape != (n_systems, 3, 3) or pbcs.shape != (n_systems, 3):
         raise ValueError(
-            "cells must be [n_systems, 3, 3] and pbcs [n_systems, 3] for " + str(n_systems)
-            + " systems, got " + str(cells.shape) + " and " + str(pbcs.shape)
+            "cells must be [n_systems, 3, 3] and pbcs [n_systems, 3] for "
+            + str(n_systems)
+            + " systems, got "
+            + str(cells.shape)
+            + " and "
+            + str(pbcs.shape)
         )
     if int(system_sizes.sum()) != n_atoms:
-        raise ValueError("system_sizes add up to " + str(int(system_sizes.sum())) + " atoms, but there are " + str(n_atoms))
+        raise ValueError(
+            "system_sizes add up to " + str(int(system_sizes.sum())) + " atoms, but there are " + str(n_atoms)
+        )
     if bool((system_sizes <= 0).any()):
         raise ValueError("a system has no atoms: every structure needs at least one atom")
     finite = torch.isfinite(positions).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
         raise ValueError(
-            "positions of " + str(bad.shape[0]) + " atom(s) are NaN or infinite (first: atom "
-            + str(int(bad[0])) + "): the structure is broken, check the engine's input or a "
+            "positions of "
+            + str(bad.shape[0])
+            + " atom(s) are NaN or infinite (first: atom "
+            + str(int(bad[0]))
+            + "): the structure is broken, check the engine's input or a "
             "diverging simulation (time step too large?)"
         )
     if not bool(torch.isfinite(cells).all()):
@@ -57,25 +66,38 @@ def check_inputs(
     if not bool(known.all()):
         unknown: List[int] = torch.unique(types[~known]).to(torch.int64).tolist()
         raise ValueError(
-            "atom types " + str(unknown) + " are unknown to this model, which knows "
-            + str(atomic_types) + ": remove those atoms or use a model trained for them"
+            "atom types "
+            + str(unknown)
+            + " are unknown to this model, which knows "
+            + str(atomic_types)
+            + ": remove those atoms or use a model trained for them"
         )
     if len(neighbor_pairs) != n_lists or len(neighbor_shifts) != n_lists:
         raise ValueError(
-            "the model needs " + str(n_lists) + " neighbor list(s), got "
-            + str(len(neighbor_pairs)) + " pair and " + str(len(neighbor_shifts)) + " shift tensors"
+            "the model needs "
+            + str(n_lists)
+            + " neighbor list(s), got "
+            + str(len(neighbor_pairs))
+            + " pair and "
+            + str(len(neighbor_shifts))
+            + " shift tensors"
         )
     for index in range(len(neighbor_pairs)):
         pairs = neighbor_pairs[index]
         shifts = neighbor_shifts[index]
         if pairs.dim() != 2 or pairs.shape[1] != 2 or shifts.shape != (pairs.shape[0], 3):
             raise ValueError(
-                "neighbor list " + str(index) + ": pairs must be [P, 2] and shifts [P, 3], got "
-                + str(pairs.shape) + " and " + str(shifts.shape)
+                "neighbor list "
+                + str(index)
+                + ": pairs must be [P, 2] and shifts [P, 3], got "
+                + str(pairs.shape)
+                + " and "
+                + str(shifts.shape)
             )
         if pairs.shape[0] > 0:
             if int(pairs.min()) < 0 or int(pairs.max()) >= n_atoms:
                 raise ValueError("neighbor list " + str(index) + " has atom indices outside [0, " + str(n_atoms) + ")")
+
 
 def check_periodic_cells(cells: Tensor, pbcs: Tensor):
     """Every periodic direction needs a non-zero cell vector, and the periodic vectors together
@@ -116,7 +138,8 @@ def check_periodic_cells(cells: Tensor, pbcs: Tensor):
             b = vectors[1]
             c = vectors[2]
             measure = abs(
-                a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                a[0] * (b[1] * c[2] - b[2] * c[1])
+                - a[1] * (b[0] * c[2] - b[2] * c[0])
                 + a[2] * (b[0] * c[1] - b[1] * c[0])
             )
             scale = norms[0] * norms[1] * norms[2]
@@ -152,14 +175,26 @@ def check_finite(
         if not bool(torch.isfinite(value).all()):
             raise ValueError(
                 non_finite_message(
-                    key, value, positions, pbcs, neighbor_pairs, vectors, system_sizes, system_of_atom,
-                    selected, length_factor, length_unit, cutoffs, pressure_outputs,
+                    key,
+                    value,
+                    positions,
+                    pbcs,
+                    neighbor_pairs,
+                    vectors,
+                    system_sizes,
+                    system_of_atom,
+                    selected,
+                    length_factor,
+                    length_unit,
+                    cutoffs,
+                    pressure_outputs,
                 )
             )
     raise ValueError(
         "the model returned values too large to add up (above 1e308): the structure is outside what "
         "the model can handle, or the model is broken; check the structure"
     )
+
 
 def non_finite_message(
     name: str,
@@ -206,9 +241,21 @@ def non_finite_message(
         system = int(system_of_atom[first])
         offset = int(offsets[system])
         return (
-            text + ": " + structure_prefix(system, n_systems) + "atoms " + str(first - offset) + " and "
-            + str(second - offset) + " are only " + number_text(closest / length_factor) + " " + length_unit
-            + " apart (overlapping atoms, at " + position_text(positions, first) + " " + length_unit
+            text
+            + ": "
+            + structure_prefix(system, n_systems)
+            + "atoms "
+            + str(first - offset)
+            + " and "
+            + str(second - offset)
+            + " are only "
+            + number_text(closest / length_factor)
+            + " "
+            + length_unit
+            + " apart (overlapping atoms, at "
+            + position_text(positions, first)
+            + " "
+            + length_unit
             + "): remove the duplicate atom or move the atoms apart"
         )
     fix = (
@@ -227,9 +274,18 @@ def non_finite_message(
         atom = int(atoms[0])
         system = int(system_of_atom[atom])
         return (
-            text + " for " + str(atoms.shape[0]) + " atom(s), first " + structure_prefix(system, n_systems)
-            + "atom " + str(atom - int(offsets[system])) + " at " + position_text(positions, atom) + " "
-            + length_unit + fix
+            text
+            + " for "
+            + str(atoms.shape[0])
+            + " atom(s), first "
+            + structure_prefix(system, n_systems)
+            + "atom "
+            + str(atom - int(offsets[system]))
+            + " at "
+            + position_text(positions, atom)
+            + " "
+            + length_unit
+            + fix
         )
     # a per-structure value ([S, p], or the virial [S, 3, 3] / [P, S, 3, 3])
     if name == "virial":

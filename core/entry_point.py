@@ -12,11 +12,12 @@ import torch
 from torch import Tensor
 
 from .archive import FORMAT_VERSION
-from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
+from .contract import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
 from .entry_checks import check_finite, check_inputs
 from .system import NeighborList, System
 from .units import conversion_factor_with_table, unit_table
 from .virial import atomic_virial_from_pairs, pair_vectors, strained
+
 
 class AtomisticModel(torch.nn.Module):
     """Wraps a model author's module with its capabilities; `forward` is the engine entry point.
@@ -97,9 +98,7 @@ class AtomisticModel(torch.nn.Module):
         self._pressure_outputs = [n for n in names if capabilities.outputs[n].quantity == "pressure"]
         dtype = torch.float64 if capabilities.dtype == "float64" else torch.float32
         self.register_buffer("_dtype_probe", torch.zeros(0, dtype=dtype), persistent=True)
-        self.register_buffer(
-            "_known_types", torch.tensor(self._atomic_types, dtype=torch.int32), persistent=True
-        )
+        self.register_buffer("_known_types", torch.tensor(self._atomic_types, dtype=torch.int32), persistent=True)
 
     # ---- small methods engines call once, at setup ------------------------------------------
 
@@ -156,7 +155,10 @@ class AtomisticModel(torch.nn.Module):
             if known == name:
                 return index
         raise ValueError(
-            "the model has no output '" + name + "' (it declares: " + ", ".join(self._output_names)
+            "the model has no output '"
+            + name
+            + "' (it declares: "
+            + ", ".join(self._output_names)
             + "); ask for one of those"
         )
 
@@ -193,8 +195,16 @@ class AtomisticModel(torch.nn.Module):
         non_conservative: bool = False,
     ) -> Dict[str, Tensor]:
         check_inputs(
-            positions, types, cells, pbcs, system_sizes, neighbor_pairs, neighbor_shifts, self._known_types,
-            self._atomic_types, len(self._cutoffs),
+            positions,
+            types,
+            cells,
+            pbcs,
+            system_sizes,
+            neighbor_pairs,
+            neighbor_shifts,
+            self._known_types,
+            self._atomic_types,
+            len(self._cutoffs),
         )
         n_atoms = positions.shape[0]
         n_systems = system_sizes.shape[0]
@@ -241,13 +251,26 @@ class AtomisticModel(torch.nn.Module):
             strain.requires_grad_(True)
             model_positions, model_cells = strained(model_positions, model_cells, strain, system_of_atom, n_systems)
         vectors = self._pair_vectors(
-            model_positions, model_cells, neighbor_pairs, neighbor_shifts, system_of_atom, n_systems,
+            model_positions,
+            model_cells,
+            neighbor_pairs,
+            neighbor_shifts,
+            system_of_atom,
+            n_systems,
             compute_atomic_virial,
         )
 
         systems = self._build_systems(
-            types, model_positions, model_cells, pbcs, system_sizes, neighbor_pairs, neighbor_shifts, vectors,
-            system_of_atom, n_systems,
+            types,
+            model_positions,
+            model_cells,
+            pbcs,
+            system_sizes,
+            neighbor_pairs,
+            neighbor_shifts,
+            vectors,
+            system_of_atom,
+            n_systems,
         )
         raw = self.module(systems, model_outputs, selected)
         results = self._collect_outputs(
@@ -255,12 +278,29 @@ class AtomisticModel(torch.nn.Module):
         )
         if need_gradients:
             self._add_derivatives(
-                results, results[gradient_output], gradient_output, engine_positions, strain, neighbor_pairs,
-                vectors, gradient_forces, gradient_virial, compute_atomic_virial, n_atoms, n_systems,
+                results,
+                results[gradient_output],
+                gradient_output,
+                engine_positions,
+                strain,
+                neighbor_pairs,
+                vectors,
+                gradient_forces,
+                gradient_virial,
+                compute_atomic_virial,
+                n_atoms,
+                n_systems,
             )
         if non_conservative:
             self._add_non_conservative(
-                results, virial_source, compute_forces, positions, cells, selected, system_of_atom, n_atoms,
+                results,
+                virial_source,
+                compute_forces,
+                positions,
+                cells,
+                selected,
+                system_of_atom,
+                n_atoms,
                 n_systems,
             )
 
@@ -269,8 +309,18 @@ class AtomisticModel(torch.nn.Module):
             if key in returned or key == "forces" or key == "virial" or key == "atomic_virial":
                 final[key] = value.detach().to(torch.float64)
         check_finite(
-            final, positions, pbcs, neighbor_pairs, vectors, system_sizes, system_of_atom, selected, length_factor,
-            length_unit, self._cutoffs, self._pressure_outputs,
+            final,
+            positions,
+            pbcs,
+            neighbor_pairs,
+            vectors,
+            system_sizes,
+            system_of_atom,
+            selected,
+            length_factor,
+            length_unit,
+            self._cutoffs,
+            self._pressure_outputs,
         )
         return final
 
@@ -285,7 +335,9 @@ class AtomisticModel(torch.nn.Module):
             raise ValueError("selected_atoms has indices outside [0, " + str(n_atoms) + ")")
         return selected
 
-    def _virial_source(self, compute_forces: bool, compute_virial: bool, pbcs: Tensor, selected: Optional[Tensor]) -> str:
+    def _virial_source(
+        self, compute_forces: bool, compute_virial: bool, pbcs: Tensor, selected: Optional[Tensor]
+    ) -> str:
         """The non-conservative rule, for every engine: forces are the model's
         `non_conservative_forces`; the virial is -sigma V from its `non_conservative_stress` for
         3D periodic structures, sum_i r_i (x) f_i of those forces for isolated ones, and the energy's
@@ -323,8 +375,11 @@ class AtomisticModel(torch.nn.Module):
             capable = self._output_per_atom[index]
             if per_atom and not capable:
                 raise ValueError(
-                    "the model cannot compute '" + name + "' per atom (it declares it per structure only): ask for '"
-                    + name + "' without '/per_atom'"
+                    "the model cannot compute '"
+                    + name
+                    + "' per atom (it declares it per structure only): ask for '"
+                    + name
+                    + "' without '/per_atom'"
                 )
             if selected is not None and not per_atom and not capable and self._output_quantities[index] == "energy":
                 raise ValueError(
@@ -355,8 +410,12 @@ class AtomisticModel(torch.nn.Module):
         vectors: List[Tensor] = []
         for index in range(len(neighbor_pairs)):
             pair_vector = pair_vectors(
-                positions, cells, neighbor_pairs[index].to(device), neighbor_shifts[index].to(device),
-                system_of_atom, n_systems,
+                positions,
+                cells,
+                neighbor_pairs[index].to(device),
+                neighbor_shifts[index].to(device),
+                system_of_atom,
+                n_systems,
             )
             if compute_atomic_virial and not pair_vector.requires_grad:
                 pair_vector.requires_grad_(True)
@@ -388,8 +447,12 @@ class AtomisticModel(torch.nn.Module):
             n_properties = len(self._output_properties[index])
             if values.dim() != 2 or (n_properties > 0 and values.shape[1] != n_properties):
                 raise ValueError(
-                    "the model returned '" + name + "' with shape " + str(values.shape)
-                    + ", expected [rows, " + (str(n_properties) if n_properties > 0 else "n_properties")
+                    "the model returned '"
+                    + name
+                    + "' with shape "
+                    + str(values.shape)
+                    + ", expected [rows, "
+                    + (str(n_properties) if n_properties > 0 else "n_properties")
                     + "]: fix its forward()"
                 )
             if not values.is_floating_point():
@@ -400,8 +463,13 @@ class AtomisticModel(torch.nn.Module):
             if not requested.per_atom:
                 if values.shape[0] != n_systems:
                     raise ValueError(
-                        "the model returned '" + name + "' with " + str(values.shape[0]) + " rows for "
-                        + str(n_systems) + " systems: fix its forward()"
+                        "the model returned '"
+                        + name
+                        + "' with "
+                        + str(values.shape[0])
+                        + " rows for "
+                        + str(n_systems)
+                        + " systems: fix its forward()"
                     )
                 results[name] = values
                 continue
@@ -409,8 +477,13 @@ class AtomisticModel(torch.nn.Module):
                 values = values.index_select(0, selected)
             elif values.shape[0] != (n_atoms if selected is None else selected.shape[0]):
                 raise ValueError(
-                    "the model returned per-atom '" + name + "' with " + str(values.shape[0])
-                    + " rows for " + str(n_atoms) + " atoms: fix its forward()"
+                    "the model returned per-atom '"
+                    + name
+                    + "' with "
+                    + str(values.shape[0])
+                    + " rows for "
+                    + str(n_atoms)
+                    + " atoms: fix its forward()"
                 )
             if name + "/per_atom" in requests:
                 results[name + "/per_atom"] = values
@@ -441,8 +514,11 @@ class AtomisticModel(torch.nn.Module):
         n_targets = target.shape[1]
         if n_targets != 1 and compute_atomic_virial:
             raise ValueError(
-                "the per-atom virial needs a single-valued output, '" + gradient_output + "' has "
-                + str(n_targets) + " properties"
+                "the per-atom virial needs a single-valued output, '"
+                + gradient_output
+                + "' has "
+                + str(n_targets)
+                + " properties"
             )
         inputs: List[Tensor] = []
         if compute_forces:
@@ -484,7 +560,7 @@ class AtomisticModel(torch.nn.Module):
             results["virial"] = virials[0] if n_targets == 1 else torch.stack(virials)
         if compute_atomic_virial:
             results["atomic_virial"] = atomic_virial_from_pairs(
-                n_atoms, neighbor_pairs, vectors, gradients[len(inputs) - len(vectors):], torch.float64
+                n_atoms, neighbor_pairs, vectors, gradients[len(inputs) - len(vectors) :], torch.float64
             )
 
     def _add_non_conservative(
@@ -499,7 +575,7 @@ class AtomisticModel(torch.nn.Module):
         n_atoms: int,
         n_systems: int,
     ):
-        """"forces" and "virial" from the model's direct outputs (see _virial_source); forces of
+        """ "forces" and "virial" from the model's direct outputs (see _virial_source); forces of
         atoms outside the selection are zero."""
         if compute_forces:
             direct = results["non_conservative_forces/per_atom"].to(torch.float64)
@@ -534,7 +610,9 @@ class AtomisticModel(torch.nn.Module):
         pbcs = pbcs.to(torch.bool)
         options: List[NeighborListOptions] = []
         for index in range(len(self._cutoffs)):
-            options.append(NeighborListOptions(self._cutoffs[index], self._full_lists[index], self._strict_lists[index]))
+            options.append(
+                NeighborListOptions(self._cutoffs[index], self._full_lists[index], self._strict_lists[index])
+            )
         systems: List[System] = []
         if n_systems == 1:
             system = System(types, positions, cells[0], pbcs[0])
@@ -586,8 +664,7 @@ def _requested_neighbor_lists(module: torch.nn.Module) -> List[NeighborListOptio
         for attribute in ("cutoff", "full_list", "strict"):
             if not hasattr(request, attribute):
                 raise ValueError(
-                    "requested_neighbor_lists() must return NeighborListOptions objects, got "
-                    f"{type(request).__name__}"
+                    f"requested_neighbor_lists() must return NeighborListOptions objects, got {type(request).__name__}"
                 )
     return requests
 

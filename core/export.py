@@ -53,7 +53,8 @@ def export(
     except OSError as error:
         raise OutputError(
             f"cannot create the directory {directory!r} for the model ({error.strerror or error}): choose a "
-            "directory you may write to", error.errno,
+            "directory you may write to",
+            error.errno,
         ) from error
     write_atomically(path, lambda handle: handle.write(archive.getbuffer()), tag="export", what="the model")
 
@@ -107,9 +108,21 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
     has_energy = "energy" in capabilities.outputs
     try:
         scripted(
-            positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
-            torch.tensor([n_atoms]), pairs, shifts, outputs, None, "energy",
-            has_energy, has_energy, False, capabilities.length_unit, "eV",
+            positions,
+            torch.tensor(types, dtype=torch.int32),
+            cell.unsqueeze(0),
+            pbc.unsqueeze(0),
+            torch.tensor([n_atoms]),
+            pairs,
+            shifts,
+            outputs,
+            None,
+            "energy",
+            has_energy,
+            has_energy,
+            False,
+            capabilities.length_unit,
+            "eV",
         )
         # energies per structure only (what ASE and i-PI ask): a per-atom-capable model must honour that too
         per_structure = [
@@ -117,18 +130,42 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
         ]
         if per_structure:
             scripted(
-                positions, torch.tensor(types, dtype=torch.int32), cell.unsqueeze(0), pbc.unsqueeze(0),
-                torch.tensor([n_atoms]), pairs, shifts, per_structure, None, "energy",
-                has_energy, False, False, capabilities.length_unit, "eV",
+                positions,
+                torch.tensor(types, dtype=torch.int32),
+                cell.unsqueeze(0),
+                pbc.unsqueeze(0),
+                torch.tensor([n_atoms]),
+                pairs,
+                shifts,
+                per_structure,
+                None,
+                "energy",
+                has_energy,
+                False,
+                False,
+                capabilities.length_unit,
+                "eV",
             )
         if pressures:
             periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
             periodic = torch.ones(3, dtype=torch.bool)
             pairs, shifts = _smoke_test_lists(positions, periodic_cell, periodic, requests)
             scripted(
-                positions, torch.tensor(types, dtype=torch.int32), periodic_cell.unsqueeze(0),
-                periodic.unsqueeze(0), torch.tensor([n_atoms]), pairs, shifts, pressures, None, "energy",
-                False, False, False, capabilities.length_unit, "eV",
+                positions,
+                torch.tensor(types, dtype=torch.int32),
+                periodic_cell.unsqueeze(0),
+                periodic.unsqueeze(0),
+                torch.tensor([n_atoms]),
+                pairs,
+                shifts,
+                pressures,
+                None,
+                "energy",
+                False,
+                False,
+                False,
+                capabilities.length_unit,
+                "eV",
             )
     except Exception as error:
         raise ValueError(

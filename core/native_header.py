@@ -91,7 +91,7 @@ def _cpp_default(kind: str, default) -> str:
 
 
 def _cpp_value(kind: str, default) -> str:
-    return _cpp_default(kind, default)[len(" = "):]
+    return _cpp_default(kind, default)[len(" = ") :]
 
 
 def _entry_point_lines() -> List[str]:

@@ -204,8 +204,21 @@ class ModelRunner:
         if selected_atoms is not None:
             selected = torch.as_tensor(np.asarray(selected_atoms, dtype=np.int64), device=self.device)
         arguments = [
-            positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors, list(outputs), selected,
-            gradient_output, forces, virial, atomic_virial, self.length_unit, self.energy_unit,
+            positions,
+            types,
+            cells,
+            pbcs,
+            sizes,
+            pair_tensors,
+            shift_tensors,
+            list(outputs),
+            selected,
+            gradient_output,
+            forces,
+            virial,
+            atomic_virial,
+            self.length_unit,
+            self.energy_unit,
         ]
         if non_conservative:  # left out otherwise: archives exported before it existed still run
             if not self._takes_non_conservative:

@@ -56,6 +56,7 @@ ENGINE_UNITS: Dict[str, Tuple[str, str]] = {
     "lammps:nano": ("attogram*nm^2/ns^2", "nm"),
 }
 
+
 def unit_table() -> Dict[str, List[float]]:
     """Map lower-case unit symbol -> [value in SI, dim_mass, dim_length, dim_time].
 
@@ -122,21 +123,21 @@ def unit_table() -> Dict[str, List[float]]:
 def dimension_name(dims: List[float]) -> str:
     """Name of a dimension [mass, length, time] ("energy", "force", ...) or its M^a L^b T^c form."""
     m = dims[0]
-    l = dims[1]
+    ell = dims[1]  # the power of length
     t = dims[2]
-    if m == 0.0 and l == 0.0 and t == 0.0:
+    if m == 0.0 and ell == 0.0 and t == 0.0:
         return "dimensionless"
-    if m == 1.0 and l == 2.0 and t == -2.0:
+    if m == 1.0 and ell == 2.0 and t == -2.0:
         return "energy"
-    if m == 0.0 and l == 1.0 and t == 0.0:
+    if m == 0.0 and ell == 1.0 and t == 0.0:
         return "length"
-    if m == 0.0 and l == 0.0 and t == 1.0:
+    if m == 0.0 and ell == 0.0 and t == 1.0:
         return "time"
-    if m == 1.0 and l == 0.0 and t == 0.0:
+    if m == 1.0 and ell == 0.0 and t == 0.0:
         return "mass"
-    if m == 1.0 and l == 1.0 and t == -2.0:
+    if m == 1.0 and ell == 1.0 and t == -2.0:
         return "force"
-    if m == 1.0 and l == -1.0 and t == -2.0:
+    if m == 1.0 and ell == -1.0 and t == -2.0:
         return "pressure"
     parts: List[str] = []
     symbols = ["M", "L", "T"]
@@ -198,8 +199,7 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
             i += 1
         elif c in "!\"#$%&',.:;<=>?@[\\]`{|}~":
             raise ValueError(
-                "invalid unit expression '" + expression + "': unexpected character '" + c
-                + "' at position " + str(i)
+                "invalid unit expression '" + expression + "': unexpected character '" + c + "' at position " + str(i)
             )
         else:  # a control or non-ASCII character (in TorchScript, one byte of it: not quoted)
             raise ValueError(
@@ -295,9 +295,7 @@ def _number(text: str, prefix: str) -> float:
     return float(text)
 
 
-def _apply(
-    accumulator: List[float], operator: str, operand: List[float], exponent: int, prefix: str
-) -> List[float]:
+def _apply(accumulator: List[float], operator: str, operand: List[float], exponent: int, prefix: str) -> List[float]:
     """accumulator (operator) operand^exponent, exponent applied by repeated multiplication.
 
     A negative power divides instead of multiplying by a reciprocal, so 'a*b^-1' and 'a/b'
@@ -310,12 +308,15 @@ def _apply(
         power = power * operand[0]
     divide = (operator == "/") != (exponent < 0)
     if not (power >= 1e-300 and power <= 1e300):
-        raise ValueError(prefix + "a power of " + str(operand[0]) + " is out of range (units and their "
-                         "powers must lie between 1e-300 and 1e300 SI units)")
+        raise ValueError(
+            prefix + "a power of " + str(operand[0]) + " is out of range (units and their "
+            "powers must lie between 1e-300 and 1e300 SI units)"
+        )
     value = accumulator[0] / power if divide else accumulator[0] * power
     if not (value >= 1e-300 and value <= 1e300):
-        raise ValueError(prefix + "its value goes out of range (units and their products must lie "
-                         "between 1e-300 and 1e300 SI units)")
+        raise ValueError(
+            prefix + "its value goes out of range (units and their products must lie between 1e-300 and 1e300 SI units)"
+        )
     scale = float(-exponent) if operator == "/" else float(exponent)
     return [
         value,
@@ -362,8 +363,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                     known = list(table.keys())
                     known.sort()
                     raise ValueError(
-                        "unknown unit '" + text + "' in '" + expression + "'; known units: "
-                        + ", ".join(known)
+                        "unknown unit '" + text + "' in '" + expression + "'; known units: " + ", ".join(known)
                     )
                 operand = table[symbol]
             elif text == ")":
@@ -375,9 +375,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
             elif i == 0:
                 raise ValueError(prefix + "expression starts with operator '" + text + "'")
             elif kinds[i - 1] == "op" and texts[i - 1] != "(":
-                raise ValueError(
-                    prefix + "dangling operator '" + texts[i - 1] + "' followed by '" + text + "'"
-                )
+                raise ValueError(prefix + "dangling operator '" + texts[i - 1] + "' followed by '" + text + "'")
             else:
                 raise ValueError(prefix + "unexpected operator '" + text + "' after '('")
             power = _read_exponent(expression, kinds, texts, i + 1)
@@ -402,13 +400,16 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                 raise ValueError(prefix + "'^' must follow a unit, a number or ')' (write a single power)")
             elif kind == "op":
                 raise ValueError(
-                    prefix + "unexpected '" + text + "' after " + _describe(kinds, texts, i - 1)
+                    prefix
+                    + "unexpected '"
+                    + text
+                    + "' after "
+                    + _describe(kinds, texts, i - 1)
                     + " (signs are only allowed in exponents, e.g. 'nm^-1')"
                 )
             else:
                 raise ValueError(
-                    prefix + "missing operator between '" + texts[i - 1] + "' and '" + text
-                    + "' (use '*' or '/')"
+                    prefix + "missing operator between '" + texts[i - 1] + "' and '" + text + "' (use '*' or '/')"
                 )
     if n > 0 and expect_operand:
         last = texts[n - 1]
@@ -416,9 +417,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
             raise ValueError(prefix + "unbalanced parenthesis: '(' is never closed")
         raise ValueError(prefix + "dangling operator '" + last + "' at the end")
     if len(saved_accumulators) > 0:
-        raise ValueError(
-            prefix + "unbalanced parenthesis: " + str(len(saved_accumulators)) + " '(' never closed"
-        )
+        raise ValueError(prefix + "unbalanced parenthesis: " + str(len(saved_accumulators)) + " '(' never closed")
     if not (accumulator[0] >= 1e-300 and accumulator[0] <= 1e300):
         raise ValueError(
             prefix + "its value " + str(accumulator[0]) + " is out of range (a unit must lie between "
@@ -436,15 +435,27 @@ def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, 
     target = parse_unit(to_unit, table)
     if source[1] != target[1] or source[2] != target[2] or source[3] != target[3]:
         raise ValueError(
-            "cannot convert '" + from_unit + "' (" + dimension_name(source[1:])
-            + ") to '" + to_unit + "' (" + dimension_name(target[1:]) + ")"
+            "cannot convert '"
+            + from_unit
+            + "' ("
+            + dimension_name(source[1:])
+            + ") to '"
+            + to_unit
+            + "' ("
+            + dimension_name(target[1:])
+            + ")"
         )
     if from_unit == to_unit:
         return 1.0
     factor = source[0] / target[0]
     if factor == 0.0 or not math.isfinite(factor):
         raise ValueError(
-            "the conversion factor from '" + from_unit + "' to '" + to_unit + "' (" + str(factor)
+            "the conversion factor from '"
+            + from_unit
+            + "' to '"
+            + to_unit
+            + "' ("
+            + str(factor)
             + ") is not a finite, non-zero number: the two units are too far apart in scale"
         )
     return factor
@@ -460,8 +471,7 @@ def check_dimension(expression: str, expected: List[float], what: str, table: Di
     article = "an " if first == "a" or first == "e" or first == "i" or first == "o" or first == "u" else "a "
     lead = "" if what == "" else what + ": "
     raise ValueError(
-        lead + "unit '" + expression + "' is not " + article + name + " unit (it is "
-        + dimension_name(dims) + ")"
+        lead + "unit '" + expression + "' is not " + article + name + " unit (it is " + dimension_name(dims) + ")"
     )
 
 

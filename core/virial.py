@@ -27,7 +27,9 @@ def strained(positions: Tensor, cells: Tensor, strain: Tensor, system_of_atom: T
     return new_positions, new_cells
 
 
-def pair_vectors(positions: Tensor, cells: Tensor, pairs: Tensor, shifts: Tensor, system_of_atom: Tensor, n_systems: int) -> Tensor:
+def pair_vectors(
+    positions: Tensor, cells: Tensor, pairs: Tensor, shifts: Tensor, system_of_atom: Tensor, n_systems: int
+) -> Tensor:
     """r_j - r_i + shift @ cell for every pair, differentiable w.r.t. positions and cells."""
     vectors = positions.index_select(0, pairs[:, 1]) - positions.index_select(0, pairs[:, 0])
     shifts = shifts.to(positions.dtype)

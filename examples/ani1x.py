@@ -346,9 +346,7 @@ def _load_parts():
 
     constants = neurochem.Constants(os.path.join(directory, CONSTANTS_FILE))
     shifter, sae_by_symbol = neurochem.load_sae(os.path.join(directory, SAE_FILE), return_dict=True)
-    ensemble = neurochem.load_model_ensemble(
-        constants.species, os.path.join(directory, ENSEMBLE_PREFIX), ENSEMBLE_SIZE
-    )
+    ensemble = neurochem.load_model_ensemble(constants.species, os.path.join(directory, ENSEMBLE_PREFIX), ENSEMBLE_SIZE)
     return torchani, constants, shifter, sae_by_symbol, ensemble
 
 

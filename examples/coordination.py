@@ -81,9 +81,7 @@ class Coordination(torch.nn.Module):
         weights = torch.zeros(16, dtype=torch.float64)
         for first in range(4):
             for second in range(4):
-                weights[4 * first + second] = float(
-                    bool(first & 1 and second & 2) + bool(second & 1 and first & 2)
-                )
+                weights[4 * first + second] = float(bool(first & 1 and second & 2) + bool(second & 1 and first & 2))
         # per atom: atom i counts its pairs with j in B when i is in A
         own = torch.zeros(16, dtype=torch.float64)
         for first in range(4):

@@ -63,7 +63,9 @@ def evaluate_molecules(model_path: str) -> None:
 
     reference = torchani_reference()
     print()
-    print(f"  {'molecule':<10}{'atoms':>6}{'E atomplug (eV)':>20}{'E torchani (eV)':>20}{'|dE| (eV)':>12}{'max|dF| (eV/A)':>16}")
+    print(
+        f"  {'molecule':<10}{'atoms':>6}{'E atomplug (eV)':>20}{'E torchani (eV)':>20}{'|dE| (eV)':>12}{'max|dF| (eV/A)':>16}"
+    )
     worst = 0.0
     for name, atoms in zip(MOLECULES, results):
         species = torch.tensor(atoms.numbers, dtype=torch.long).unsqueeze(0)
@@ -75,7 +77,9 @@ def evaluate_molecules(model_path: str) -> None:
         ours = atoms.get_potential_energy()
         force_error = float(np.max(np.abs(atoms.get_forces() - forces_ev)))
         worst = max(worst, abs(ours - energy_ev) / abs(energy_ev))
-        print(f"  {name:<10}{len(atoms):>6}{ours:>20.8f}{energy_ev:>20.8f}{abs(ours - energy_ev):>12.1e}{force_error:>16.1e}")
+        print(
+            f"  {name:<10}{len(atoms):>6}{ours:>20.8f}{energy_ev:>20.8f}{abs(ours - energy_ev):>12.1e}{force_error:>16.1e}"
+        )
     print(f"\n  largest relative energy difference to torchani's own ANI-1x: {worst:.1e}")
     print("  (forces pass through the extxyz text file, written with 8 decimals: hence ~1e-9 eV/A)")
 
@@ -117,11 +121,16 @@ def ase_langevin(model_path: str, steps: int = 200) -> dict:
     start = time.perf_counter()
     dynamics.run(steps)
     elapsed = time.perf_counter() - start
-    print(f"\n  mean T over the last {steps // 2} steps: {np.mean(temperatures[-(steps // 2):]):.0f} K (target 300 K: the run starts at the "
-          "energy minimum, so kinetic energy first flows into the potential; 9 atoms fluctuate strongly)")
+    print(
+        f"\n  mean T over the last {steps // 2} steps: {np.mean(temperatures[-(steps // 2) :]):.0f} K (target 300 K: the run starts at the "
+        "energy minimum, so kinetic energy first flows into the potential; 9 atoms fluctuate strongly)"
+    )
     print(f"  {1000 * elapsed / steps:.1f} ms per MD step (ANI-1x, 8 networks, float64, CPU)")
-    return {"time_fs": 0.5 * np.arange(len(potentials)), "potential_ev": np.array(potentials),
-            "temperature_k": np.array(temperatures)}
+    return {
+        "time_fs": 0.5 * np.arange(len(potentials)),
+        "potential_ev": np.array(potentials),
+        "temperature_k": np.array(temperatures),
+    }
 
 
 def plumed_metadynamics(model_path: str, steps: int = 100) -> dict:
@@ -139,9 +148,11 @@ def lammps_water(model_path: str, steps: int = 200) -> dict:
 
     banner("LAMMPS: NVT of a periodic water box with ANI-1x, pair_style atomplug on 2 MPI ranks")
     rows = run_demo(model_path, os.path.join(BUILD, "lammps"), steps=steps)
-    return {"time_fs": np.array([0.5 * row["Step"] for row in rows]),
-            "potential_ev": np.array([row["PotEng"] for row in rows]),
-            "temperature_k": np.array([row["Temp"] for row in rows])}
+    return {
+        "time_fs": np.array([0.5 * row["Step"] for row in rows]),
+        "potential_ev": np.array([row["PotEng"] for row in rows]),
+        "temperature_k": np.array([row["Temp"] for row in rows]),
+    }
 
 
 def ipi_pimd(model_path: str, steps: int = 200) -> dict:
@@ -162,8 +173,10 @@ def crosscheck_engines(model_path: str) -> None:
     water = water_box(n_per_side=4, seed=11)
     ase.io.write(structure, water)
     plot = os.path.join(BUILD, "crosscheck.png")
-    print(f"  $ atomplug crosscheck {os.path.relpath(model_path)} {os.path.relpath(structure)} --ranks 1,2 "
-          f"--output {os.path.relpath(plot)}\n")
+    print(
+        f"  $ atomplug crosscheck {os.path.relpath(model_path)} {os.path.relpath(structure)} --ranks 1,2 "
+        f"--output {os.path.relpath(plot)}\n"
+    )
     atomplug_cli("crosscheck", model_path, structure, "--ranks", "1,2", "--output", plot, "--quiet")
 
 

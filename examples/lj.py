@@ -114,7 +114,9 @@ def export_lj(
                 quantity="force", unit=force_unit, per_atom=True, properties=["x", "y", "z"]
             ),
             "non_conservative_stress": ModelOutput(
-                quantity="pressure", unit=f"{energy_unit}/{length_unit}^3", per_atom=False,
+                quantity="pressure",
+                unit=f"{energy_unit}/{length_unit}^3",
+                per_atom=False,
                 properties=["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"],
             ),
         },

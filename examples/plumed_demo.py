@@ -51,7 +51,9 @@ def run_demo(
     start = time.perf_counter()
     plugin = plugin_path()
     cv_model = os.path.join(workdir, "coordination-OH.pt")
-    export_coordination(cv_model, r0=R0_ANGSTROM, d_max=D_MAX_ANGSTROM, types_a=[8], types_b=[1], atomic_types=[1, 6, 8])
+    export_coordination(
+        cv_model, r0=R0_ANGSTROM, d_max=D_MAX_ANGSTROM, types_a=[8], types_b=[1], atomic_types=[1, 6, 8]
+    )
 
     atoms = molecule("CH3OH")
     oxygens = [i + 1 for i, z in enumerate(atoms.numbers) if z == 8]
@@ -90,8 +92,11 @@ def run_demo(
 
     dynamics.attach(record, interval=1)
     dynamics.run(steps)
-    np.savetxt(os.path.join(workdir, "energies.dat"), np.array(energies),
-               header="time (fs), potential energy incl. bias (eV), temperature (K)")
+    np.savetxt(
+        os.path.join(workdir, "energies.dat"),
+        np.array(energies),
+        header="time (fs), potential energy incl. bias (eV), temperature (K)",
+    )
     atoms.calc.plumed.finalize()  # flush COLVAR and HILLS
     elapsed = time.perf_counter() - start
 

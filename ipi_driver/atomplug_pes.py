@@ -56,8 +56,13 @@ class AtomplugDriver(Dummy_driver):
             torch.set_num_threads(int(threads))
         try:
             self.evaluator = IPIEvaluator(
-                str(model), str(template), device=str(device), extras=extras,
-                non_conservative=_flag(non_conservative), skin=float(skin), name=name,
+                str(model),
+                str(template),
+                device=str(device),
+                extras=extras,
+                non_conservative=_flag(non_conservative),
+                skin=float(skin),
+                name=name,
             )
         except DriverError as error:
             raise ValueError(f"atomplug: {error}") from None

@@ -38,37 +38,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", "-m", required=True, help="exported atomplug model (.pt)")
     parser.add_argument(
-        "--structure", "-s", required=True,
+        "--structure",
+        "-s",
+        required=True,
         help="the structure i-PI simulates (any ASE-readable file; gives the elements and periodicity: "
         "an i-PI xyz with a CELL comment or an extxyz with a lattice is periodic, a plain xyz is a molecule)",
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--unix", "-u", metavar="NAME", help="UNIX socket name, as in <ffsocket mode='unix'><address>NAME")
+    where.add_argument(
+        "--unix", "-u", metavar="NAME", help="UNIX socket name, as in <ffsocket mode='unix'><address>NAME"
+    )
     where.add_argument("--address", "-a", metavar="HOST", help="INET host of the i-PI server")
     parser.add_argument("--port", "-p", type=int, help="INET port (with --address)")
-    parser.add_argument("--sockets-prefix", "-S", default="/tmp/ipi_", help="prefix of UNIX socket files (default /tmp/ipi_)")
+    parser.add_argument(
+        "--sockets-prefix", "-S", default="/tmp/ipi_", help="prefix of UNIX socket files (default /tmp/ipi_)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     parser.add_argument(
-        "--extras", default="",
+        "--extras",
+        default="",
         help="comma-separated model outputs to return in i-PI's extras JSON, e.g. "
         "energy/per_atom,energy_uncertainty (append /per_atom for per-atom values)",
     )
     parser.add_argument(
-        "--non-conservative", action="store_true",
+        "--non-conservative",
+        action="store_true",
         help="use the model's non_conservative_forces (and non_conservative_stress) outputs instead of "
         "energy gradients",
     )
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch CPU threads for this client (default: torch's choice, all cores); with several "
         "clients on one machine give each cores/clients, or they slow each other down badly",
     )
     parser.add_argument("--skin", type=float, default=0.5, help="neighbor-list Verlet skin in Angstrom (default 0.5)")
     parser.add_argument(
-        "--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
         help=f"seconds to wait for the i-PI server to come up (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )
-    parser.add_argument("--name", help="label added as \"client\" to the extras JSON (which client computed what)")
+    parser.add_argument("--name", help='label added as "client" to the extras JSON (which client computed what)')
     parser.add_argument("--verbose", "-v", action="store_true", help="log every protocol message")
     return parser
 
@@ -100,8 +112,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         evaluator = IPIEvaluator(
-            args.model, args.structure, device=args.device, extras=args.extras,
-            non_conservative=args.non_conservative, skin=args.skin, name=args.name,
+            args.model,
+            args.structure,
+            device=args.device,
+            extras=args.extras,
+            non_conservative=args.non_conservative,
+            skin=args.skin,
+            name=args.name,
         )
     except DriverError as error:
         return error_exit(str(error), 2)

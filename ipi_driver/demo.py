@@ -114,7 +114,8 @@ def _tail(path: str) -> str:
 
 def _print_row(row: np.ndarray, owners: List[str]) -> None:
     by_client = "  ".join(
-        f"{client}: {','.join(str(b) for b, owner in enumerate(owners) if owner == client) or '-'}" for client in ("A", "B")
+        f"{client}: {','.join(str(b) for b, owner in enumerate(owners) if owner == client) or '-'}"
+        for client in ("A", "B")
     )
     print(f"  {int(row[0]):>5} {row[1]:>8.1f} {row[5]:>14.5f} {row[4]:>10.4f} {row[3]:>9.1f}   {by_client}", flush=True)
 
@@ -134,8 +135,9 @@ def run_demo(ani1x_path: str, workdir: str, *, steps: int = STEPS, timeout: floa
     if os.path.exists(socket_file):
         os.unlink(socket_file)
     with open(os.path.join(workdir, "input.xml"), "w") as handle:
-        handle.write(INPUT.format(steps=steps, address=address, beads=N_BEADS, temperature=TEMPERATURE_K,
-                                  timestep=TIMESTEP_FS))
+        handle.write(
+            INPUT.format(steps=steps, address=address, beads=N_BEADS, temperature=TEMPERATURE_K, timestep=TIMESTEP_FS)
+        )
 
     threads = str(max(1, (os.cpu_count() or 2) // 2))
     environment = dict(os.environ, OMP_NUM_THREADS=threads)
@@ -145,17 +147,39 @@ def run_demo(ani1x_path: str, workdir: str, *, steps: int = STEPS, timeout: floa
     try:
         logs["i-PI"] = open(os.path.join(workdir, "ipi.log"), "w")
         processes["i-PI"] = subprocess.Popen(
-            [_ipi_executable(), "input.xml"], cwd=workdir, stdout=logs["i-PI"], stderr=subprocess.STDOUT, env=environment
+            [_ipi_executable(), "input.xml"],
+            cwd=workdir,
+            stdout=logs["i-PI"],
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
         for name in ("A", "B"):
             logs[name] = open(os.path.join(workdir, f"client-{name}.log"), "w")
             processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "atomplug.ipi_driver.client", "--model", ani1x_path, "--structure", template,
-                 "--unix", address, "--name", name, "--threads", threads],
-                cwd=workdir, stdout=logs[name], stderr=subprocess.STDOUT, env=environment,
+                [
+                    sys.executable,
+                    "-m",
+                    "atomplug.ipi_driver.client",
+                    "--model",
+                    ani1x_path,
+                    "--structure",
+                    template,
+                    "--unix",
+                    address,
+                    "--name",
+                    name,
+                    "--threads",
+                    threads,
+                ],
+                cwd=workdir,
+                stdout=logs[name],
+                stderr=subprocess.STDOUT,
+                env=environment,
             )
-        print(f"  i-PI: {N_BEADS}-bead path-integral NVT of methanol at {TEMPERATURE_K:g} K, {steps} steps of "
-              f"{TIMESTEP_FS} fs; ANI-1x served by two atomplug-ipi clients (A, B) on {socket_file}")
+        print(
+            f"  i-PI: {N_BEADS}-bead path-integral NVT of methanol at {TEMPERATURE_K:g} K, {steps} steps of "
+            f"{TIMESTEP_FS} fs; ANI-1x served by two atomplug-ipi clients (A, B) on {socket_file}"
+        )
         print()
         print(f"  {'step':>5} {'time/fs':>8} {'V (eV)':>14} {'K_cv (eV)':>10} {'T_md (K)':>9}   beads by client")
         wanted = sorted(set(range(0, steps + 1, PRINT_EVERY)) | {steps})
@@ -199,14 +223,27 @@ def run_demo(ani1x_path: str, workdir: str, *, steps: int = STEPS, timeout: floa
     kinetic = data[half:, 4].mean()
     classical = 1.5 * n_atoms * kB * TEMPERATURE_K
     print()
-    print(f"  bead evaluations: A {counts['A']}, B {counts['B']} (of {sum(counts.values())}); "
-          f"{elapsed:.1f} s wall, {1e3 * elapsed / max(steps, 1):.1f} ms per step including start-up")
-    print(f"  second half: <K_cv> = {kinetic:.3f} eV vs classical 3/2 N kT = {classical:.3f} eV (zero-point motion of "
-          f"the H atoms; 4 beads are far from converged), <T_md> = {data[half:, 3].mean():.0f} K")
+    print(
+        f"  bead evaluations: A {counts['A']}, B {counts['B']} (of {sum(counts.values())}); "
+        f"{elapsed:.1f} s wall, {1e3 * elapsed / max(steps, 1):.1f} ms per step including start-up"
+    )
+    print(
+        f"  second half: <K_cv> = {kinetic:.3f} eV vs classical 3/2 N kT = {classical:.3f} eV (zero-point motion of "
+        f"the H atoms; 4 beads are far from converged), <T_md> = {data[half:, 3].mean():.0f} K"
+    )
     conserved = data[:, 2]
-    print(f"  conserved quantity drift: {abs(conserved[-1] - conserved[0]) * 1e3:.2f} meV over {steps * TIMESTEP_FS:g} fs")
-    return {"counts": counts, "steps": int(data[-1, 0]), "kinetic_cv": kinetic, "seconds": elapsed,
-            "time_fs": data[:, 1], "potential_ev": data[:, 5], "temperature_k": data[:, 3]}
+    print(
+        f"  conserved quantity drift: {abs(conserved[-1] - conserved[0]) * 1e3:.2f} meV over {steps * TIMESTEP_FS:g} fs"
+    )
+    return {
+        "counts": counts,
+        "steps": int(data[-1, 0]),
+        "kinetic_cv": kinetic,
+        "seconds": elapsed,
+        "time_fs": data[:, 1],
+        "potential_ev": data[:, 5],
+        "temperature_k": data[:, 3],
+    }
 
 
 def main(argv=None) -> None:

@@ -22,7 +22,13 @@ def run_checks() -> List[Check]:
         return [Check("i-PI", False, "not installed", f"pip install 'atomplug[ipi]' (i-PI {IPI_VERSION})")]
     server = os.path.join(os.path.dirname(sys.executable), "i-pi")
     return [
-        Check("i-PI", version == IPI_VERSION, f"{version} (tested with {IPI_VERSION})", f"pip install ipi=={IPI_VERSION}"),
-        Check("i-pi server", os.path.exists(server), server if os.path.exists(server) else "missing",
-              f"pip install --force-reinstall ipi=={IPI_VERSION}"),
+        Check(
+            "i-PI", version == IPI_VERSION, f"{version} (tested with {IPI_VERSION})", f"pip install ipi=={IPI_VERSION}"
+        ),
+        Check(
+            "i-pi server",
+            os.path.exists(server),
+            server if os.path.exists(server) else "missing",
+            f"pip install --force-reinstall ipi=={IPI_VERSION}",
+        ),
     ]

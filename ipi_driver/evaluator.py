@@ -118,8 +118,7 @@ class IPIEvaluator:
         outputs = capabilities.outputs
         if "energy" not in outputs:
             raise DriverError(
-                f"the model declares no 'energy' output (it has: {', '.join(outputs)}); i-PI needs "
-                "an energy and forces"
+                f"the model declares no 'energy' output (it has: {', '.join(outputs)}); i-PI needs an energy and forces"
             )
         try:
             skin_bohr = float(skin) * loaded.unit_conversion("Angstrom", ENGINE_LENGTH)
@@ -190,8 +189,14 @@ class IPIEvaluator:
         for structure in structures:
             try:
                 for _ in range(calls):
-                    self.runner.run([structure], self.requests, forces=True, virial=True,
-                                    non_conservative=self.non_conservative, use_cache=False)
+                    self.runner.run(
+                        [structure],
+                        self.requests,
+                        forces=True,
+                        virial=True,
+                        non_conservative=self.non_conservative,
+                        use_cache=False,
+                    )
                 break
             except ValueError:
                 continue
@@ -279,7 +284,7 @@ class IPIEvaluator:
         energies = raw["energy"][:, 0]
         all_forces = raw["forces"]
         results: List[Result] = []
-        for index, structure in enumerate(structures):
+        for index in range(len(structures)):
             begin, end = index * self.n_atoms, (index + 1) * self.n_atoms
             forces = all_forces if single else all_forces[begin:end]
             virial = raw["virial"][index].T.copy()  # i-PI's convention: the transpose, C-ordered
@@ -308,9 +313,7 @@ class IPIEvaluator:
         lines = [self.model.metadata.citation_text()]
         periodic = "periodic" if self.pbc.all() else ("isolated" if not self.pbc.any() else f"pbc={self.pbc.tolist()}")
         mode = "non-conservative forces" if self.non_conservative else "forces and virial from the energy"
-        lines.append(
-            f"structure: {self.n_atoms} atoms of {describe_types(np.unique(self.types))}, {periodic}; {mode}"
-        )
+        lines.append(f"structure: {self.n_atoms} atoms of {describe_types(np.unique(self.types))}, {periodic}; {mode}")
         if self.extras:
             lines.append(f"extras: {', '.join(self.extras)}")
         return "\n".join(lines)

@@ -173,8 +173,11 @@ def guard_connection(sock: socket.socket) -> Optional[int]:
     try:
         subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _GUARD, str(sock.fileno()), str(read_end)],
-            pass_fds=(sock.fileno(), read_end), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(sock.fileno(), read_end),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
     except OSError:
         os.close(write_end)
@@ -256,8 +259,12 @@ class Client:
                 continue
             if count == 0:
                 if at_header and self._end == self._start:
-                    raise ServerLost("lost the i-PI server: it closed the connection without sending EXIT (it stopped or crashed)")
-                raise ServerLost("lost the i-PI server: it closed the connection in the middle of a message (it stopped or crashed)")
+                    raise ServerLost(
+                        "lost the i-PI server: it closed the connection without sending EXIT (it stopped or crashed)"
+                    )
+                raise ServerLost(
+                    "lost the i-PI server: it closed the connection in the middle of a message (it stopped or crashed)"
+                )
 
     def _take(self, size: int) -> int:
         """Consume `size` bytes; their offset in self._buffer (valid until the next _fill)."""
@@ -292,7 +299,9 @@ class Client:
         except (BlockingIOError, InterruptedError):
             return
         if count == 0 and self._end == self._start:
-            raise ServerLost("lost the i-PI server: it closed the connection while sending a request (it stopped or crashed)")
+            raise ServerLost(
+                "lost the i-PI server: it closed the connection while sending a request (it stopped or crashed)"
+            )
         # A close behind messages already received (e.g. GETFORCE, EXIT) is noticed when they are
         # used up: the next _fill() receives the end of the stream again.
 

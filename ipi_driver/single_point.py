@@ -105,20 +105,42 @@ def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]
     processes = []
     try:
         with open(os.path.join(workdir, "ipi.log"), "w") as log:
-            server = subprocess.Popen([_executable("i-pi"), "input.xml"], cwd=workdir, stdout=log,
-                                      stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+            server = subprocess.Popen(
+                [_executable("i-pi"), "input.xml"],
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
         processes.append(server)
         with open(os.path.join(workdir, "client.log"), "w") as log:
             client = subprocess.Popen(
-                [_executable("atomplug-ipi"), "--model", os.path.abspath(model_path), "--structure", template,
-                 "--unix", address, "--threads", "1"],
-                cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+                [
+                    _executable("atomplug-ipi"),
+                    "--model",
+                    os.path.abspath(model_path),
+                    "--structure",
+                    template,
+                    "--unix",
+                    address,
+                    "--threads",
+                    "1",
+                ],
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
         processes.append(client)
         deadline = time.monotonic() + TIMEOUT
         while server.poll() is None:
             if client.poll() not in (None, 0):
-                raise RuntimeError(f"the atomplug-ipi client failed (exit {client.returncode}): "
-                                   f"{_tail(os.path.join(workdir, 'client.log'), 3)}")
+                raise RuntimeError(
+                    f"the atomplug-ipi client failed (exit {client.returncode}): "
+                    f"{_tail(os.path.join(workdir, 'client.log'), 3)}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"i-PI did not finish within {TIMEOUT:.0f} s")
             time.sleep(0.05)

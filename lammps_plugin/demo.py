@@ -61,9 +61,11 @@ def water_box(n_per_side: int = 4, density: float = 1.0, seed: int = 7, min_dist
     rng = np.random.default_rng(seed)
     half = WATER_ANGLE / 2.0
     template = np.array(
-        [[0.0, 0.0, 0.0],
-         [WATER_OH * np.sin(half), 0.0, WATER_OH * np.cos(half)],
-         [-WATER_OH * np.sin(half), 0.0, WATER_OH * np.cos(half)]]
+        [
+            [0.0, 0.0, 0.0],
+            [WATER_OH * np.sin(half), 0.0, WATER_OH * np.cos(half)],
+            [-WATER_OH * np.sin(half), 0.0, WATER_OH * np.cos(half)],
+        ]
     )
     template -= template.mean(axis=0)
     placed: List[np.ndarray] = []
@@ -120,8 +122,9 @@ def read_thermo(log_text: str) -> List[dict]:
     return rows
 
 
-def run_demo(ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, every: int = 10,
-             table_every: int = 50) -> List[dict]:
+def run_demo(
+    ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, every: int = 10, table_every: int = 50
+) -> List[dict]:
     """Run the NVT demo in `workdir`; print every `table_every` steps, return the thermo rows of
     the MD part (every `every` steps)."""
     from .build import BuildError, build
@@ -137,22 +140,28 @@ def run_demo(ani1x_path: str, workdir: str, steps: int = 200, nprocs: int = 2, e
         handle.write(DEMO_INPUT.format(data="water.data", model=os.path.abspath(ani1x_path), steps=steps, every=every))
     command = [_tool("mpiexec"), "-n", str(nprocs), _tool("lmp"), "-in", "in.water", "-log", "log.water"]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    print(f"LAMMPS: {len(atoms)}-atom water box ({len(atoms) // 3} molecules, {atoms.cell[0, 0]:.2f} A), "
-          f"ANI-1x through pair_style atomplug, {nprocs} MPI ranks")
+    print(
+        f"LAMMPS: {len(atoms)}-atom water box ({len(atoms) // 3} molecules, {atoms.cell[0, 0]:.2f} A), "
+        f"ANI-1x through pair_style atomplug, {nprocs} MPI ranks"
+    )
     print(f"  $ mpiexec -n {nprocs} lmp -in in.water      (in {workdir})")
     start = time.perf_counter()
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"LAMMPS failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"LAMMPS failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+        )
     rows = read_thermo(result.stdout)
     md = [row for row in rows if "Temp" in row]
-    md = md[next((k for k in range(len(md) - 1, -1, -1) if md[k]["Step"] == 0), 0):]
+    md = md[next((k for k in range(len(md) - 1, -1, -1) if md[k]["Step"] == 0), 0) :]
     print(f"  {'step':>6} {'time (fs)':>10} {'T (K)':>9} {'E_pot (eV)':>14} {'E_total (eV)':>14}")
     for row in md:
         if int(row["Step"]) % table_every and int(row["Step"]) != steps:
             continue
-        print(f"  {int(row['Step']):>6} {0.5 * row['Step']:>10.1f} {row['Temp']:>9.1f} {row['PotEng']:>14.4f} {row['TotEng']:>14.4f}")
+        print(
+            f"  {int(row['Step']):>6} {0.5 * row['Step']:>10.1f} {row['Temp']:>9.1f} {row['PotEng']:>14.4f} {row['TotEng']:>14.4f}"
+        )
     loop = [line for line in result.stdout.splitlines() if line.startswith("Loop time")]
     per_step = ""
     if loop:

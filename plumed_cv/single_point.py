@@ -65,10 +65,27 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, obje
             "BIASVALUE ARG=energy\n"
             f"PRINT ARG=energy FILE=COLVAR FMT={FORMAT}\n"
         )
-    command = [plumed_program(), "driver", "--plumed", "plumed.dat", "--ixyz", "structure.xyz",
-               "--dump-forces", "forces.xyz", "--dump-forces-fmt", FORMAT, "--dump-full-virial"]
-    run = subprocess.run(command, cwd=workdir, env=plumed_environment(dict(os.environ, OMP_NUM_THREADS="1")),
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    command = [
+        plumed_program(),
+        "driver",
+        "--plumed",
+        "plumed.dat",
+        "--ixyz",
+        "structure.xyz",
+        "--dump-forces",
+        "forces.xyz",
+        "--dump-forces-fmt",
+        FORMAT,
+        "--dump-full-virial",
+    ]
+    run = subprocess.run(
+        command,
+        cwd=workdir,
+        env=plumed_environment(dict(os.environ, OMP_NUM_THREADS="1")),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     if run.returncode != 0:
         text = (run.stdout + run.stderr).splitlines()
         message = next((line for line in text if "ERROR" in line or "error" in line), None)

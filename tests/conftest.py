@@ -2,7 +2,6 @@
 
 import pytest
 from ase import Atoms
-
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
 
 

@@ -493,8 +493,8 @@ void PairAtomplug::init_style()
   const bool isolated = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
   if (non_conservative && comm->me == 0 && (comm->nprocs > 1 || !(periodic && has_nc_stress))) {
     const char *reason = comm->nprocs > 1 ? "a per-structure stress cannot be split among ranks"
-        : !periodic ? "the box is not periodic in all three directions"
-                    : "the model has no non_conservative_stress output";
+        : !periodic                       ? "the box is not periodic in all three directions"
+                                          : "the model has no non_conservative_stress output";
     if (comm->nprocs == 1 && isolated)
       error->warning(FLERR,
                      "pair_style atomplug: non_conservative on: forces come from the model's "

@@ -58,7 +58,9 @@ def module_files(root: str, package: str, folders: Iterable[str]) -> Dict[str, s
         if not os.path.isdir(top):
             continue
         for directory, subdirectories, files in os.walk(top):
-            subdirectories[:] = sorted(d for d in subdirectories if d not in SKIPPED_DIRECTORIES and not d.startswith("."))
+            subdirectories[:] = sorted(
+                d for d in subdirectories if d not in SKIPPED_DIRECTORIES and not d.startswith(".")
+            )
             for name in sorted(files):
                 if not name.endswith(".py"):
                     continue
@@ -95,7 +97,13 @@ def _string_imports(node: ast.Call) -> Optional[str]:
     """The module named by `importlib.import_module("...")`, `import_module("...")` or
     `__import__("...")` with a string literal as first argument."""
     function = node.func
-    called = function.attr if isinstance(function, ast.Attribute) else function.id if isinstance(function, ast.Name) else None
+    called = (
+        function.attr
+        if isinstance(function, ast.Attribute)
+        else function.id
+        if isinstance(function, ast.Name)
+        else None
+    )
     if called not in ("import_module", "__import__") or not node.args:
         return None
     first = node.args[0]
@@ -214,8 +222,9 @@ def check(root: str, package: str, layers: Layers) -> List[str]:
         problems.append(f"{edge.path}:{edge.line}: {edge.source} imports {edge.target} ({why})")
     for component in _cycles(edges):
         members = set(component)
-        arrows = sorted((e for e in edges if e.source in members and e.target in members),
-                        key=lambda e: (e.path, e.line))
+        arrows = sorted(
+            (e for e in edges if e.source in members and e.target in members), key=lambda e: (e.path, e.line)
+        )
         first = arrows[0]
         listed = "; ".join(f"{e.path}:{e.line} {e.source} -> {e.target}" for e in arrows)
         problems.append(f"{first.path}:{first.line}: import cycle between {', '.join(component)}: {listed}")

@@ -41,11 +41,13 @@ def _tree(root, files):
 
 
 def test_the_checker_names_file_and_line_of_upward_and_sideways_arrows_and_cycles(tmp_path):
-    _tree(tmp_path, {
-        "__init__.py": "",
-        "core/__init__.py": "from .units import factor\n",
-        "core/units.py": "factor = 1.0\n",
-        "core/runner.py": """
+    _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "core/__init__.py": "from .units import factor\n",
+            "core/units.py": "factor = 1.0\n",
+            "core/runner.py": """
             import os
 
 
@@ -53,24 +55,25 @@ def test_the_checker_names_file_and_line_of_upward_and_sideways_arrows_and_cycle
                 from ..lammps_plugin import single_point  # lazy, relative, upward
                 return single_point
             """,
-        "core/loader.py": """
+            "core/loader.py": """
             import importlib
 
 
             def tool():
                 return importlib.import_module("pkg.cli.command")
             """,
-        "core/left.py": "from . import right\n",
-        "core/right.py": "# the cycle's second arrow, on line 3\n\nfrom pkg.core.left import thing\n",
-        "lammps_plugin/__init__.py": "",
-        "lammps_plugin/single_point.py": "from pkg.core import factor\nfrom pkg.ase_calculator.calculator import Calc\n",
-        "ase_calculator/__init__.py": "",
-        "ase_calculator/calculator.py": "class Calc: pass\n",
-        "cli/__init__.py": "",
-        "cli/command.py": "import pkg.lammps_plugin.single_point\nfrom pkg.examples import demo\n",
-        "examples/__init__.py": "",
-        "examples/demo.py": "from pkg.cli import command\n",
-    })
+            "core/left.py": "from . import right\n",
+            "core/right.py": "# the cycle's second arrow, on line 3\n\nfrom pkg.core.left import thing\n",
+            "lammps_plugin/__init__.py": "",
+            "lammps_plugin/single_point.py": "from pkg.core import factor\nfrom pkg.ase_calculator.calculator import Calc\n",
+            "ase_calculator/__init__.py": "",
+            "ase_calculator/calculator.py": "class Calc: pass\n",
+            "cli/__init__.py": "",
+            "cli/command.py": "import pkg.lammps_plugin.single_point\nfrom pkg.examples import demo\n",
+            "examples/__init__.py": "",
+            "examples/demo.py": "from pkg.cli import command\n",
+        },
+    )
     problems = check(str(tmp_path), "pkg", LAYERS)
     text = "\n".join(problems)
 
@@ -78,7 +81,9 @@ def test_the_checker_names_file_and_line_of_upward_and_sideways_arrows_and_cycle
         hits = [p for p in problems if p.startswith(prefix) and all(w in p for w in words)]
         assert hits, f"expected {prefix} ... {words} among:\n{text}"
 
-    reported("core/runner.py:5:", "pkg.core.runner imports pkg.lammps_plugin.single_point", "core/ is below lammps_plugin/")
+    reported(
+        "core/runner.py:5:", "pkg.core.runner imports pkg.lammps_plugin.single_point", "core/ is below lammps_plugin/"
+    )
     reported("core/loader.py:5:", "pkg.core.loader imports pkg.cli.command", "core/ is below cli/")
     reported("lammps_plugin/single_point.py:2:", "imports pkg.ase_calculator.calculator", "same floor")
     reported("core/left.py:1:", "import cycle between pkg.core.left, pkg.core.right", "core/right.py:3")
@@ -87,17 +92,20 @@ def test_the_checker_names_file_and_line_of_upward_and_sideways_arrows_and_cycle
 
 
 def test_the_checker_passes_a_well_built_tree(tmp_path):
-    _tree(tmp_path, {
-        "__init__.py": "",
-        "core/__init__.py": "from .units import factor\nfrom .runner import run\n",
-        "core/units.py": "factor = 1.0\n",
-        "core/runner.py": "from .units import factor\n\n\ndef run():\n    from . import units\n",
-        "plumed_cv/__init__.py": "from .build import build\n",
-        "plumed_cv/build.py": "import os\n\n\ndef build():\n    from atomplug_elsewhere import x\n",
-        "plumed_cv/single_point.py": "from . import build\nfrom ..core import factor\n",
-        "cli/__init__.py": "from .command import main\n",
-        "cli/command.py": "import importlib\n\n\ndef main():\n    importlib.import_module('pkg.plumed_cv.single_point')\n",
-        "examples/__init__.py": "",
-        "examples/demo.py": "from pkg.cli import main\nfrom pkg.plumed_cv import build\n",
-    })
+    _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "core/__init__.py": "from .units import factor\nfrom .runner import run\n",
+            "core/units.py": "factor = 1.0\n",
+            "core/runner.py": "from .units import factor\n\n\ndef run():\n    from . import units\n",
+            "plumed_cv/__init__.py": "from .build import build\n",
+            "plumed_cv/build.py": "import os\n\n\ndef build():\n    from atomplug_elsewhere import x\n",
+            "plumed_cv/single_point.py": "from . import build\nfrom ..core import factor\n",
+            "cli/__init__.py": "from .command import main\n",
+            "cli/command.py": "import importlib\n\n\ndef main():\n    importlib.import_module('pkg.plumed_cv.single_point')\n",
+            "examples/__init__.py": "",
+            "examples/demo.py": "from pkg.cli import main\nfrom pkg.plumed_cv import build\n",
+        },
+    )
     assert check(str(tmp_path), "pkg", LAYERS) == []

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-
-from atomplug.ase_calculator import AtomplugCalculator
-
 from bad_files import MODEL_FILE_FIX, MODEL_FILE_PROBLEMS, unpickled_marker, write_model_file
 from structures import displaced_triclinic_argon
 
+from atomplug.ase_calculator import AtomplugCalculator
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "raw-pickle", "torch-save-pickle", "metadata-lies-about-outputs"])
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "truncated", "raw-pickle", "torch-save-pickle", "metadata-lies-about-outputs"]
+)
 def test_model_file_is_refused(kind, lj_model_path, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError)) as caught:
         AtomplugCalculator(write_model_file(kind, tmp_path, lj_model_path))
@@ -43,11 +44,31 @@ def periodic(atoms: Atoms, cell) -> Atoms:
 
 STRUCTURES = {
     # case: (structure, problem, fix)
-    "nan-position": (lambda: with_nan(pair(3.8), np.nan), r"atom\(s\) \[1\] are NaN or infinite", r"fix the structure before evaluating"),
-    "infinite-position": (lambda: with_nan(pair(3.8), -np.inf), r"atom\(s\) \[1\] are NaN or infinite", r"fix the structure before evaluating"),
-    "overlapping-atoms": (lambda: pair(0.0), r"atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(0, 0, 0\) Angstrom\)", r"remove the duplicate atom or move the atoms apart"),
-    "zero-volume-cell": (lambda: periodic(pair(3.8), [[10, 0, 0], [0, 10, 0], [0, 0, 0]]), r"cell vector 2 is zero but the system is periodic along it", r"set a cell vector or make that direction non-periodic"),
-    "singular-cell": (lambda: periodic(pair(3.8), [[10, 0, 0], [0, 10, 0], [10, 10, 0]]), r"linearly dependent \(the cell is flat\)", r"give a cell with a non-zero volume"),
+    "nan-position": (
+        lambda: with_nan(pair(3.8), np.nan),
+        r"atom\(s\) \[1\] are NaN or infinite",
+        r"fix the structure before evaluating",
+    ),
+    "infinite-position": (
+        lambda: with_nan(pair(3.8), -np.inf),
+        r"atom\(s\) \[1\] are NaN or infinite",
+        r"fix the structure before evaluating",
+    ),
+    "overlapping-atoms": (
+        lambda: pair(0.0),
+        r"atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(0, 0, 0\) Angstrom\)",
+        r"remove the duplicate atom or move the atoms apart",
+    ),
+    "zero-volume-cell": (
+        lambda: periodic(pair(3.8), [[10, 0, 0], [0, 10, 0], [0, 0, 0]]),
+        r"cell vector 2 is zero but the system is periodic along it",
+        r"set a cell vector or make that direction non-periodic",
+    ),
+    "singular-cell": (
+        lambda: periodic(pair(3.8), [[10, 0, 0], [0, 10, 0], [10, 10, 0]]),
+        r"linearly dependent \(the cell is flat\)",
+        r"give a cell with a non-zero volume",
+    ),
 }
 
 

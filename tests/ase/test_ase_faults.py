@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 from ase import Atoms
+from bad_files import FRAGILE_LIMIT, FRAGILE_MESSAGE, export_fragile
 
 from atomplug.ase_calculator import AtomplugCalculator
-
-from bad_files import FRAGILE_LIMIT, FRAGILE_MESSAGE, export_fragile
 
 
 def chain(n_atoms: int) -> Atoms:

@@ -13,16 +13,24 @@ from ase.md import velocitydistribution
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
+from structures import (
+    AR_CUTOFF,
+    AR_EPSILON,
+    AR_LATTICE,
+    AR_SIGMA,
+    NVE_DRIFT_TOLERANCE,
+    displaced_triclinic_argon,
+    linear_drift,
+    water_box,
+)
 
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import load_model
 
-from structures import (AR_CUTOFF, AR_EPSILON, AR_LATTICE, AR_SIGMA, NVE_DRIFT_TOLERANCE, displaced_triclinic_argon,
-                        linear_drift, water_box)
-
-
 # ASE >= 3.26 renamed MaxwellBoltzmannDistribution
-thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+thermalize = (
+    getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+)
 
 
 def relative(actual, expected) -> float:
@@ -151,8 +159,10 @@ def test_nve_energy_drift(lj_model_path):
     dynamics.run(1000)
     energies = np.array(energies) / len(atoms)
     drift = linear_drift(energies)
-    print(f"\nNVE 108 Ar, 1000 x 2 fs: drift {drift:.2e} eV/atom, fluctuation {energies.std():.2e} eV/atom, "
-          f"{atoms.calc.runner.cache.n_builds} neighbor-list builds")
+    print(
+        f"\nNVE 108 Ar, 1000 x 2 fs: drift {drift:.2e} eV/atom, fluctuation {energies.std():.2e} eV/atom, "
+        f"{atoms.calc.runner.cache.n_builds} neighbor-list builds"
+    )
     assert drift < NVE_DRIFT_TOLERANCE
     assert atoms.calc.runner.cache.n_builds < 200, "the Verlet skin saves most rebuilds"
 

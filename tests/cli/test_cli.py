@@ -69,7 +69,10 @@ def test_export_example_lj_runs(tmp_path):
     [
         (lambda d, m: ["info", str(d / "missing.pt")], "does not exist"),
         (lambda d, m: ["eval", m, str(d / "missing.xyz"), "-o", str(d / "out.xyz")], "does not exist"),
-        (lambda d, m: ["eval", m, str(d / "water.xyz"), "-o", str(d / "out.xyz")], "H (1), O (8) unknown to this model, which knows Ar (18)"),
+        (
+            lambda d, m: ["eval", m, str(d / "water.xyz"), "-o", str(d / "out.xyz")],
+            "H (1), O (8) unknown to this model, which knows Ar (18)",
+        ),
         (lambda d, m: ["eval", m, str(d / "argon.xyz"), "-o", str(d / "out.xyz"), "--batch-size", "0"], "batch-size"),
     ],
 )

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-REPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "benchmarks", "report.py")
+REPORT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks", "report.py"
+)
 
 
 def _load_report():
@@ -30,14 +31,43 @@ CONTEXT = {"date": "2026-01-01 00:00 UTC", "machine": "2 cores, test CPU"}
 
 def synthetic_rows():
     return [
-        BenchRow("core", "LJ, 864 Ar", "entry point", atomplug_ms=7.0, floor_ms=6.5,
-                 aims=[Aim(2, "atomplug / floor", 7.0 / 6.5, 1.1)]),
-        BenchRow("ASE", "LJ, 864 Ar", "MD-like step", atomplug_ms=6.0, floor_ms=7.5, peer="metatomic-ase", peer_ms=12.0,
-                 aims=[Aim(3, "atomplug / floor", 0.8, 1.15), Aim(3, "metatomic-ase / atomplug", 2.0, 1.5, at_most=False)]),
-        BenchRow("LAMMPS", "LJ, 2048 Ar", "2 ranks", atomplug_ms=5.0, floor_ms=4.0, peer="lj/cut, 2 ranks", peer_ms=0.6,
-                 aims=[Aim(4, "2-rank speedup", 1.3, 1.7, at_most=False, caveat="the cores were busy")]),
-        BenchRow("i-PI", "LJ, 108 Ar", "NVT step", atomplug_ms=4.0, floor_ms=5.0, peer="i-PI -m metatomic",
-                 aims=[Aim(5, "client's own CPU per step", float("nan"), 0.3, unit="ms")]),
+        BenchRow(
+            "core",
+            "LJ, 864 Ar",
+            "entry point",
+            atomplug_ms=7.0,
+            floor_ms=6.5,
+            aims=[Aim(2, "atomplug / floor", 7.0 / 6.5, 1.1)],
+        ),
+        BenchRow(
+            "ASE",
+            "LJ, 864 Ar",
+            "MD-like step",
+            atomplug_ms=6.0,
+            floor_ms=7.5,
+            peer="metatomic-ase",
+            peer_ms=12.0,
+            aims=[Aim(3, "atomplug / floor", 0.8, 1.15), Aim(3, "metatomic-ase / atomplug", 2.0, 1.5, at_most=False)],
+        ),
+        BenchRow(
+            "LAMMPS",
+            "LJ, 2048 Ar",
+            "2 ranks",
+            atomplug_ms=5.0,
+            floor_ms=4.0,
+            peer="lj/cut, 2 ranks",
+            peer_ms=0.6,
+            aims=[Aim(4, "2-rank speedup", 1.3, 1.7, at_most=False, caveat="the cores were busy")],
+        ),
+        BenchRow(
+            "i-PI",
+            "LJ, 108 Ar",
+            "NVT step",
+            atomplug_ms=4.0,
+            floor_ms=5.0,
+            peer="i-PI -m metatomic",
+            aims=[Aim(5, "client's own CPU per step", float("nan"), 0.3, unit="ms")],
+        ),
     ]
 
 
@@ -74,8 +104,10 @@ def test_table_has_ratios_peers_and_verdicts(tmp_path):
     assert ipi[7] == "-" and ipi[-1] == "not measured"  # a peer that was not installed, an aim not measured
 
     assert "3 of 5 aims met" in text
-    assert ("NOT met: LAMMPS, LJ, 2048 Ar: 2-rank speedup >= 1.70x (issue 4); measured 1.30x; "
-            "unreliable in this run: the cores were busy") in text
+    assert (
+        "NOT met: LAMMPS, LJ, 2048 Ar: 2-rank speedup >= 1.70x (issue 4); measured 1.30x; "
+        "unreliable in this run: the cores were busy"
+    ) in text
     assert "- date: 2026-01-01 00:00 UTC" in text and "ratios within one run are what matter" in text
     assert "![results-times](results-times.png)" in text and "- legend line" in text
 

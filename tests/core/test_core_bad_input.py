@@ -22,18 +22,29 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
+from bad_files import (
+    FRAGILE_MESSAGE,
+    MODEL_FILE_FIX,
+    MODEL_FILE_KINDS,
+    MODEL_FILE_PROBLEMS,
+    export_fragile,
+    unpickled_marker,
+    write_model_file,
+)
+from structures import AR_LATTICE, displaced_triclinic_argon
 from torch import Tensor
 
 from atomplug.cli import main
 from atomplug.core import (
-    ModelCapabilities, ModelMetadata, ModelOutput, ModelRunner, NeighborListOptions, System, export, load_model,
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    ModelRunner,
+    NeighborListOptions,
+    System,
+    export,
+    load_model,
 )
-
-from bad_files import (
-    FRAGILE_MESSAGE, MODEL_FILE_FIX, MODEL_FILE_KINDS, MODEL_FILE_PROBLEMS, export_fragile, unpickled_marker,
-    write_model_file,
-)
-from structures import AR_LATTICE, displaced_triclinic_argon
 
 
 def one_line(message: str) -> None:
@@ -88,14 +99,42 @@ def with_cell_entry(atoms: Atoms, value: float) -> Atoms:
 
 STRUCTURES = {
     # case: (structure, problem, fix)
-    "nan-position": (lambda: with_position(argon_pair(), 1, np.nan), r"NaN or infinite", r"check the engine's input|fix the structure"),
-    "infinite-position": (lambda: with_position(argon_pair(), 0, np.inf), r"NaN or infinite", r"check the engine's input|fix the structure"),
-    "unknown-element": (lambda: Atoms("ArCl", positions=[[0, 0, 0], [0, 0, 3.0]]), r"Cl \(17\) unknown to this model, which knows Ar \(18\)", r"remove those atoms or use a model trained for them"),
+    "nan-position": (
+        lambda: with_position(argon_pair(), 1, np.nan),
+        r"NaN or infinite",
+        r"check the engine's input|fix the structure",
+    ),
+    "infinite-position": (
+        lambda: with_position(argon_pair(), 0, np.inf),
+        r"NaN or infinite",
+        r"check the engine's input|fix the structure",
+    ),
+    "unknown-element": (
+        lambda: Atoms("ArCl", positions=[[0, 0, 0], [0, 0, 3.0]]),
+        r"Cl \(17\) unknown to this model, which knows Ar \(18\)",
+        r"remove those atoms or use a model trained for them",
+    ),
     "empty": (lambda: Atoms(), r"has no atoms", r"needs at least one atom"),
-    "zero-cell-periodic": (lambda: periodic_argon(np.zeros((3, 3))), r"cell vector 0 is zero but the system is periodic along it", r"set a cell vector or make that direction non-periodic"),
-    "flat-cell": (lambda: periodic_argon([[10, 0, 0], [20, 0, 0], [0, 0, 10]]), r"linearly dependent \(the cell is flat\)", r"give a cell with a non-zero volume"),
-    "nan-cell": (lambda: with_cell_entry(periodic_argon(np.eye(3) * 10), np.nan), r"cell contains NaN or infinite values", r"check the structure's cell|check the engine's cell"),
-    "overlapping-atoms": (lambda: argon_pair(0.0), r"NaN or infinite values in 'energy': atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(1, 1, 1\) Angstrom\)", r"remove the duplicate atom or move the atoms apart"),
+    "zero-cell-periodic": (
+        lambda: periodic_argon(np.zeros((3, 3))),
+        r"cell vector 0 is zero but the system is periodic along it",
+        r"set a cell vector or make that direction non-periodic",
+    ),
+    "flat-cell": (
+        lambda: periodic_argon([[10, 0, 0], [20, 0, 0], [0, 0, 10]]),
+        r"linearly dependent \(the cell is flat\)",
+        r"give a cell with a non-zero volume",
+    ),
+    "nan-cell": (
+        lambda: with_cell_entry(periodic_argon(np.eye(3) * 10), np.nan),
+        r"cell contains NaN or infinite values",
+        r"check the structure's cell|check the engine's cell",
+    ),
+    "overlapping-atoms": (
+        lambda: argon_pair(0.0),
+        r"NaN or infinite values in 'energy': atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(1, 1, 1\) Angstrom\)",
+        r"remove the duplicate atom or move the atoms apart",
+    ),
 }
 
 
@@ -115,15 +154,27 @@ def call_entry_point(model_path: str, atoms: Atoms, pairs: Optional[np.ndarray] 
     if pairs is None:
         pairs = np.array([[0, 1]])
     return module(
-        torch.tensor(atoms.positions), torch.tensor(atoms.numbers, dtype=torch.int32),
-        torch.tensor(atoms.cell.array)[None], torch.tensor(atoms.pbc)[None], torch.tensor([len(atoms)]),
-        [torch.tensor(pairs, dtype=torch.int64)], [torch.zeros((len(pairs), 3), dtype=torch.int32)],
-        ["energy"], None, "energy", True, True, False, "Angstrom", "eV",
+        torch.tensor(atoms.positions),
+        torch.tensor(atoms.numbers, dtype=torch.int32),
+        torch.tensor(atoms.cell.array)[None],
+        torch.tensor(atoms.pbc)[None],
+        torch.tensor([len(atoms)]),
+        [torch.tensor(pairs, dtype=torch.int64)],
+        [torch.zeros((len(pairs), 3), dtype=torch.int32)],
+        ["energy"],
+        None,
+        "energy",
+        True,
+        True,
+        False,
+        "Angstrom",
+        "eV",
     )
 
 
-@pytest.mark.parametrize("case", ["nan-position", "infinite-position", "zero-cell-periodic", "flat-cell", "nan-cell",
-                                  "overlapping-atoms"])
+@pytest.mark.parametrize(
+    "case", ["nan-position", "infinite-position", "zero-cell-periodic", "flat-cell", "nan-cell", "overlapping-atoms"]
+)
 def test_bad_structure_at_the_entry_point(case, lj_model_path):
     """The checks C++ engines rely on live in the archive itself: same problem, same fix."""
     make, problem, fix = STRUCTURES[case]
@@ -145,14 +196,20 @@ def test_non_finite_model_output_names_the_atoms(tmp_path):
     """No two atoms close, yet the model returns NaN: the atoms are named, never a silent NaN."""
     path = export_fragile(str(tmp_path / "nan.pt"), mode="nan")
     water_cluster = Atoms("OH2" * 3, positions=[[3.0 * k, 0.0, 0.0] for k in range(9)])
-    with pytest.raises(ValueError, match=r"NaN or infinite values in 'energy/per_atom' for 9 atom\(s\), first atom 0 at "
-                                         r"\(0, 0, 0\) Angstrom: the model cannot handle this structure"):
+    with pytest.raises(
+        ValueError,
+        match=r"NaN or infinite values in 'energy/per_atom' for 9 atom\(s\), first atom 0 at "
+        r"\(0, 0, 0\) Angstrom: the model cannot handle this structure",
+    ):
         ModelRunner(path).run([water_cluster], ["energy/per_atom", "energy"])
 
 
 def test_one_atom_has_zero_energy(lj_model_path):
     result = ModelRunner(lj_model_path).run(
-        [Atoms("Ar", positions=[[1.0, 2.0, 3.0]])], ["energy", "energy/per_atom"], forces=True, virial=True,
+        [Atoms("Ar", positions=[[1.0, 2.0, 3.0]])],
+        ["energy", "energy/per_atom"],
+        forces=True,
+        virial=True,
     )
     assert result["energy"][0, 0] == 0.0 and result["energy/per_atom"][0, 0] == 0.0
     assert np.all(result["forces"] == 0.0) and np.all(result["virial"] == 0.0)
@@ -186,33 +243,85 @@ class PairModel(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.cutoff, False, True)]
 
-    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput],
-                selected_atoms: Optional[Tensor]) -> Dict[str, Tensor]:
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
         return {"energy": torch.stack([s.positions.sum() for s in systems]).reshape(-1, 1)}
 
 
 def export_pair_model(path, cutoff=3.0, interaction_range=3.0, unit="eV", length_unit="Angstrom"):
-    export(PairModel(cutoff), str(path), ModelCapabilities(
-        outputs={"energy": ModelOutput("energy", unit, per_atom=False)}, atomic_types=[18],
-        interaction_range=interaction_range, length_unit=length_unit,
-    ), ModelMetadata(name="pair"))
+    export(
+        PairModel(cutoff),
+        str(path),
+        ModelCapabilities(
+            outputs={"energy": ModelOutput("energy", unit, per_atom=False)},
+            atomic_types=[18],
+            interaction_range=interaction_range,
+            length_unit=length_unit,
+        ),
+        ModelMetadata(name="pair"),
+    )
 
 
 OPTIONS = {
     # case: (action, problem, fix)
-    "unknown-length-unit": (lambda m, d: ModelRunner(m, length_unit="furlong"), r"engine units \(length 'furlong', energy 'eV'\): unknown unit 'furlong'", r"give a length unit as length_unit"),
-    "energy-unit-that-is-a-length": (lambda m, d: ModelRunner(m, energy_unit="Angstrom"), r"cannot convert 'eV' \(energy\) to 'Angstrom' \(length\)", r"give a length unit as length_unit and an energy unit as energy_unit"),
-    "unknown-output": (lambda m, d: ModelRunner(m).run([argon_pair()], ["dipole"]), r"no output 'dipole'", r"it declares: energy.*ask for one of those"),
-    "per-atom-of-per-structure-output": (lambda m, d: ModelRunner(m).run([argon_pair()], ["non_conservative_stress/per_atom"]), r"cannot compute 'non_conservative_stress' per atom \(it declares it per structure only\)", r"ask for 'non_conservative_stress' without '/per_atom'"),
-    "bad-device-name": (lambda m, d: ModelRunner(m, device="tpu"), r"'tpu' is not a torch device", r"use 'cpu', 'cuda' or 'cuda:N'"),
-    "negative-cutoff-in-export": (lambda m, d: export_pair_model(d / "m.pt", cutoff=-1.0), r"cutoff must be a positive finite number, got -1", r"fix the model's requested_neighbor_lists"),
-    "negative-interaction-range": (lambda m, d: export_pair_model(d / "m.pt", interaction_range=-2.0), r"interaction_range must be a finite number >= 0, got -2", r"declare the largest distance at which atoms interact"),
-    "cutoff-beyond-interaction-range": (lambda m, d: export_pair_model(d / "m.pt", cutoff=5.0), r"cutoff 5.0 larger than its declared interaction_range 3.0", r"raise interaction_range"),
-    "unknown-unit-in-export": (lambda m, d: export_pair_model(d / "m.pt", unit="furlong"), r"unknown unit 'furlong'", r"declare the energy unit of the values the model returns, e.g. 'eV'"),
-    "length-declared-as-energy": (lambda m, d: export_pair_model(d / "m.pt", unit="Angstrom"), r"unit 'Angstrom' is not an energy unit \(it is length\)", r"declare the energy unit of the values the model returns, e.g. 'eV'"),
+    "unknown-length-unit": (
+        lambda m, d: ModelRunner(m, length_unit="furlong"),
+        r"engine units \(length 'furlong', energy 'eV'\): unknown unit 'furlong'",
+        r"give a length unit as length_unit",
+    ),
+    "energy-unit-that-is-a-length": (
+        lambda m, d: ModelRunner(m, energy_unit="Angstrom"),
+        r"cannot convert 'eV' \(energy\) to 'Angstrom' \(length\)",
+        r"give a length unit as length_unit and an energy unit as energy_unit",
+    ),
+    "unknown-output": (
+        lambda m, d: ModelRunner(m).run([argon_pair()], ["dipole"]),
+        r"no output 'dipole'",
+        r"it declares: energy.*ask for one of those",
+    ),
+    "per-atom-of-per-structure-output": (
+        lambda m, d: ModelRunner(m).run([argon_pair()], ["non_conservative_stress/per_atom"]),
+        r"cannot compute 'non_conservative_stress' per atom \(it declares it per structure only\)",
+        r"ask for 'non_conservative_stress' without '/per_atom'",
+    ),
+    "bad-device-name": (
+        lambda m, d: ModelRunner(m, device="tpu"),
+        r"'tpu' is not a torch device",
+        r"use 'cpu', 'cuda' or 'cuda:N'",
+    ),
+    "negative-cutoff-in-export": (
+        lambda m, d: export_pair_model(d / "m.pt", cutoff=-1.0),
+        r"cutoff must be a positive finite number, got -1",
+        r"fix the model's requested_neighbor_lists",
+    ),
+    "negative-interaction-range": (
+        lambda m, d: export_pair_model(d / "m.pt", interaction_range=-2.0),
+        r"interaction_range must be a finite number >= 0, got -2",
+        r"declare the largest distance at which atoms interact",
+    ),
+    "cutoff-beyond-interaction-range": (
+        lambda m, d: export_pair_model(d / "m.pt", cutoff=5.0),
+        r"cutoff 5.0 larger than its declared interaction_range 3.0",
+        r"raise interaction_range",
+    ),
+    "unknown-unit-in-export": (
+        lambda m, d: export_pair_model(d / "m.pt", unit="furlong"),
+        r"unknown unit 'furlong'",
+        r"declare the energy unit of the values the model returns, e.g. 'eV'",
+    ),
+    "length-declared-as-energy": (
+        lambda m, d: export_pair_model(d / "m.pt", unit="Angstrom"),
+        r"unit 'Angstrom' is not an energy unit \(it is length\)",
+        r"declare the energy unit of the values the model returns, e.g. 'eV'",
+    ),
 }
 if not torch.cuda.is_available():
-    OPTIONS["cuda-without-gpu"] = (lambda m, d: ModelRunner(m, device="cuda"), r"device 'cuda' asked, but torch .* sees no CUDA device", r"use device 'cpu'")
+    OPTIONS["cuda-without-gpu"] = (
+        lambda m, d: ModelRunner(m, device="cuda"),
+        r"device 'cuda' asked, but torch .* sees no CUDA device",
+        r"use device 'cpu'",
+    )
 
 
 @pytest.mark.parametrize("case", list(OPTIONS))
@@ -278,13 +387,30 @@ def write_frames(path, frames):
 EVAL_CASES = {
     # case: (frames, extra arguments, problem, fix)
     "overlapping-atoms-in-a-batch": (
-        lambda: [bulk("Ar", "fcc", a=AR_LATTICE, cubic=True), argon_pair(0.0), argon_pair()], [],
-        r"structure 1: the model returned NaN or infinite values in 'energy': atoms 0 and 1", r"remove the duplicate atom",
+        lambda: [bulk("Ar", "fcc", a=AR_LATTICE, cubic=True), argon_pair(0.0), argon_pair()],
+        [],
+        r"structure 1: the model returned NaN or infinite values in 'energy': atoms 0 and 1",
+        r"remove the duplicate atom",
     ),
-    "empty-structure": (lambda: [argon_pair(), Atoms()], [], r"structure 1: the structure has no atoms", r"needs at least one atom"),
-    "unreadable-structure-file": (lambda: "3\nnot an xyz file\n", [], r"could not read '.*in\.xyz' with ASE", r"check the file"),
+    "empty-structure": (
+        lambda: [argon_pair(), Atoms()],
+        [],
+        r"structure 1: the structure has no atoms",
+        r"needs at least one atom",
+    ),
+    "unreadable-structure-file": (
+        lambda: "3\nnot an xyz file\n",
+        [],
+        r"could not read '.*in\.xyz' with ASE",
+        r"check the file",
+    ),
     "bad-device": (lambda: [argon_pair()], ["--device", "tpu"], r"'tpu' is not a torch device", r"use 'cpu'"),
-    "output-directory-missing": (lambda: [argon_pair()], ["-o", "no/such/dir/out.xyz"], r"does not exist", r"create .* first"),
+    "output-directory-missing": (
+        lambda: [argon_pair()],
+        ["-o", "no/such/dir/out.xyz"],
+        r"does not exist",
+        r"create .* first",
+    ),
 }
 
 

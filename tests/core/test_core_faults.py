@@ -21,7 +21,6 @@ import textwrap
 import ase.io
 import pytest
 from ase import Atoms
-
 from bad_files import FRAGILE_MESSAGE, export_fragile
 from structures import displaced_triclinic_argon
 
@@ -89,7 +88,9 @@ def test_export_example_command_on_a_full_disk(tmp_path):
     target = prepare_target(tmp_path, "lj.pt", previous)
     run = run_with_full_disk([console_script("atomplug"), "export-example", "lj", target])
     assert run.returncode == 2, run.stderr[-3000:]
-    assert re.fullmatch(r"atomplug: error: could not write the model to '.*' " + WRITE_PROBLEM + r"\n", run.stderr), run.stderr
+    assert re.fullmatch(r"atomplug: error: could not write the model to '.*' " + WRITE_PROBLEM + r"\n", run.stderr), (
+        run.stderr
+    )
     assert_untouched(tmp_path, target, previous, ["lj.pt"] if previous else [])
 
 
@@ -101,8 +102,9 @@ def test_eval_output_on_a_full_disk(tmp_path, lj_model_path, previous):
     target = prepare_target(tmp_path, "out.xyz", previous)
     run = run_with_full_disk([console_script("atomplug"), "eval", lj_model_path, source, "-o", target, "-q"])
     assert run.returncode == 2, run.stderr[-3000:]
-    assert re.fullmatch(r"atomplug: error: could not write the results to '.*out\.xyz' " + WRITE_PROBLEM + r"\n",
-                        run.stderr), run.stderr
+    assert re.fullmatch(
+        r"atomplug: error: could not write the results to '.*out\.xyz' " + WRITE_PROBLEM + r"\n", run.stderr
+    ), run.stderr
     assert_untouched(tmp_path, target, previous, ["frames.xyz", "out.xyz"] if previous else ["frames.xyz"])
 
 
@@ -118,7 +120,9 @@ def test_eval_of_a_model_that_raises(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", model, source, "-o", str(tmp_path / "out.xyz"), "-q"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"atomplug: error: structure 1: the model's own code raised RuntimeError: {FRAGILE_MESSAGE} "
-                            "(the model refuses this input"), error
+    assert error.startswith(
+        f"atomplug: error: structure 1: the model's own code raised RuntimeError: {FRAGILE_MESSAGE} "
+        "(the model refuses this input"
+    ), error
     assert error.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["fragile.pt", "in.xyz"]

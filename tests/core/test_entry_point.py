@@ -8,10 +8,10 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
+from lj_reference import lennard_jones_reference
+from structures import AR_CUTOFF, AR_EPSILON, AR_LATTICE, AR_SIGMA, displaced_triclinic_argon
 
 from atomplug.core import ModelOutput, ModelRunner, NeighborListOptions, Structure, System
-from structures import AR_CUTOFF, AR_EPSILON, AR_LATTICE, AR_SIGMA, displaced_triclinic_argon
-from lj_reference import lennard_jones_reference
 
 RTOL = 1e-12
 
@@ -151,8 +151,9 @@ def test_cell_smaller_than_cutoff_matches_supercell(tmp_path):
     assert_close(small["energy"][0, 0], large["energy"][0, 0] / len(supercell), 1e-12)
     assert_close(small["virial"][0], large["virial"][0] / len(supercell), 1e-11)
     assert np.max(np.abs(small["forces"])) < 1e-12
-    expected, _, _ = lennard_jones_reference(primitive.positions, primitive.cell.array, primitive.pbc,
-                                             AR_EPSILON, AR_SIGMA, cutoff)
+    expected, _, _ = lennard_jones_reference(
+        primitive.positions, primitive.cell.array, primitive.pbc, AR_EPSILON, AR_SIGMA, cutoff
+    )
     assert_close(small["energy"][0, 0], expected)
 
 
@@ -183,9 +184,11 @@ def test_batch_equals_one_by_one(runner):
         single = runner.run([atoms], ["energy", "energy/per_atom"], forces=True, virial=True, atomic_virial=True)
         n = len(atoms)
         np.testing.assert_allclose(batch["energy"][index], single["energy"][0], rtol=1e-13)
-        np.testing.assert_allclose(batch["forces"][offset:offset + n], single["forces"], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(batch["forces"][offset : offset + n], single["forces"], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(batch["virial"][index], single["virial"][0], rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(batch["atomic_virial"][offset:offset + n], single["atomic_virial"], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            batch["atomic_virial"][offset : offset + n], single["atomic_virial"], rtol=1e-12, atol=1e-14
+        )
         offset += n
 
 
@@ -203,7 +206,8 @@ def test_units_are_converted_at_the_entry_point(lj_model_path, argon_box):
     ase_result = run_lj(ModelRunner(lj_model_path), argon_box)
     bohr_atoms = Structure(argon_box.numbers, argon_box.positions / Bohr, argon_box.cell.array / Bohr, argon_box.pbc)
     atomic = ModelRunner(lj_model_path, length_unit="Bohr", energy_unit="Hartree").run(
-        [bohr_atoms], ["energy"], forces=True, virial=True)
+        [bohr_atoms], ["energy"], forces=True, virial=True
+    )
     assert_close(atomic["energy"] * Hartree, ase_result["energy"], 1e-12)
     assert_close(atomic["forces"] * Hartree / Bohr, ase_result["forces"], 1e-12)
     assert_close(atomic["virial"] * Hartree, ase_result["virial"], 1e-12)
@@ -233,9 +237,13 @@ def test_multi_property_output_has_one_derivative_per_property(tmp_path):
 
     path = str(tmp_path / "features.pt")
     export(
-        TwoFeatures(), path,
-        ModelCapabilities(outputs={"features": ModelOutput("length", "Angstrom", False, ["r2", "exp"])},
-                          atomic_types=[18], interaction_range=4.0),
+        TwoFeatures(),
+        path,
+        ModelCapabilities(
+            outputs={"features": ModelOutput("length", "Angstrom", False, ["r2", "exp"])},
+            atomic_types=[18],
+            interaction_range=4.0,
+        ),
         ModelMetadata(name="two features"),
     )
     runner = ModelRunner(path)
@@ -264,10 +272,15 @@ def test_full_list_lj_equals_half_list_lj(tmp_path, argon_box):
     for full in (False, True):
         path = str(tmp_path / f"lj-{full}.pt")
         export_lj(path, epsilon=AR_EPSILON, sigma=AR_SIGMA, cutoff=AR_CUTOFF, full_list=full)
-        results.append(ModelRunner(path).run(
-            [argon_box], ["energy", "energy/per_atom", "non_conservative_forces/per_atom", "non_conservative_stress"],
-            forces=True, virial=True, atomic_virial=True,
-        ))
+        results.append(
+            ModelRunner(path).run(
+                [argon_box],
+                ["energy", "energy/per_atom", "non_conservative_forces/per_atom", "non_conservative_stress"],
+                forces=True,
+                virial=True,
+                atomic_virial=True,
+            )
+        )
     half, full = results
     for key in half:
         assert_close(full[key], half[key])

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from bad_files import rewrite_metadata
+from structures import displaced_triclinic_argon
 from torch import Tensor
 
 from atomplug.core import (
@@ -24,8 +26,6 @@ from atomplug.core import (
     export,
     load_model,
 )
-from bad_files import rewrite_metadata
-from structures import displaced_triclinic_argon
 
 
 def test_reload_is_bit_identical_and_runs_with_only_torch(lj_model_path, tmp_path):
@@ -36,21 +36,28 @@ def test_reload_is_bit_identical_and_runs_with_only_torch(lj_model_path, tmp_pat
         assert np.array_equal(first[key], second[key])
 
     runner = ModelRunner(lj_model_path)
-    (pairs, shifts), = runner.neighbor_lists(runner_structure(atoms), use_cache=False)
-    np.savez(tmp_path / "inputs.npz", positions=atoms.positions, types=atoms.numbers.astype(np.int32),
-             cell=atoms.cell.array, pbc=atoms.pbc, pairs=pairs, shifts=shifts)
+    ((pairs, shifts),) = runner.neighbor_lists(runner_structure(atoms), use_cache=False)
+    np.savez(
+        tmp_path / "inputs.npz",
+        positions=atoms.positions,
+        types=atoms.numbers.astype(np.int32),
+        cell=atoms.cell.array,
+        pbc=atoms.pbc,
+        pairs=pairs,
+        shifts=shifts,
+    )
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
         import torch
-        data = np.load({str(tmp_path / 'inputs.npz')!r})
+        data = np.load({str(tmp_path / "inputs.npz")!r})
         model = torch.jit.load({lj_model_path!r})
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
         out = model(t(data["positions"]), t(data["types"]), t(data["cell"][None]), t(data["pbc"][None]),
                     torch.tensor([len(data["types"])]), [t(data["pairs"])], [t(data["shifts"])], ["energy"], None,
                     "energy", True, True, False, "Angstrom", "eV")
         assert not any(name.startswith("atomplug") for name in sys.modules), "atomplug was imported"
-        np.savez({str(tmp_path / 'outputs.npz')!r}, energy=out["energy"].numpy(), forces=out["forces"].numpy(),
+        np.savez({str(tmp_path / "outputs.npz")!r}, energy=out["energy"].numpy(), forces=out["forces"].numpy(),
                  virial=out["virial"].numpy())
     """)
     subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
@@ -136,8 +143,9 @@ class ToyModel(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.cutoff, False, True)]
 
-    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput],
-                selected_atoms: Optional[Tensor]) -> Dict[str, Tensor]:
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
         energies: List[Tensor] = []
         for system in systems:
             energies.append(system.get_neighbor_list(NeighborListOptions(self.cutoff, False, True)).distances().sum())
@@ -152,16 +160,22 @@ class ToyModel(torch.nn.Module):
 def toy_capabilities(**changes):
     values = dict(
         outputs={"energy": ModelOutput(quantity="energy", unit="eV", per_atom=False)},
-        atomic_types=[1, 8], interaction_range=3.0, length_unit="Angstrom", dtype="float64",
+        atomic_types=[1, 8],
+        interaction_range=3.0,
+        length_unit="Angstrom",
+        dtype="float64",
     )
     values.update(changes)
     return ModelCapabilities(**values)
 
 
-@pytest.mark.parametrize("mode,message", [
-    ("wrong-shape", "returned 'energy' with shape"),
-    ("missing-output", "did not return the output 'energy'"),
-])
+@pytest.mark.parametrize(
+    "mode,message",
+    [
+        ("wrong-shape", "returned 'energy' with shape"),
+        ("missing-output", "did not return the output 'energy'"),
+    ],
+)
 def test_export_refuses_a_model_that_breaks_its_declaration(tmp_path, mode, message):
     path = tmp_path / "broken.pt"
     with pytest.raises(ValueError, match=message):
@@ -172,11 +186,17 @@ def test_export_refuses_a_model_that_breaks_its_declaration(tmp_path, mode, mess
 
 def test_declared_unit_must_exist_and_fit(tmp_path):
     with pytest.raises(ValueError, match="furlong"):
-        export(ToyModel(), str(tmp_path / "m.pt"),
-               toy_capabilities(outputs={"energy": ModelOutput("energy", "furlong", False)}))
+        export(
+            ToyModel(),
+            str(tmp_path / "m.pt"),
+            toy_capabilities(outputs={"energy": ModelOutput("energy", "furlong", False)}),
+        )
     with pytest.raises(ValueError, match="not an energy unit"):
-        export(ToyModel(), str(tmp_path / "m.pt"),
-               toy_capabilities(outputs={"energy": ModelOutput("energy", "Angstrom", False)}))
+        export(
+            ToyModel(),
+            str(tmp_path / "m.pt"),
+            toy_capabilities(outputs={"energy": ModelOutput("energy", "Angstrom", False)}),
+        )
 
 
 @pytest.mark.parametrize("cutoff", [0.0, -1.0])
@@ -203,11 +223,21 @@ def test_unknown_atom_types(toy_runner):
     # The entry point itself (what LAMMPS and PLUMED call from C++) refuses them too.
     with pytest.raises(torch.jit.Error, match=r"atom types \[6\] are unknown to this model, which knows \[1, 8\]"):
         toy_runner.model.module(
-            torch.tensor(carbon_monoxide.positions), torch.tensor([6, 8], dtype=torch.int32),
-            torch.zeros((1, 3, 3), dtype=torch.float64), torch.zeros((1, 3), dtype=torch.bool),
-            torch.tensor([2]), [torch.zeros((0, 2), dtype=torch.int64)] * len(toy_runner.requests),
-            [torch.zeros((0, 3), dtype=torch.int32)] * len(toy_runner.requests), ["energy"], None,
-            "energy", False, False, False, "Angstrom", "eV",
+            torch.tensor(carbon_monoxide.positions),
+            torch.tensor([6, 8], dtype=torch.int32),
+            torch.zeros((1, 3, 3), dtype=torch.float64),
+            torch.zeros((1, 3), dtype=torch.bool),
+            torch.tensor([2]),
+            [torch.zeros((0, 2), dtype=torch.int64)] * len(toy_runner.requests),
+            [torch.zeros((0, 3), dtype=torch.int32)] * len(toy_runner.requests),
+            ["energy"],
+            None,
+            "energy",
+            False,
+            False,
+            False,
+            "Angstrom",
+            "eV",
         )
 
 

@@ -71,7 +71,9 @@ def runner(tmp_path_factory):
                 quantity="force", unit="eV/Angstrom", per_atom=True, properties=["x", "y", "z"]
             ),
             "non_conservative_stress": ModelOutput(
-                quantity="pressure", unit="eV/Angstrom^3", per_atom=False,
+                quantity="pressure",
+                unit="eV/Angstrom^3",
+                per_atom=False,
                 properties=["xx", "xy", "xz", "yx", "yy", "yz", "zx", "zy", "zz"],
             ),
         },
@@ -109,8 +111,9 @@ def test_isolated_virial_is_the_virial_of_the_direct_forces(runner):
 def test_otherwise_the_virial_is_the_energy_strain_derivative(runner, case):
     structure = cluster([True, True, False] if case == "slab" else True)
     selected = [0, 2, 3] if case == "selection" else None
-    direct = runner.run([structure], ["energy"], forces=True, virial=True, non_conservative=True,
-                        selected_atoms=selected)
+    direct = runner.run(
+        [structure], ["energy"], forces=True, virial=True, non_conservative=True, selected_atoms=selected
+    )
     gradient = runner.run([structure], ["energy"], forces=True, virial=True, selected_atoms=selected)
     np.testing.assert_allclose(direct["virial"], gradient["virial"], rtol=1e-13)
     assert not np.allclose(direct["forces"], gradient["forces"])  # the planted forces differ

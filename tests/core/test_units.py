@@ -65,8 +65,16 @@ CODATA_CASES = [
 ]
 
 ROUND_TRIP_UNITS = [
-    "eV", "meV", "Hartree", "Ry", "kcal/mol", "kJ/mol", "J", "erg",
-    "picogram*micrometer^2/microsecond^2", "attogram*nm^2/ns^2",
+    "eV",
+    "meV",
+    "Hartree",
+    "Ry",
+    "kcal/mol",
+    "kJ/mol",
+    "J",
+    "erg",
+    "picogram*micrometer^2/microsecond^2",
+    "attogram*nm^2/ns^2",
 ]
 
 MALFORMED = [
@@ -107,7 +115,7 @@ def _script_message(error: BaseException) -> str:
     last = str(error).strip().splitlines()[-1]
     marker = "ValueError: "
     assert marker in last, str(error)
-    return last[last.index(marker) + len(marker):]
+    return last[last.index(marker) + len(marker) :]
 
 
 def _python_message(function, *args) -> str:
@@ -121,10 +129,41 @@ def _python_message(function, *args) -> str:
 
 def test_table_has_required_symbols_and_shape():
     required = [
-        "ev", "mev", "hartree", "ha", "ry", "rydberg", "kcal", "kj", "j", "erg", "cal",
-        "angstrom", "a", "ang", "bohr", "nm", "pm", "m", "cm", "um", "micrometer",
-        "kg", "g", "picogram", "attogram", "amu", "u", "dalton",
-        "s", "fs", "ps", "ns", "us", "microsecond", "mol",
+        "ev",
+        "mev",
+        "hartree",
+        "ha",
+        "ry",
+        "rydberg",
+        "kcal",
+        "kj",
+        "j",
+        "erg",
+        "cal",
+        "angstrom",
+        "a",
+        "ang",
+        "bohr",
+        "nm",
+        "pm",
+        "m",
+        "cm",
+        "um",
+        "micrometer",
+        "kg",
+        "g",
+        "picogram",
+        "attogram",
+        "amu",
+        "u",
+        "dalton",
+        "s",
+        "fs",
+        "ps",
+        "ns",
+        "us",
+        "microsecond",
+        "mol",
     ]
     for symbol in required:
         assert symbol in TABLE, symbol
@@ -134,8 +173,16 @@ def test_table_has_required_symbols_and_shape():
         assert all(isinstance(x, float) for x in entry)
         assert entry[0] > 0.0 and math.isfinite(entry[0])
     assert TABLE["mol"] == [au._Nav, 0.0, 0.0, 0.0]
-    for alias, name in [("ha", "hartree"), ("rydberg", "ry"), ("a", "angstrom"), ("ang", "angstrom"),
-                        ("u", "amu"), ("dalton", "amu"), ("micrometer", "um"), ("microsecond", "us")]:
+    for alias, name in [
+        ("ha", "hartree"),
+        ("rydberg", "ry"),
+        ("a", "angstrom"),
+        ("ang", "angstrom"),
+        ("u", "amu"),
+        ("dalton", "amu"),
+        ("micrometer", "um"),
+        ("microsecond", "us"),
+    ]:
         assert TABLE[alias] == TABLE[name]
 
 
@@ -268,8 +315,11 @@ def test_dimension_mismatch(scripted):
 
 @pytest.mark.parametrize("expression, pattern", MALFORMED)
 def test_malformed_expressions(expression, pattern, scripted):
-    quoted = "invalid unit expression '" + expression.replace("*", "\\*").replace("(", "\\(").replace(
-        ")", "\\)").replace("^", "\\^") + "': "
+    quoted = (
+        "invalid unit expression '"
+        + expression.replace("*", "\\*").replace("(", "\\(").replace(")", "\\)").replace("^", "\\^")
+        + "': "
+    )
     with pytest.raises(ValueError, match=quoted + ".*" + pattern):
         parse_unit(expression, TABLE)
     with pytest.raises(torch.jit.Error, match=pattern) as info:
@@ -304,9 +354,20 @@ def test_check_dimension(scripted):
 
 
 def test_scripted_parse_is_bit_identical(scripted):
-    expressions = [case[0] for case in CODATA_CASES] + [case[1] for case in CODATA_CASES] + [
-        "eV*Angstrom^-3", "(eV)/(A)^(-3)", "0.1*nm", "2.5*nm", "1e-3*eV", "", "J/kg/s",
-    ] + [ENGINE_UNITS[engine][k] for engine in ENGINE_UNITS for k in range(2)]
+    expressions = (
+        [case[0] for case in CODATA_CASES]
+        + [case[1] for case in CODATA_CASES]
+        + [
+            "eV*Angstrom^-3",
+            "(eV)/(A)^(-3)",
+            "0.1*nm",
+            "2.5*nm",
+            "1e-3*eV",
+            "",
+            "J/kg/s",
+        ]
+        + [ENGINE_UNITS[engine][k] for engine in ENGINE_UNITS for k in range(2)]
+    )
     for expression in expressions:
         assert scripted["parse_unit"](expression, TABLE) == parse_unit(expression, TABLE), expression
 

@@ -89,7 +89,9 @@ class VolumeShiftedLJ(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return self.lj.requested_neighbor_lists()
 
-    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]) -> Dict[str, Tensor]:
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
         energies = self.lj(systems, outputs, selected_atoms)["energy"]
         per_atom = outputs["energy"].per_atom
         shifts: List[Tensor] = []
@@ -135,8 +137,20 @@ def test_planted_wrong_virial_for_one_engine_fails(lj_model_path, argon, tmp_pat
     structure = str(tmp_path / "argon.extxyz")
     ase.io.write(structure, argon)
     plot = str(tmp_path / "crosscheck.png")
-    run = atomplug_cli("crosscheck", lj_model_path, structure, "--ranks", "1", "--engines", "lammps",
-                       "--model-for", f"lammps={planted}", "--output", plot, "--quiet")
+    run = atomplug_cli(
+        "crosscheck",
+        lj_model_path,
+        structure,
+        "--ranks",
+        "1",
+        "--engines",
+        "lammps",
+        "--model-for",
+        f"lammps={planted}",
+        "--output",
+        plot,
+        "--quiet",
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "verdict: FAIL: LAMMPS 1 rank" in run.stdout
     assert "DIFFERS (virial beyond 1e-10)" in run.stdout
@@ -165,7 +179,10 @@ def test_cli_passes_on_a_slab_and_skips_what_cannot_run(lj_model_path, tmp_path)
         (["{model}", "{structure}", "--ranks", "one"], "--ranks takes comma-separated rank counts"),
         (["{model}", "{structure}", "--engines", "gromacs"], "unknown engine(s) gromacs in --engines"),
         (["{model}", "{structure}", "--model-for", "lammps"], "--model-for takes ENGINE=MODEL"),
-        (["{model}", "{structure}", "--model-for", "ase={model}"], "a model override is for 'ipi', 'lammps' or 'plumed'"),
+        (
+            ["{model}", "{structure}", "--model-for", "ase={model}"],
+            "a model override is for 'ipi', 'lammps' or 'plumed'",
+        ),
         (["{model}", "{structure}", "--index", ":"], "crosscheck takes one"),
         (["{model}", "{structure}", "--output", "/nonexistent/dir/plot.png"], "the directory of --output"),
         (["{model}", "{structure}", "--output", "plot.txt"], "give a .png, .pdf or .svg file name"),
@@ -175,8 +192,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(lj_model_path, tmp_path, arguments
     structure = str(tmp_path / "argon.extxyz")
     ase.io.write(structure, displaced_triclinic_argon(repeat=(2, 2, 2)))
     arguments = [a.format(model=lj_model_path, structure=structure) for a in arguments]
-    run = subprocess.run([shutil.which("atomplug", path=os.path.dirname(sys.executable)), "crosscheck", *arguments],
-                         capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    run = subprocess.run(
+        [shutil.which("atomplug", path=os.path.dirname(sys.executable)), "crosscheck", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("atomplug: error:"), run.stderr
@@ -189,7 +211,10 @@ def test_float32_model_agrees_within_its_documented_bound(argon, tmp_path):
     path = str(tmp_path / "lj32.pt")
     capabilities = ModelCapabilities(
         outputs={"energy": ModelOutput(quantity="energy", unit="eV", per_atom=True)},
-        atomic_types=[18], interaction_range=AR_CUTOFF, length_unit="Angstrom", dtype="float32",
+        atomic_types=[18],
+        interaction_range=AR_CUTOFF,
+        length_unit="Angstrom",
+        dtype="float32",
     )
     export(LennardJones(AR_EPSILON, AR_SIGMA, AR_CUTOFF), path, capabilities, ModelMetadata(name="LJ float32"))
     report = crosscheck(path, argon, ranks=(2,), engines=("ase", "lammps", "plumed"), workdir=str(tmp_path / "run"))

@@ -15,11 +15,10 @@ from ase import Atoms
 from ase.build import molecule
 from ase.collections import g2
 from ase.units import Hartree
+from structures import water_box
 
 from atomplug.core import ModelRunner, read_header
 from atomplug.examples.ani1x import TORCHANI_REQUIREMENT, export_ani1x, main, torchani_reference
-
-from structures import water_box
 
 TOLERANCE = 1e-9
 HCNO = {1, 6, 7, 8}
@@ -169,7 +168,9 @@ def test_batch_equals_one_by_one(runner):
         single = runner.run([atoms], ["energy", "energy_ensemble", "energy_uncertainty"], forces=True, virial=True)
         for key in ("energy", "energy_ensemble", "energy_uncertainty", "virial"):
             np.testing.assert_allclose(batch[key][index], single[key][0], rtol=1e-12, atol=1e-10)
-        np.testing.assert_allclose(batch["forces"][offsets[index] : offsets[index + 1]], single["forces"], rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(
+            batch["forces"][offsets[index] : offsets[index + 1]], single["forces"], rtol=1e-12, atol=1e-10
+        )
 
 
 def test_per_atom_ensemble_and_uncertainty_are_consistent(runner, oracle):

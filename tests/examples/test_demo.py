@@ -7,8 +7,13 @@ import sys
 
 
 def test_quick_demo_runs_every_engine_and_agrees(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "atomplug.examples.demo", "--quick"], cwd=str(tmp_path),
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "atomplug.examples.demo", "--quick"],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     for section in ("== ASE:", "== i-PI:", "== PLUMED:", "== LAMMPS:", "== atomplug crosscheck"):
         assert section in run.stdout, section

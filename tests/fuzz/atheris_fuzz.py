@@ -131,8 +131,18 @@ def campaign(targets: List[str], runs: int, artifacts: str) -> Dict[str, dict]:
         corpus = os.path.join(artifacts, f"corpus-{target}")
         os.makedirs(corpus, exist_ok=True)
         write_seeds(target, corpus)
-        command = [sys.executable, __file__, "--child", target, f"-runs={runs}", f"-max_len={max_length(corpus)}",
-                   "-timeout=30", f"-artifact_prefix={artifacts}/{target}-", "-print_final_stats=1", corpus]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            target,
+            f"-runs={runs}",
+            f"-max_len={max_length(corpus)}",
+            "-timeout=30",
+            f"-artifact_prefix={artifacts}/{target}-",
+            "-print_final_stats=1",
+            corpus,
+        ]
         start = time.perf_counter()
         process = subprocess.run(command, capture_output=True, text=True, errors="replace")
         seconds = time.perf_counter() - start
@@ -146,8 +156,11 @@ def campaign(targets: List[str], runs: int, artifacts: str) -> Dict[str, dict]:
             "exit_status": process.returncode,
         }
         status = "ok" if process.returncode == 0 and done else "FAILED"
-        print(f"atheris {target:>13}: {results[target]['runs']:>7} runs in {seconds:6.1f} s, "
-              f"{results[target]['coverage_edges']} edges covered: {status}", flush=True)
+        print(
+            f"atheris {target:>13}: {results[target]['runs']:>7} runs in {seconds:6.1f} s, "
+            f"{results[target]['coverage_edges']} edges covered: {status}",
+            flush=True,
+        )
         if status != "ok":
             print(log[-4000:], file=sys.stderr, flush=True)
     return results

@@ -32,5 +32,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     report = os.environ.get("ATOMPLUG_FUZZ_REPORT")
     if report:
         with open(report, "w") as handle:
-            json.dump({"campaign": fuzzing.CAMPAIGN_EXAMPLES, "cases": dict(fuzzing.COUNTS),
-                       "seconds": dict(fuzzing.SECONDS), "exit_status": int(exitstatus)}, handle, indent=1)
+            json.dump(
+                {
+                    "campaign": fuzzing.CAMPAIGN_EXAMPLES,
+                    "cases": dict(fuzzing.COUNTS),
+                    "seconds": dict(fuzzing.SECONDS),
+                    "exit_status": int(exitstatus),
+                },
+                handle,
+                indent=1,
+            )

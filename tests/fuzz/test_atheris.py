@@ -18,9 +18,21 @@ RUNS = 400
 def test_short_atheris_run(tmp_path, target):
     report = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, SCRIPT, "--runs", str(RUNS), "--target", target, "--artifacts", str(tmp_path / "atheris"),
-         "--report", str(report)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            SCRIPT,
+            "--runs",
+            str(RUNS),
+            "--target",
+            target,
+            "--artifacts",
+            str(tmp_path / "atheris"),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     counts = json.loads(report.read_text())[target]

@@ -18,19 +18,28 @@ import warnings
 import zipfile
 
 import pytest
+from fuzzing import counted, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from atomplug.core.archive import METADATA_FILE, LoadedModel, load_model, read_header
-from fuzzing import counted, fuzz_settings
 
 TIME_LIMIT = 20.0  # seconds for one load (torch compiles the archive's code): far below a hang
 METADATA_PATH = "archive/extra/" + METADATA_FILE
 COMPRESSIONS = [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
 ENTRY_NAMES = [
-    METADATA_PATH, "archive/data.pkl", "archive/constants.pkl", "archive/version", "archive/byteorder",
-    "archive/code/__torch__/m.py", "archive/data/0", "x/extra/" + METADATA_FILE, "data.pkl", "../evil",
-    "/abs/extra/" + METADATA_FILE, "",
+    METADATA_PATH,
+    "archive/data.pkl",
+    "archive/constants.pkl",
+    "archive/version",
+    "archive/byteorder",
+    "archive/code/__torch__/m.py",
+    "archive/data/0",
+    "x/extra/" + METADATA_FILE,
+    "data.pkl",
+    "../evil",
+    "/abs/extra/" + METADATA_FILE,
+    "",
 ]
 
 
@@ -113,11 +122,16 @@ def zip_archives(draw) -> bytes:
     """Random zip archives: random names (some ours), contents, compressions; then maybe cut or
     corrupted, so that zipfile's own error paths (CRC, truncation, bad headers) are reached."""
     buffer = io.BytesIO()
-    entries = draw(st.lists(
-        st.tuples(st.one_of(st.sampled_from(ENTRY_NAMES), st.text(max_size=30)), st.binary(max_size=600),
-                  st.sampled_from(COMPRESSIONS)),
-        max_size=6,
-    ))
+    entries = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(st.sampled_from(ENTRY_NAMES), st.text(max_size=30)),
+                st.binary(max_size=600),
+                st.sampled_from(COMPRESSIONS),
+            ),
+            max_size=6,
+        )
+    )
     with zipfile.ZipFile(buffer, "w") as archive, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate names are part of the fuzz
         for name, data, compression in entries:

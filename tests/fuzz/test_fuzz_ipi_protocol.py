@@ -18,14 +18,26 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
+from fuzzing import counted, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from atomplug.ipi_driver.protocol import (
-    EXIT, FORCEREADY, GETFORCE, HAVEDATA, INIT, MAX_BATCH, MAX_INIT_BYTES, NEEDINIT, POSDATA, READY, STATUS,
-    Client, ProtocolError, ServerLost,
+    EXIT,
+    FORCEREADY,
+    GETFORCE,
+    HAVEDATA,
+    INIT,
+    MAX_BATCH,
+    MAX_INIT_BYTES,
+    NEEDINIT,
+    POSDATA,
+    READY,
+    STATUS,
+    Client,
+    ProtocolError,
+    ServerLost,
 )
-from fuzzing import counted, fuzz_settings
 
 TIME_LIMIT = 10.0  # seconds for one conversation: far above its milliseconds, far below a hang
 MAX_ATOMS = 1000  # the fuzzed client's limit when it does not know the atom count
@@ -128,10 +140,12 @@ def messages(draw) -> bytes:
     if kind == "bytes":
         return draw(st.binary(max_size=64))
     if kind == "init":
-        text = draw(st.one_of(
-            st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
-            st.builds(lambda n: f"batch_size:{n}".encode(), st.one_of(SIZES, st.text(max_size=6))),
-        ))
+        text = draw(
+            st.one_of(
+                st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                st.builds(lambda n: f"batch_size:{n}".encode(), st.one_of(SIZES, st.text(max_size=6))),
+            )
+        )
         length = draw(st.one_of(st.just(len(text)), SIZES))
         return INIT + int32(draw(SIZES)) + int32(length) + text
     n_atoms = draw(SIZES)
@@ -216,7 +230,9 @@ def test_valid_conversations_round_trip_every_bit(conversation):
     if batch == 1:
         stream += POSDATA + cells[0].tobytes() + int32(n_atoms) + positions[0].tobytes()
     else:
-        stream += POSDATA + int32(n_atoms) + b"".join(c.tobytes() for c in cells) + b"".join(p.tobytes() for p in positions)
+        stream += (
+            POSDATA + int32(n_atoms) + b"".join(c.tobytes() for c in cells) + b"".join(p.tobytes() for p in positions)
+        )
     stream += STATUS + GETFORCE + STATUS + EXIT
     seen = []
 
@@ -231,7 +247,7 @@ def test_valid_conversations_round_trip_every_bit(conversation):
     outcome, client, answers = converse(stream, compute, n_atoms=n_atoms)
     assert outcome == "exit"
     assert client.replica == 7 and client.batch_size == batch
-    (got_cells, got_positions), = seen
+    ((got_cells, got_positions),) = seen
     for k in range(batch):
         assert got_cells[k].tobytes() == cells[k][:9].tobytes()
         assert got_positions[k].tobytes() == positions[k].tobytes()

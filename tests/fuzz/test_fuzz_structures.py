@@ -18,15 +18,15 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.geometry import cellpar_to_cell
 from ase.neighborlist import primitive_neighbor_list
+from fuzzing import counted, fuzz_settings
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from structures import AR_CUTOFF
 
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import neighbors
 from atomplug.core.neighbors import compute_pairs
 from atomplug.core.runner import ModelRunner, Structure
-from fuzzing import counted, fuzz_settings
-from structures import AR_CUTOFF
 
 NAN, INF = float("nan"), float("inf")
 SKIN = 0.5
@@ -126,9 +126,13 @@ def expected_fast(positions, cell, pbc) -> bool:
 
 @fuzz_settings("structures", 0.35, short=120)
 @given(structure=any_structures(), ask_stress=st.booleans())
-@example(structure=([18, 18, 18], np.array([[0.0, 0, 0], [1e6, 0, 0], [1e6, 3, 0]]), np.zeros((3, 3)), np.zeros(3, bool)),
-         ask_stress=False)  # vesin 0.6 divided by zero here (SIGFPE)
-@example(structure=([18, 18], np.array([[0.0, 0, 0], [1e12 + 5, 0, 0]]), np.eye(3) * 10, np.ones(3, bool)), ask_stress=True)
+@example(
+    structure=([18, 18, 18], np.array([[0.0, 0, 0], [1e6, 0, 0], [1e6, 3, 0]]), np.zeros((3, 3)), np.zeros(3, bool)),
+    ask_stress=False,
+)  # vesin 0.6 divided by zero here (SIGFPE)
+@example(
+    structure=([18, 18], np.array([[0.0, 0, 0], [1e12 + 5, 0, 0]]), np.eye(3) * 10, np.ones(3, bool)), ask_stress=True
+)
 @example(structure=([18], np.zeros((1, 3)), np.eye(3) * 0.01, np.ones(3, bool)), ask_stress=True)
 @example(structure=([2**32 + 18], np.zeros((1, 3)), np.eye(3) * 10, np.ones(3, bool)), ask_stress=False)
 @example(structure=([18, 18], np.zeros((2, 3)), np.zeros((3, 3)), np.zeros(3, bool)), ask_stress=False)
@@ -197,7 +201,9 @@ def valid_structures(draw):
     assume(abs(np.linalg.det(cell)) > 0.3 * np.prod(lengths))
     pbc = np.array(draw(st.lists(st.booleans(), min_size=3, max_size=3)))
     n_atoms = draw(st.integers(1, 12))
-    fractional = np.array(draw(st.lists(st.floats(-1.5, 2.5), min_size=3 * n_atoms, max_size=3 * n_atoms))).reshape(-1, 3)
+    fractional = np.array(draw(st.lists(st.floats(-1.5, 2.5), min_size=3 * n_atoms, max_size=3 * n_atoms))).reshape(
+        -1, 3
+    )
     atoms = Atoms("Ar" * n_atoms, scaled_positions=np.zeros((n_atoms, 3)), cell=cell, pbc=pbc)
     atoms.positions = fractional @ cell
     if n_atoms > 1:
@@ -215,8 +221,11 @@ def energy_and_forces(atoms: Atoms, calculator):
 
 
 @fuzz_settings("structures", 0.35, short=80)
-@given(atoms=valid_structures(), translation=st.lists(st.floats(-30.0, 30.0), min_size=3, max_size=3),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    atoms=valid_structures(),
+    translation=st.lists(st.floats(-30.0, 30.0), min_size=3, max_size=3),
+    seed=st.integers(0, 2**32 - 1),
+)
 @counted("structures")
 def test_valid_structures_respect_the_invariants_of_physics(calculator, atoms, translation, seed):
     energy, forces = energy_and_forces(atoms, calculator)
@@ -252,9 +261,7 @@ def test_valid_structures_respect_the_invariants_of_physics(calculator, atoms, t
 def pair_set(pairs, shifts, distances, cutoff, margin=1e-9):
     """(i, j, S) of pairs not within `margin` of the cutoff (where rounding may decide either way)."""
     return {
-        (int(a), int(b), *map(int, s))
-        for (a, b), s, d in zip(pairs, shifts, distances)
-        if abs(d - cutoff) > margin
+        (int(a), int(b), *map(int, s)) for (a, b), s, d in zip(pairs, shifts, distances) if abs(d - cutoff) > margin
     }
 
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from fuzzing import counted, fuzz_settings
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -23,7 +24,6 @@ from atomplug.core.units import (
     parse_unit,
     unit_table,
 )
-from fuzzing import counted, fuzz_settings
 
 TABLE = unit_table()
 COMPILED_PARSE = torch.jit.script(parse_unit)

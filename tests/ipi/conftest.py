@@ -1,7 +1,6 @@
 """Fixtures for the i-PI tests: exported models, a process manager, reference structures."""
 
 import pytest
-
 from ipi_harness import Processes, remove_test_sockets
 
 

@@ -22,7 +22,6 @@ from ase import Atoms
 from ase.build import molecule
 from ase.geometry import cellpar_to_cell
 from ase.units import Bohr, Hartree
-
 from structures import displaced_triclinic_argon
 
 BIN = os.path.dirname(sys.executable)
@@ -117,11 +116,14 @@ def write_ipi_xyz(path: str, frames: Sequence[Atoms], box_bohr: Optional[float] 
                 handle.write(f"{symbol} {x:.17e} {y:.17e} {z:.17e}\n")
 
 
-def socket_xml(name: str, *, unix: Optional[str] = None, port: Optional[int] = None, pbc: bool = True,
-               batch_size: int = 1) -> str:
+def socket_xml(
+    name: str, *, unix: Optional[str] = None, port: Optional[int] = None, pbc: bool = True, batch_size: int = 1
+) -> str:
     batch = f"<batch_size>{batch_size}</batch_size>" if batch_size > 1 else ""
     if unix is not None:
-        return f'<ffsocket name="{name}" mode="unix" pbc="{str(pbc).lower()}"><address>{unix}</address>{batch}</ffsocket>'
+        return (
+            f'<ffsocket name="{name}" mode="unix" pbc="{str(pbc).lower()}"><address>{unix}</address>{batch}</ffsocket>'
+        )
     return (
         f'<ffsocket name="{name}" mode="inet" pbc="{str(pbc).lower()}"><address>localhost</address>'
         f"<port>{port}</port>{batch}</ffsocket>"
@@ -149,8 +151,18 @@ def replay_xml(forcefield: str, n_atoms: int, n_frames: int, init: str, frames: 
 """
 
 
-def dynamics_xml(forcefield: str, init: str, *, steps: int, properties: str, dynamics: str, nbeads: int = 1,
-                 seed: int = 4242, temperature: float = 300.0, extra_output: str = "") -> str:
+def dynamics_xml(
+    forcefield: str,
+    init: str,
+    *,
+    steps: int,
+    properties: str,
+    dynamics: str,
+    nbeads: int = 1,
+    seed: int = 4242,
+    temperature: float = 300.0,
+    extra_output: str = "",
+) -> str:
     """An i-PI MD input: `dynamics` is the body of <dynamics> (mode set by the caller), `properties`
     the list printed every step to sim.out."""
     return f"""<simulation verbosity="low" floatformat="%.17e">
@@ -175,12 +187,26 @@ def dynamics_xml(forcefield: str, init: str, *, steps: int, properties: str, dyn
 """
 
 
-def pimd_xml(forcefield: str, init: str, *, steps: int, nbeads: int = 4, seed: int = 4242,
-             timestep_fs: float = 0.5, temperature: float = 300.0, extra_type: str = "raw") -> str:
+def pimd_xml(
+    forcefield: str,
+    init: str,
+    *,
+    steps: int,
+    nbeads: int = 4,
+    seed: int = 4242,
+    timestep_fs: float = 0.5,
+    temperature: float = 300.0,
+    extra_type: str = "raw",
+) -> str:
     """Path-integral NVT (PILE-L thermostat), recording per-bead potentials and each bead's
     extras (`extra_type` names one JSON field to print per bead; "raw" prints them all)."""
     return dynamics_xml(
-        forcefield, init, steps=steps, nbeads=nbeads, seed=seed, temperature=temperature,
+        forcefield,
+        init,
+        steps=steps,
+        nbeads=nbeads,
+        seed=seed,
+        temperature=temperature,
         properties="step, time{femtosecond}, conserved, temperature{kelvin}, kinetic_cv, potential, bead_potentials",
         extra_output=f"""
     <trajectory stride="1" filename="xtr" extra_type="{extra_type}" flush="1">extras</trajectory>""",
@@ -205,7 +231,11 @@ class Processes:
         handle = open(os.path.join(self.workdir, log), "w")
         environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
         process = subprocess.Popen(
-            list(command), cwd=self.workdir, stdout=handle, stderr=subprocess.STDOUT, env=environment,
+            list(command),
+            cwd=self.workdir,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=environment,
             start_new_session=True,
         )
         handle.close()
@@ -237,7 +267,7 @@ def wait(process: subprocess.Popen, timeout: float) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-        raise AssertionError(f"{process.args[0]} did not finish within {timeout} s:\n{log_text(process)}")
+        raise AssertionError(f"{process.args[0]} did not finish within {timeout} s:\n{log_text(process)}") from None
 
 
 def log_text(process: subprocess.Popen) -> str:
@@ -315,8 +345,15 @@ class Record:
         self.forces = per_atom[:, 1].copy()
 
 
-def replay(procs: Processes, frames: Sequence[Atoms], forcefield: str, *, box_bohr: Optional[float] = None,
-           start=None, timeout: float = 60.0):
+def replay(
+    procs: Processes,
+    frames: Sequence[Atoms],
+    forcefield: str,
+    *,
+    box_bohr: Optional[float] = None,
+    start=None,
+    timeout: float = 60.0,
+):
     """Replay `frames` in a real i-PI with `forcefield` (an <ffsocket>/<ffdirect> element named
     "model"); `start()` launches the clients once i-PI is starting. Returns the i-PI process
     and one Record per step."""

@@ -6,12 +6,20 @@ eV and Angstrom on the positions i-PI recorded. This checks the protocol, the ce
 (a triclinic box: h has the lattice vectors as columns), the virial transpose and the units.
 """
 
-from atomplug.ase_calculator import AtomplugCalculator
-
 from ipi_harness import (
-    agreement, argon_frames, free_port, log_text, molecule_frames, replay, socket_xml, unique_socket_name, wait,
+    agreement,
+    argon_frames,
+    free_port,
+    log_text,
+    molecule_frames,
+    replay,
+    socket_xml,
+    unique_socket_name,
+    wait,
     write_ipi_xyz,
 )
+
+from atomplug.ase_calculator import AtomplugCalculator
 
 TOLERANCE = 1e-8
 
@@ -40,8 +48,11 @@ def test_molecule_ani1x_over_inet_socket(procs, ani1x_path, tmp_path):
     base.write(template)  # a plain xyz: a molecule, the i-PI box is ignored
 
     def start():
-        return [procs.client("--model", ani1x_path, "--structure", str(template), "--address", "localhost",
-                             "--port", str(port))]
+        return [
+            procs.client(
+                "--model", ani1x_path, "--structure", str(template), "--address", "localhost", "--port", str(port)
+            )
+        ]
 
     # pbc="false": i-PI must not wrap the molecule's atoms into its box
     forcefield = socket_xml("model", port=port, pbc=False)
@@ -60,8 +71,9 @@ def test_non_conservative_forces_and_stress(procs, lj_model_path, tmp_path):
     template = tmp_path / "init-ipi.xyz"  # i-PI's own xyz format, CELL comment: periodic
 
     def start():
-        return [procs.client("--model", lj_model_path, "--structure", str(template), "--unix", name,
-                             "--non-conservative")]
+        return [
+            procs.client("--model", lj_model_path, "--structure", str(template), "--unix", name, "--non-conservative")
+        ]
 
     write_ipi_xyz(str(template), [base])
     _, clients, records = replay(procs, frames, socket_xml("model", unix=name), start=start)

@@ -15,13 +15,20 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 from ase.units import Bohr
-
-from atomplug.ipi_driver.evaluator import DriverError, IPIEvaluator
-
 from bad_files import MODEL_FILE_FIX, MODEL_FILE_KINDS, MODEL_FILE_PROBLEMS, unpickled_marker, write_model_file
 from ipi_harness import (
-    argon_frames, executable, log_text, pimd_xml, replay, socket_xml, unique_socket_name, wait, write_ipi_xyz,
+    argon_frames,
+    executable,
+    log_text,
+    pimd_xml,
+    replay,
+    socket_xml,
+    unique_socket_name,
+    wait,
+    write_ipi_xyz,
 )
+
+from atomplug.ipi_driver.evaluator import DriverError, IPIEvaluator
 
 
 def water_file(directory) -> str:
@@ -44,7 +51,9 @@ def test_command_refuses_a_pickle_without_unpickling_it(lj_model_path, tmp_path)
     model = write_model_file("torch-save-pickle", tmp_path, lj_model_path)
     run = subprocess.run(
         [executable("atomplug-ipi"), "--model", model, "--structure", water_file(tmp_path), "--unix", "never-used"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("atomplug-ipi: error: "), run.stderr
@@ -77,10 +86,30 @@ GOOD_POSITIONS = np.array([[0.0, 0.0, 0.0], [3.8, 0.0, 0.0]]) / Bohr
 
 REQUESTS = {
     # case: (i-PI's cell h, positions, problem, fix), for a periodic two-argon template
-    "nan-position": (GOOD_H, np.where([[False] * 3, [False, True, False]], np.nan, GOOD_POSITIONS), r"atom\(s\) \[1\] are NaN or infinite", r"fix the structure before evaluating"),
-    "infinite-position": (GOOD_H, np.where([[True, False, False], [False] * 3], np.inf, GOOD_POSITIONS), r"atom\(s\) \[0\] are NaN or infinite", r"fix the structure before evaluating"),
-    "overlapping-atoms": (GOOD_H, np.zeros((2, 3)), r"atoms 0 and 1 are only 0 Bohr apart \(overlapping atoms", r"remove the duplicate atom or move the atoms apart"),
-    "singular-cell": (np.array([[12.0, 12.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 12.0]]) / Bohr, GOOD_POSITIONS, r"periodic cell vectors are linearly dependent \(the cell is flat\)", r"give a cell with a non-zero volume"),
+    "nan-position": (
+        GOOD_H,
+        np.where([[False] * 3, [False, True, False]], np.nan, GOOD_POSITIONS),
+        r"atom\(s\) \[1\] are NaN or infinite",
+        r"fix the structure before evaluating",
+    ),
+    "infinite-position": (
+        GOOD_H,
+        np.where([[True, False, False], [False] * 3], np.inf, GOOD_POSITIONS),
+        r"atom\(s\) \[0\] are NaN or infinite",
+        r"fix the structure before evaluating",
+    ),
+    "overlapping-atoms": (
+        GOOD_H,
+        np.zeros((2, 3)),
+        r"atoms 0 and 1 are only 0 Bohr apart \(overlapping atoms",
+        r"remove the duplicate atom or move the atoms apart",
+    ),
+    "singular-cell": (
+        np.array([[12.0, 12.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 12.0]]) / Bohr,
+        GOOD_POSITIONS,
+        r"periodic cell vectors are linearly dependent \(the cell is flat\)",
+        r"give a cell with a non-zero volume",
+    ),
 }
 
 
@@ -99,8 +128,10 @@ def test_bad_structure_from_the_server(case, lj_model_path, tmp_path):
 
 def test_template_without_atoms(lj_model_path, tmp_path):
     empty = tmp_path / "empty.extxyz"
-    empty.write_text("0\nLattice=\"10 0 0 0 10 0 0 0 10\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\n")
-    with pytest.raises(DriverError, match=r"the structure file '.*empty.extxyz' holds no atoms: give the file i-PI starts from"):
+    empty.write_text('0\nLattice="10 0 0 0 10 0 0 0 10" Properties=species:S:1:pos:R:3 pbc="T T T"\n')
+    with pytest.raises(
+        DriverError, match=r"the structure file '.*empty.extxyz' holds no atoms: give the file i-PI starts from"
+    ):
         IPIEvaluator(lj_model_path, str(empty))
 
 
@@ -117,8 +148,10 @@ def test_atom_count_differs_from_the_server(procs, lj_model_path, tmp_path):
     status = wait(client, 60)
     text = log_text(client)
     assert status == 1, text
-    assert "atomplug-ipi: error: i-PI sends 5 atoms but the structure file has 3: give atomplug-ipi the structure " \
-           "that i-PI simulates" in text
+    assert (
+        "atomplug-ipi: error: i-PI sends 5 atoms but the structure file has 3: give atomplug-ipi the structure "
+        "that i-PI simulates" in text
+    )
     assert "Traceback" not in text
     assert time.monotonic() - started < 60
     assert server.poll() is None  # i-PI itself waits for a client that fits (the test ends it)

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import molecule
+from ipi_harness import (
+    executable,
+    free_port,
+    kill,
+    log_text,
+    pimd_xml,
+    socket_xml,
+    unique_socket_name,
+    wait,
+    wait_for_rows,
+    write_ipi_xyz,
+)
 
 from atomplug.ipi_driver.evaluator import DriverError, IPIEvaluator
 from atomplug.ipi_driver.protocol import Client, ConnectError, ProtocolError, ServerLost, connect
-
-from ipi_harness import (
-    executable, free_port, kill, log_text, pimd_xml, socket_xml, unique_socket_name, wait, wait_for_rows,
-    write_ipi_xyz,
-)
 
 
 def run_client(*args, timeout=60):
@@ -66,8 +73,9 @@ def test_server_that_never_comes_up(tmp_path, lj_model_path):
     argon = tmp_path / "argon.xyz"
     Atoms("Ar", positions=[[0, 0, 0]]).write(argon)
     name = unique_socket_name("never")
-    run, elapsed = run_client("--model", lj_model_path, "--structure", str(argon), "--unix", name,
-                              "--connect-timeout", "2")
+    run, elapsed = run_client(
+        "--model", lj_model_path, "--structure", str(argon), "--unix", name, "--connect-timeout", "2"
+    )
     assert run.returncode == 1
     assert "waiting for i-PI" in run.stdout
     assert "no i-PI server" in run.stderr and "--connect-timeout" in run.stderr

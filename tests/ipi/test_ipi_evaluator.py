@@ -7,11 +7,10 @@ does, every result must equal a fresh evaluation by the core (no cache) on what 
 
 import numpy as np
 from ase.units import Bohr
+from ipi_harness import argon_frames, write_ipi_xyz
 
 from atomplug.core import ModelRunner, Structure
 from atomplug.ipi_driver.evaluator import IPIEvaluator
-
-from ipi_harness import argon_frames, write_ipi_xyz
 
 
 def test_wrapped_interleaved_beads_match_fresh_evaluations(lj_model_path, tmp_path):
@@ -26,14 +25,15 @@ def test_wrapped_interleaved_beads_match_fresh_evaluations(lj_model_path, tmp_pa
     beads = [base.positions / Bohr + rng.normal(0.0, 0.15, size=base.positions.shape) for _ in range(4)]
     velocities = [rng.normal(0.0, 0.02, size=base.positions.shape) for _ in range(4)]
     worst = 0.0
-    for step in range(30):
+    for _step in range(30):
         for bead in range(4):
             beads[bead] = beads[bead] + velocities[bead]
             fractional = beads[bead] @ inverse
             wrapped = (fractional - np.floor(fractional)) @ (base.cell.array / Bohr)  # as i-PI sends them
             energy, forces, virial, extras = evaluator(h, wrapped)
-            fresh = reference.run([Structure(base.numbers, wrapped, h.T, True)], ["energy"], forces=True,
-                                  virial=True, use_cache=False)
+            fresh = reference.run(
+                [Structure(base.numbers, wrapped, h.T, True)], ["energy"], forces=True, virial=True, use_cache=False
+            )
             assert extras == ""
             worst = max(
                 worst,

@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 from ase.units import Bohr, Hartree
+from ipi_harness import log_text, molecule_frames, read_extras, replay, socket_xml, unique_socket_name, wait
 
 from atomplug.ase_calculator import AtomplugCalculator
-
-from ipi_harness import log_text, molecule_frames, read_extras, replay, socket_xml, unique_socket_name, wait
 
 EXTRAS = ["energy/per_atom", "energy_uncertainty", "energy_ensemble"]
 
@@ -21,8 +20,11 @@ def test_extras_json_reaches_ipi_output(procs, ani1x_path, tmp_path):
     name = unique_socket_name("extras")
 
     def start():
-        return [procs.client("--model", ani1x_path, "--structure", str(template), "--unix", name,
-                             "--extras", ",".join(EXTRAS))]
+        return [
+            procs.client(
+                "--model", ani1x_path, "--structure", str(template), "--unix", name, "--extras", ",".join(EXTRAS)
+            )
+        ]
 
     _, clients, records = replay(procs, frames, socket_xml("model", unix=name, pbc=False), box_bohr=40.0, start=start)
     assert wait(clients[0], 30) == 0, log_text(clients[0])

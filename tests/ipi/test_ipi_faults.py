@@ -13,7 +13,6 @@ import time
 
 import pytest
 from ase import Atoms
-
 from bad_files import FRAGILE_LIMIT, FRAGILE_MESSAGE, export_fragile
 from ipi_harness import log_text, pimd_xml, socket_xml, unique_socket_name, wait, write_ipi_xyz
 
@@ -33,8 +32,10 @@ def test_model_that_raises(procs, tmp_path, exit_on_disconnect):
     status = wait(client, 60)
     text = log_text(client)
     assert status == 1, text
-    assert (f"atomplug-ipi: error: the model failed on the structure i-PI sent: the model's own code raised "
-            f"RuntimeError: {FRAGILE_MESSAGE} (the model refuses this input") in text
+    assert (
+        f"atomplug-ipi: error: the model failed on the structure i-PI sent: the model's own code raised "
+        f"RuntimeError: {FRAGILE_MESSAGE} (the model refuses this input"
+    ) in text
     assert "Traceback" not in text
     if exit_on_disconnect:
         assert wait(server, 30) == 0, log_text(server)  # i-PI's soft exit (restartable), not a hang

@@ -8,12 +8,20 @@ the ASE calculator).
 import os
 import time
 
+from ipi_harness import (
+    agreement,
+    argon_frames,
+    executable,
+    log_text,
+    replay,
+    socket_xml,
+    unique_socket_name,
+    wait,
+    write_ipi_xyz,
+)
+
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.ipi_driver import custom_driver_path
-
-from ipi_harness import (
-    agreement, argon_frames, executable, log_text, replay, socket_xml, unique_socket_name, wait, write_ipi_xyz,
-)
 
 TOLERANCE = 1e-8
 
@@ -37,8 +45,16 @@ def test_ipi_py_driver_custom_mode(procs, lj_model_path, tmp_path):
         while not os.path.exists("/tmp/ipi_" + name) and time.monotonic() < deadline:
             time.sleep(0.05)
         command = [
-            executable("i-pi-py_driver"), "-m", "custom", "-P", custom_driver_path(), "-u", "-a", name,
-            "-o", f"model={lj_model_path},template={template},name=pydriver,threads=1",
+            executable("i-pi-py_driver"),
+            "-m",
+            "custom",
+            "-P",
+            custom_driver_path(),
+            "-u",
+            "-a",
+            name,
+            "-o",
+            f"model={lj_model_path},template={template},name=pydriver,threads=1",
         ]
         return [procs.command(command, "py_driver.log")]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from ase.build import bulk
-
 from ipi_harness import dynamics_xml, log_text, read_properties, socket_xml, unique_socket_name, wait, write_ipi_xyz
 from structures import AR_LATTICE, NVE_DRIFT_TOLERANCE, linear_drift
 
@@ -22,7 +21,11 @@ TEMPERATURE_K = 60.0
 
 def nve_xml(forcefield: str, init: str) -> str:
     return dynamics_xml(
-        forcefield, init, steps=STEPS, seed=31415, temperature=TEMPERATURE_K,
+        forcefield,
+        init,
+        steps=STEPS,
+        seed=31415,
+        temperature=TEMPERATURE_K,
         properties="step, time{femtosecond}, conserved{electronvolt}, potential{electronvolt}, "
         "kinetic_md{electronvolt}, temperature{kelvin}",
         dynamics=f'<dynamics mode="nve"><timestep units="femtosecond">{TIMESTEP_FS}</timestep></dynamics>',

@@ -4,10 +4,18 @@ import os
 import re
 
 import numpy as np
-
 from ipi_harness import (
-    kill, log_text, molecule_frames, pimd_xml, read_extras, read_properties, socket_xml, unique_socket_name,
-    wait, wait_for_rows, write_ipi_xyz,
+    kill,
+    log_text,
+    molecule_frames,
+    pimd_xml,
+    read_extras,
+    read_properties,
+    socket_xml,
+    unique_socket_name,
+    wait,
+    wait_for_rows,
+    write_ipi_xyz,
 )
 
 STEPS = 80
@@ -28,9 +36,15 @@ def test_two_clients_share_beads_and_survive_losing_one(procs, ani1x_path, tmp_p
     base.write(template)
     write_ipi_xyz(str(tmp_path / "init.xyz"), [base], box_bohr=30.0)
     name = unique_socket_name("pimd")
-    server = procs.ipi(pimd_xml(socket_xml("model", unix=name, pbc=False), "init.xyz", steps=STEPS, extra_type="client"))
-    first = procs.client("--model", ani1x_path, "--structure", str(template), "--unix", name, "--name", "A", log="A.log")
-    second = procs.client("--model", ani1x_path, "--structure", str(template), "--unix", name, "--name", "B", log="B.log")
+    server = procs.ipi(
+        pimd_xml(socket_xml("model", unix=name, pbc=False), "init.xyz", steps=STEPS, extra_type="client")
+    )
+    first = procs.client(
+        "--model", ani1x_path, "--structure", str(template), "--unix", name, "--name", "A", log="A.log"
+    )
+    second = procs.client(
+        "--model", ani1x_path, "--structure", str(template), "--unix", name, "--name", "B", log="B.log"
+    )
 
     wait_for_rows(str(tmp_path / "sim.out"), 15, timeout=90, process=server)
     kill(first)  # SIGKILL: no goodbye, possibly in the middle of a request

@@ -56,8 +56,15 @@ mass * 39.948
 """
 
 
-def run_lmp(workdir, text: str, nprocs: int = 1, name: str = "in.lammps", timeout: float = TIMEOUT,
-            check: bool = True, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def run_lmp(
+    workdir,
+    text: str,
+    nprocs: int = 1,
+    name: str = "in.lammps",
+    timeout: float = TIMEOUT,
+    check: bool = True,
+    env: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
     """`lmp -in <name>` (1 rank) or `mpiexec -n N lmp -in <name>` in `workdir`."""
     check_tools()
     workdir = str(workdir)
@@ -81,8 +88,9 @@ def run_python(workdir, script: str, timeout: float = TIMEOUT) -> subprocess.Com
     path = os.path.join(str(workdir), "driver.py")
     with open(path, "w") as handle:
         handle.write(script)
-    result = subprocess.run([sys.executable, path], cwd=str(workdir), env=environment(), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, path], cwd=str(workdir), env=environment(), capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise AssertionError(f"python driver failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

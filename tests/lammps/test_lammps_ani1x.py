@@ -7,13 +7,11 @@ One rank runs through the `lammps` Python module (as a user script would), two r
 from __future__ import annotations
 
 import json
-import os
 
 import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-
 from lammps_harness import lammps_cell, read_dump, read_values, relative_difference, run_lmp, run_python
 from structures import water_box
 

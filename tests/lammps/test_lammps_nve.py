@@ -8,12 +8,9 @@ many times, so the plugin's atom mapping is rebuilt many times along the way.
 
 from __future__ import annotations
 
-import os
-
 import ase.io
 import numpy as np
 import pytest
-
 from lammps_harness import read_dump, run_lmp
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, NVE_DRIFT_TOLERANCE, displaced_triclinic_argon, linear_drift
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-
 from lammps_harness import read_dump, read_values, relative_difference, run_lmp
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
 
@@ -17,7 +16,9 @@ def evaluate(label: str, pair: str, pressure: bool = True) -> str:
     thermo = "step pe c_pv[1] c_pv[2] c_pv[3] c_pv[4] c_pv[5] c_pv[6]" if pressure else "step pe"
     values = (
         " pxx=$(c_pv[1]:%.17g) pyy=$(c_pv[2]:%.17g) pzz=$(c_pv[3]:%.17g) pxy=$(c_pv[4]:%.17g)"
-        " pxz=$(c_pv[5]:%.17g) pyz=$(c_pv[6]:%.17g)" if pressure else ""
+        " pxz=$(c_pv[5]:%.17g) pyz=$(c_pv[6]:%.17g)"
+        if pressure
+        else ""
     )
     return f"""
 clear

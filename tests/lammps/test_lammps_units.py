@@ -10,12 +10,11 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
+from lammps_harness import read_dump, read_values, relative_difference, run_lmp
+from structures import displaced_triclinic_argon
 
 from atomplug.core import conversion_factor
 from atomplug.core.units import ENGINE_UNITS
-
-from lammps_harness import read_dump, read_values, relative_difference, run_lmp
-from structures import displaced_triclinic_argon
 
 TOLERANCE = 1e-10
 STYLES = [key.split(":", 1)[1] for key in ENGINE_UNITS if key.startswith("lammps:")]

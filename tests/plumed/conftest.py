@@ -1,7 +1,5 @@
 """Fixtures for the PLUMED tests: the compiled ATOMPLUG plugin and exported test models."""
 
-import os
-
 import pytest
 
 
@@ -16,8 +14,9 @@ def plugin():
 @pytest.fixture(scope="session")
 def plumed_models(tmp_path_factory):
     """Exported models: coordination (Angstrom), coordination in vacuum form, distance, two-property."""
-    from atomplug.examples.coordination import export_coordination
     from plumed_testing import export_distance, export_two_coordinations
+
+    from atomplug.examples.coordination import export_coordination
 
     directory = tmp_path_factory.mktemp("plumed-models")
     paths = {
@@ -31,7 +30,14 @@ def plumed_models(tmp_path_factory):
     }
     export_coordination(paths["coordination"], r0=3.0, d_max=8.0, types_a=[8], types_b=[1])
     export_coordination(
-        paths["coordination_general"], r0=0.25, d0=0.05, nn=8, mm=14, d_max=0.9, types_a=[8], types_b=[1],
+        paths["coordination_general"],
+        r0=0.25,
+        d0=0.05,
+        nn=8,
+        mm=14,
+        d_max=0.9,
+        types_a=[8],
+        types_b=[1],
         length_unit="nm",
     )
     export_distance(paths["distance"])

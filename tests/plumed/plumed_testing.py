@@ -30,7 +30,9 @@ def write_xyz(path: str, frames: Sequence[np.ndarray], box: Optional[np.ndarray]
                 handle.write("X %.12f %.12f %.12f\n" % tuple(position))
 
 
-def random_frames(n_atoms: int, n_frames: int, extent: float, seed: int, min_distance: float = 0.08) -> List[np.ndarray]:
+def random_frames(
+    n_atoms: int, n_frames: int, extent: float, seed: int, min_distance: float = 0.08
+) -> List[np.ndarray]:
     """Random positions in [0, extent)^3, no two atoms closer than min_distance (no 0/0 anywhere)."""
     rng = np.random.default_rng(seed)
     frames = []
@@ -52,7 +54,9 @@ def run_driver(directory: str, plumed_input: str, trajectory: str, *extra: str) 
 
 
 def check_run(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"plumed driver failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"plumed driver failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
 
 
 def read_colvar(path: str) -> Dict[str, np.ndarray]:
@@ -103,20 +107,26 @@ class PairDistance(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.cutoff, False, True)]
 
-    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]) -> Dict[str, Tensor]:
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
         options = NeighborListOptions(self.cutoff, False, True)
         values: List[Tensor] = []
         for system in systems:
             neighbors = system.get_neighbor_list(options)
             types_i = system.types.index_select(0, neighbors.pairs[:, 0])
             types_j = system.types.index_select(0, neighbors.pairs[:, 1])
-            mask = ((types_i == self.first) & (types_j == self.second)) | ((types_i == self.second) & (types_j == self.first))
+            mask = ((types_i == self.first) & (types_j == self.second)) | (
+                (types_i == self.second) & (types_j == self.first)
+            )
             distances = torch.linalg.vector_norm(neighbors.vectors, dim=1)
             values.append((distances * mask.to(distances.dtype)).sum().reshape(1))
         return {"test::distance": torch.cat(values).reshape(-1, 1)}
 
 
-def export_distance(path: str, cutoff: float = 9.0, types: Tuple[int, int] = (6, 8), length_unit: str = "Angstrom") -> None:
+def export_distance(
+    path: str, cutoff: float = 9.0, types: Tuple[int, int] = (6, 8), length_unit: str = "Angstrom"
+) -> None:
     """Distance model: output 'test::distance', quantity length, in Angstrom (converted by the entry point)."""
     capabilities = ModelCapabilities(
         outputs={"test::distance": ModelOutput(quantity="length", unit=length_unit, per_atom=False)},
@@ -139,7 +149,9 @@ class TwoCoordinations(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.d_max, False, True)]
 
-    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]) -> Dict[str, Tensor]:
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
         first = self.first(systems, outputs, selected_atoms)["features"]
         second = self.second(systems, outputs, selected_atoms)["features"]
         return {"features": torch.cat([first, second], dim=1)}
@@ -163,9 +175,21 @@ def core_has_multi_property_gradients(model_path: str) -> bool:
     positions = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]], dtype=torch.float64)
     try:
         module(
-            positions, torch.tensor([8, 1], dtype=torch.int32), torch.zeros(1, 3, 3, dtype=torch.float64),
-            torch.zeros(1, 3, dtype=torch.bool), torch.tensor([2]), [torch.tensor([[0, 1]])],
-            [torch.zeros(1, 3, dtype=torch.int32)], ["features"], None, "features", True, False, False, "nm", "kJ/mol",
+            positions,
+            torch.tensor([8, 1], dtype=torch.int32),
+            torch.zeros(1, 3, 3, dtype=torch.float64),
+            torch.zeros(1, 3, dtype=torch.bool),
+            torch.tensor([2]),
+            [torch.tensor([[0, 1]])],
+            [torch.zeros(1, 3, dtype=torch.int32)],
+            ["features"],
+            None,
+            "features",
+            True,
+            False,
+            False,
+            "nm",
+            "kJ/mol",
         )
     except torch.jit.Error as error:
         if "single-valued" in str(error):

@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-
 from plumed_testing import (
     FMT,
     assert_close,
@@ -52,7 +51,12 @@ def restrained_runs(directory, plugin, trajectory, native, atomplug, native_labe
 
 @pytest.mark.parametrize(
     "geometry, model",
-    [("periodic", "coordination"), ("periodic", "coordination_general"), ("vacuum", "coordination"), ("vacuum", "coordination_general")],
+    [
+        ("periodic", "coordination"),
+        ("periodic", "coordination_general"),
+        ("vacuum", "coordination"),
+        ("vacuum", "coordination_general"),
+    ],
 )
 def test_coordination_matches_native(tmp_path, plugin, plumed_models, geometry, model):
     frames = random_frames(30, 4, 2.4, seed=11)
@@ -186,7 +190,9 @@ def test_verlet_skin_lists_follow_an_md_trajectory(tmp_path, plugin, plumed_mode
         write_xyz(str(tmp_path / "second.xyz"), frames[6:], TRICLINIC_BOX * 1.03)
         handle.write(open(str(tmp_path / "second.xyz")).read())
     native = f"ref: COORDINATION GROUPA=1-10 GROUPB=11-30 SWITCH={SWITCHES['coordination']}"
-    atomplug = f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1{skin}"
+    atomplug = (
+        f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1{skin}"
+    )
     runs = restrained_runs(str(tmp_path), plugin, trajectory, native, atomplug)
     assert len(runs["cv"][0]["cv"]) == 12
     assert_close(runs["cv"][0]["cv"], runs["cv"][0]["ref"], what="values")

@@ -6,7 +6,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-
 from plumed_testing import random_frames, run_driver, write_xyz
 
 
@@ -68,7 +67,8 @@ def test_species_input_mistakes(plugin, plumed_models):
 
 def test_unknown_output_name(plugin, plumed_models):
     message = plumed_error(
-        plugin, f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1 OUTPUT=energy"
+        plugin,
+        f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1 OUTPUT=energy",
     )
     assert "the model has no output 'energy' (it declares: features)" in message
 

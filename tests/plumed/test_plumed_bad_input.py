@@ -16,7 +16,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-
 from bad_files import MODEL_FILE_FIX, MODEL_FILE_KINDS, MODEL_FILE_PROBLEMS, unpickled_marker, write_model_file
 from plumed_testing import read_colvar, run_driver, write_xyz
 
@@ -89,8 +88,9 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("case", list(DEVICES))
 def test_bad_device(case, plugin, lj_model_path):
     device, expected = DEVICES[case]
-    message = input_error(plugin, f"cv: ATOMPLUG MODEL={lj_model_path} SPECIES1=1-30 SPECIES_TO_TYPES=18 OUTPUT=energy "
-                                  f"DEVICE={device}")
+    message = input_error(
+        plugin, f"cv: ATOMPLUG MODEL={lj_model_path} SPECIES1=1-30 SPECIES_TO_TYPES=18 OUTPUT=energy DEVICE={device}"
+    )
     assert re.search(expected, message), message
 
 
@@ -123,9 +123,21 @@ def overlapping(positions: np.ndarray) -> np.ndarray:
 
 STRUCTURES = {
     # case: (positions, problem, fix)
-    "nan-position": (lambda p: with_value(p, 6, np.nan), r"ATOMPLUG cv: atom 7 has a NaN or infinite position", r"fix the positions PLUMED receives"),
-    "infinite-position": (lambda p: with_value(p, 6, np.inf), r"ATOMPLUG cv: atom 7 has a NaN or infinite position", r"fix the positions PLUMED receives"),
-    "overlapping-atoms": (overlapping, r"ATOMPLUG cv: the model returned NaN or infinite values in '.*': atoms 2 and 4 are only 0 nm apart \(overlapping atoms", r"remove the duplicate atom or move the atoms apart"),
+    "nan-position": (
+        lambda p: with_value(p, 6, np.nan),
+        r"ATOMPLUG cv: atom 7 has a NaN or infinite position",
+        r"fix the positions PLUMED receives",
+    ),
+    "infinite-position": (
+        lambda p: with_value(p, 6, np.inf),
+        r"ATOMPLUG cv: atom 7 has a NaN or infinite position",
+        r"fix the positions PLUMED receives",
+    ),
+    "overlapping-atoms": (
+        overlapping,
+        r"ATOMPLUG cv: the model returned NaN or infinite values in '.*': atoms 2 and 4 are only 0 nm apart \(overlapping atoms",
+        r"remove the duplicate atom or move the atoms apart",
+    ),
 }
 
 
@@ -144,12 +156,16 @@ def test_bad_positions_are_a_plumed_error(case, plugin, lj_model_path, tmp_path)
 def test_nan_position_under_plumed_driver(plugin, lj_model_path, tmp_path):
     trajectory = str(tmp_path / "trajectory.xyz")
     write_xyz(trajectory, [argon_positions(12), with_value(argon_positions(12), 6, np.nan)], np.eye(3) * 3.0)
-    result = run_driver(str(tmp_path), "\n".join([f"LOAD FILE={plugin}"] + lj_cv(lj_model_path, 12, "COLVAR")) + "\n",
-                        trajectory)
+    result = run_driver(
+        str(tmp_path), "\n".join([f"LOAD FILE={plugin}"] + lj_cv(lj_model_path, 12, "COLVAR")) + "\n", trajectory
+    )
     output = result.stdout + result.stderr
     assert result.returncode != 0 and result.returncode not in (-signal.SIGSEGV, 128 + signal.SIGSEGV), output[-3000:]
     assert "Segmentation" not in output
-    assert "ATOMPLUG cv: atom 7 has a NaN or infinite position: the trajectory or the MD engine's state is broken" in output
+    assert (
+        "ATOMPLUG cv: atom 7 has a NaN or infinite position: the trajectory or the MD engine's state is broken"
+        in output
+    )
     assert len(read_colvar(str(tmp_path / "COLVAR"))["cv"]) == 1  # the good frame was computed
 
 

@@ -8,7 +8,6 @@ import signal
 
 import numpy as np
 import pytest
-
 from bad_files import FRAGILE_LIMIT, FRAGILE_MESSAGE, export_fragile
 from plumed_testing import run_driver, write_xyz
 from test_plumed_bad_input import Session, error_chain
@@ -21,8 +20,10 @@ def chain(n_atoms: int) -> np.ndarray:
 
 
 def cv_lines(model: str, n_atoms: int, colvar: str):
-    return [f"cv: ATOMPLUG MODEL={model} SPECIES1=1-{n_atoms} SPECIES_TO_TYPES=1 OUTPUT=energy",
-            f"PRINT ARG=cv FILE={colvar}"]
+    return [
+        f"cv: ATOMPLUG MODEL={model} SPECIES1=1-{n_atoms} SPECIES_TO_TYPES=1 OUTPUT=energy",
+        f"PRINT ARG=cv FILE={colvar}",
+    ]
 
 
 @pytest.fixture(scope="module")

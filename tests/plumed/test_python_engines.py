@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from plumed_testing import FMT, assert_close, random_frames, read_colvar
 
 SWITCH = "{RATIONAL R_0=0.3 D_MAX=0.8 NOSTRETCH}"  # the 'coordination' test model (Angstrom, r0=3, d_max=8)
@@ -124,12 +123,20 @@ def test_ipi_ffplumed(tmp_path, plugin, plumed_models):
         # i-PI's xyz reader wants its own comment line
         lines = (directory / "init.xyz").read_text().splitlines()
         a, b, c = atoms.cell.array
-        lines[1] = "# CELL{H}: " + " ".join("%.10f" % v for v in np.array([a, b, c]).T.reshape(-1)) + " positions{angstrom} cell{angstrom}"
+        lines[1] = (
+            "# CELL{H}: "
+            + " ".join("%.10f" % v for v in np.array([a, b, c]).T.reshape(-1))
+            + " positions{angstrom} cell{angstrom}"
+        )
         lines[2:] = [" ".join(line.split()[:4]) for line in lines[2:]]
         (directory / "init.xyz").write_text("\n".join(lines) + "\n")
-        (directory / "plumed.dat").write_text("\n".join(plumed_lines(plugin, plumed_models["coordination"], biased, "COLVAR")) + "\n")
+        (directory / "plumed.dat").write_text(
+            "\n".join(plumed_lines(plugin, plumed_models["coordination"], biased, "COLVAR")) + "\n"
+        )
         (directory / "input.xml").write_text(IPI_INPUT)
-        result = subprocess.run([i_pi_program(), "input.xml"], cwd=str(directory), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [i_pi_program(), "input.xml"], cwd=str(directory), capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         colvars[biased] = read_colvar(str(directory / "COLVAR"))
     for biased in ("ref", "cv"):
