@@ -49,3 +49,53 @@ def water_box(n_molecules: int, seed: int, density: float = 1.0) -> Atoms:
     atoms = Atoms("OH2" * n_molecules, positions=placed, cell=[length] * 3, pbc=True)
     atoms.wrap()
     return atoms
+
+
+# ---- H, C, O structures for the message-passing example (a short 2.5 A cutoff) ------------------
+
+
+def hco_liquid(n_molecules: int = 24, seed: int = 11) -> Atoms:
+    """A periodic molecular liquid: random waters, every third oxygen turned into a carbon."""
+    atoms = water_box(n_molecules, seed=seed)
+    numbers = atoms.numbers.copy()
+    oxygens = np.flatnonzero(numbers == 8)
+    numbers[oxygens[::3]] = 6
+    atoms.numbers = numbers
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def triclinic_hco_liquid() -> Atoms:
+    atoms = hco_liquid(seed=12)
+    shear = np.array([[1.0, 0.0, 0.0], [0.18, 1.0, 0.0], [-0.12, 0.22, 1.0]])
+    atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
+    atoms.wrap()
+    return atoms
+
+
+def hco_slab() -> Atoms:
+    atoms = hco_liquid(seed=13)
+    atoms.pbc = [True, True, False]
+    return atoms
+
+
+def hco_cluster() -> Atoms:
+    """Isolated: ethanol and a water, close enough to interact through a few messages."""
+    atoms = molecule("CH3CH2OH")
+    water = molecule("H2O")
+    water.translate([0.0, 2.9, 0.4])
+    atoms += water
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+def hco_tiny_box() -> Atoms:
+    """A triclinic box smaller than one cutoff in places and far smaller than the range: atoms
+    meet many periodic images of themselves and of each other."""
+    atoms = Atoms(
+        "COH",
+        positions=[[0.1, 0.2, 0.1], [1.25, 0.35, 0.3], [0.4, 1.5, 1.4]],
+        cell=[[2.9, 0.0, 0.0], [0.5, 3.0, 0.0], [-0.3, 0.4, 3.1]],
+        pbc=True,
+    )
+    return atoms

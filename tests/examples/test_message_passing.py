@@ -9,8 +9,7 @@ Oracles: finite differences of the energy (forces, stress, forces of a subset's 
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import molecule
-from structures import water_box
+from structures import hco_cluster, hco_liquid, hco_slab, hco_tiny_box, triclinic_hco_liquid
 
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import ModelRunner, load_model
@@ -27,61 +26,11 @@ STEP = 1e-4  # A (and strain) for five-point central differences: truncation ~ST
 FD_TOLERANCE = 1e-6  # relative to the largest component
 
 
-# ---- structures (H, C, O) ---------------------------------------------------------------------
-
-
-def liquid(n_molecules: int = 24, seed: int = 11) -> Atoms:
-    """A periodic molecular liquid: random waters, every third oxygen turned into a carbon."""
-    atoms = water_box(n_molecules, seed=seed)
-    numbers = atoms.numbers.copy()
-    oxygens = np.flatnonzero(numbers == 8)
-    numbers[oxygens[::3]] = 6
-    atoms.numbers = numbers
-    atoms.rattle(0.05, seed=seed)
-    return atoms
-
-
-def triclinic_liquid() -> Atoms:
-    atoms = liquid(seed=12)
-    shear = np.array([[1.0, 0.0, 0.0], [0.18, 1.0, 0.0], [-0.12, 0.22, 1.0]])
-    atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
-    atoms.wrap()
-    return atoms
-
-
-def slab() -> Atoms:
-    atoms = liquid(seed=13)
-    atoms.pbc = [True, True, False]
-    return atoms
-
-
-def cluster() -> Atoms:
-    """Isolated: ethanol and a water, close enough to interact through a few messages."""
-    atoms = molecule("CH3CH2OH")
-    water = molecule("H2O")
-    water.translate([0.0, 2.9, 0.4])
-    atoms += water
-    atoms.rattle(0.02, seed=3)
-    return atoms
-
-
-def tiny_box() -> Atoms:
-    """A triclinic box smaller than one cutoff in places and far smaller than the range: atoms
-    meet many periodic images of themselves and of each other."""
-    atoms = Atoms(
-        "COH",
-        positions=[[0.1, 0.2, 0.1], [1.25, 0.35, 0.3], [0.4, 1.5, 1.4]],
-        cell=[[2.9, 0.0, 0.0], [0.5, 3.0, 0.0], [-0.3, 0.4, 3.1]],
-        pbc=True,
-    )
-    return atoms
-
-
 STRUCTURES = {
-    "periodic": liquid,
-    "triclinic": triclinic_liquid,
-    "slab": slab,
-    "isolated": cluster,
+    "periodic": hco_liquid,
+    "triclinic": triclinic_hco_liquid,
+    "slab": hco_slab,
+    "isolated": hco_cluster,
 }
 
 
@@ -242,7 +191,7 @@ def test_selected_atoms_give_the_sum_of_their_energies(runner, kind):
 
 
 def test_box_smaller_than_the_range_equals_its_replica(runner):
-    small = tiny_box()
+    small = hco_tiny_box()
     heights = small.cell.volume / np.linalg.norm(np.cross(small.cell[[1, 2, 0]], small.cell[[2, 0, 1]]), axis=1)
     assert heights.max() < CUTOFF + 0.6 and heights.max() < RANGE / 2
     repeat = (3, 3, 3)
