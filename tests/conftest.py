@@ -39,18 +39,19 @@ def message_passing_path(tmp_path_factory):
     return str(path)
 
 
-MACE_SKIP_REASON = (
+MACE_MISSING = (
     "mace-torch is not installed: `make test` installs it (the 'mace' extra of pyproject.toml, "
     "with a constraint keeping the installed torch)"
 )
 
 
 def require_mace():
-    """Skip the calling test or fixture when mace-torch (the 'mace' extra) is missing."""
+    """Fail the calling test or fixture, with the fix, when mace-torch (the 'mace' extra) is
+    missing: `make test` installs it, so a missing MACE is a broken setup, never a skip."""
     import importlib.util
 
     if importlib.util.find_spec("mace") is None or importlib.util.find_spec("e3nn") is None:
-        pytest.skip(MACE_SKIP_REASON)
+        pytest.fail(MACE_MISSING, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ per-atom energies and per-atom stresses agree to rounding (~1e-15 relative); the
 1e-8 relative.
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -22,12 +21,8 @@ from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import load_model
 from atomplug.examples import mace as mace_example  # imports mace only when called
 
-if importlib.util.find_spec("mace") is None or importlib.util.find_spec("e3nn") is None:
-    pytest.skip(
-        "mace-torch is not installed: `make test` installs it (the 'mace' extra of pyproject.toml, with a "
-        "constraint keeping the installed torch)",
-        allow_module_level=True,
-    )
+# a missing mace-torch fails these tests (conftest.require_mace, through the fixtures): `make test`
+# installs it, so it is a broken setup, never a skip
 
 TOLERANCE = 1e-8  # relative, float64
 # before any test imports mace (the example imports it lazily)
@@ -180,3 +175,12 @@ def test_main_passes_its_arguments(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(mace_example, "export_mace", failing_export)
     with pytest.raises(SystemExit, match="no MACE model file"):
         mace_example.main(["user.model", str(tmp_path / "out.pt")])
+
+
+def test_command_line_wraps_a_mace_file(mace_model_path, tmp_path):
+    """`atomplug export-example mace --from FILE OUT`: the same archive as export_mace."""
+    from atomplug.cli import main
+
+    out = tmp_path / "from-cli.pt"
+    assert main(["export-example", "mace", str(out), "--from", str(mace_model_path)]) == 0
+    assert load_model(str(out)).capabilities.interaction_range == 8.0  # 2 interactions x r_max 4
