@@ -18,6 +18,11 @@
 //   - forces come back for local and ghost atoms; LAMMPS reverse-communicates the ghost forces
 //     (newton_pair on). The virial is the entry point's strain derivative of this rank's energy,
 //     whose sum over ranks is the global virial.
+//   - message-passing models (interaction range beyond the neighbor-list cutoff): on one rank with
+//     atom IDs nothing changes (the model sees the periodic structure itself). On several ranks
+//     (or without atom IDs) LAMMPS communicates ghosts out to the interaction range + skin and
+//     builds their neighbor lists too; every ghost is then an atom of the model (no cell shifts,
+//     no periodicity), with every pair within the cutoff, ghost-ghost pairs included.
 
 #include "atom.h"
 #include "citeme.h"
@@ -80,7 +85,11 @@ class PairAtomplug : public Pair {
   std::vector<int64_t> known_types;
   std::vector<double> model_cutoffs;    // model length unit
   std::vector<bool> full_lists;
-  double interaction_range = 0.0;    // model length unit
+  double interaction_range = 0.0;      // model length unit
+  double max_model_cutoff = 0.0;       // model length unit
+  double range = 0.0;                  // the interaction range in LAMMPS length units
+  bool message_passing = false;        // interaction range beyond the largest cutoff
+  double raised_ghost_cutoff = 0.0;    // the comm cutoff this style set (not the user)
   bool energy_per_atom_capable = false;
   bool has_nc_forces = false, has_nc_stress = false;
 
@@ -108,7 +117,9 @@ class PairAtomplug : public Pair {
   enum { NONE = -1, FOREIGN = -2 };    // Site::model of atoms the model does not see / not yet
   // which LAMMPS list: half newton on (1 rank: every ghost is an image, each pair comes once),
   // half newton off (local pairs once, every local-ghost pair) or full
-  enum { HALF_NEWTON_ON, HALF_NEWTON_OFF, FULL } list_mode = HALF_NEWTON_OFF;
+  // GHOST_GRAPH (message passing on several ranks): a full list of local and ghost atoms, every
+  // ghost an atom of the model
+  enum { HALF_NEWTON_ON, HALF_NEWTON_OFF, FULL, GHOST_GRAPH } list_mode = HALF_NEWTON_OFF;
   std::vector<Site> sites;
   std::vector<int> lammps_of;    // model index -> LAMMPS index (local atoms first)
   int n_local_model = 0;
@@ -151,7 +162,11 @@ class PairAtomplug : public Pair {
   std::string known_types_text() const;
 
   // compute: the atoms and pairs the model sees, its inputs, its results
+  void choose_lists();
+  void widen_ghost_region();
   void rebuild_mapping();
+  void map_periodic_images();
+  void map_ghost_graph();
   void build_pairs();
   atomplug_core::EntryPointArguments model_inputs();
   torch::Tensor model_positions(int n_model);
@@ -198,6 +213,7 @@ PairAtomplug::~PairAtomplug()
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
+    memory->destroy(cutghost);
   }
 }
 
@@ -379,13 +395,15 @@ void PairAtomplug::read_cutoffs()
   }
   if (cutoffs.empty())
     FAIL_ALL("the model requests no neighbor list; LAMMPS can only run models that use one");
-  double max_model_cutoff = 0.0;
+  max_model_cutoff = 0.0;
   for (double c : model_cutoffs) max_model_cutoff = std::max(max_model_cutoff, c);
-  if (interaction_range > max_model_cutoff * (1.0 + 1e-12))
-    FAIL_ALL(fmt::format("the model's interaction range ({} {}) exceeds its neighbor-list cutoff ({} {}): "
-                         "message-passing models need ghost-atom neighbor lists, which this plugin does not "
-                         "provide yet",
-                         interaction_range, model_length_unit, max_model_cutoff, model_length_unit));
+  message_passing = interaction_range > max_model_cutoff * (1.0 + 1e-12);
+  try {
+    range =
+        interaction_range * model->run_method("unit_conversion", model_length_unit, length_unit).toDouble();
+  } catch (std::exception &e) {
+    FAIL_ALL("the model could not convert its interaction range (" + first_line(e) + ")");
+  }
 }
 
 void PairAtomplug::log_model(const atomplug_core::Declaration &declared)
@@ -445,6 +463,7 @@ void PairAtomplug::coeff(int narg, char **arg)
     allocated = 1;
     memory->create(setflag, ntypes + 1, ntypes + 1, "pair:setflag");
     memory->create(cutsq, ntypes + 1, ntypes + 1, "pair:cutsq");
+    memory->create(cutghost, ntypes + 1, ntypes + 1, "pair:cutghost");
   }
   type_map.assign(ntypes + 1, 0);
   const int n_elements = sizeof(ATOMPLUG_ELEMENTS) / sizeof(ATOMPLUG_ELEMENTS[0]);
@@ -517,10 +536,25 @@ void PairAtomplug::init_style()
                      "the model's input; use 'special_bonds lj 1 1 1' for a complete model");
     warned_special = 1;
   }
-  // full list when the model wants one. Else a half list: with newton off semantics (local pairs
-  // once, every local-ghost pair, including both sides of pairs split between ranks), or on one
-  // rank, where every ghost is a periodic image, LAMMPS' usual list with each pair once.
-  if (any_full) {
+  choose_lists();
+  mapped_ncalls = -1;
+}
+
+// Which neighbor list LAMMPS builds for this style. A message-passing model on several ranks (or
+// without atom IDs, where ghosts cannot be mapped to their owners): a full list of local AND ghost
+// atoms, with ghosts out to the interaction range. Otherwise a full list when the model wants one,
+// else a half list: with newton off semantics (local pairs once, every local-ghost pair, including
+// both sides of pairs split between ranks), or on one rank, where every ghost is a periodic image,
+// LAMMPS' usual list with each pair once.
+void PairAtomplug::choose_lists()
+{
+  ghostneigh = 0;
+  if (message_passing && (comm->nprocs > 1 || !atom->tag_enable)) {
+    list_mode = GHOST_GRAPH;
+    ghostneigh = 1;
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+    widen_ghost_region();
+  } else if (any_full) {
     list_mode = FULL;
     neighbor->add_request(this, NeighConst::REQ_FULL);
   } else if (comm->nprocs == 1 && atom->tag_enable) {
@@ -530,12 +564,34 @@ void PairAtomplug::init_style()
     list_mode = HALF_NEWTON_OFF;
     neighbor->add_request(this, NeighConst::REQ_NEWTON_OFF);
   }
-  mapped_ncalls = -1;
+}
+
+// Ghost atoms out to the interaction range + skin, so that every atom whose features reach a local
+// atom through the model's layers is on this rank: what `comm_modify cutoff` would say, set here
+// (a shorter cutoff the user set is raised, with a warning: never silently used).
+void PairAtomplug::widen_ghost_region()
+{
+  const double needed = range + neighbor->skin;
+  if (comm->cutghostuser >= needed) return;
+  if (comm->me == 0) {
+    if (comm->cutghostuser > 0.0 && comm->cutghostuser != raised_ghost_cutoff)
+      error->warning(FLERR,
+                     "pair_style atomplug: comm_modify cutoff {} is shorter than the message-passing "
+                     "model's interaction range + skin ({} + {} = {}): raised to {}",
+                     comm->cutghostuser, range, neighbor->skin, needed, needed);
+    utils::logmesg(lmp,
+                   "atomplug: message-passing model (interaction range {} = {} x its cutoff): ghost "
+                   "atoms out to {} (range + skin) on {} rank(s)\n",
+                   range, interaction_range / max_model_cutoff, needed, comm->nprocs);
+  }
+  comm->cutghostuser = needed;
+  raised_ghost_cutoff = needed;
 }
 
 double PairAtomplug::init_one(int i, int j)
 {
   if (setflag[i][j] == 0 && setflag[j][i] == 0) return 0.0;
+  cutghost[i][j] = cutghost[j][i] = cutoff_max;    // neighbors of ghosts (GHOST_GRAPH)
   return cutoff_max;
 }
 
@@ -549,7 +605,6 @@ void PairAtomplug::rebuild_mapping()
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int *type = atom->type;
-  double **x = atom->x;
 
   sites.assign(nall, Site{{0.0, 0.0, 0.0}, -1, GHOST, {0, 0, 0}});
   lammps_of.clear();
@@ -562,7 +617,32 @@ void PairAtomplug::rebuild_mapping()
   }
   n_local_model = (int) lammps_of.size();
 
-  // ghosts that are periodic images of this rank's local atoms
+  if (list_mode == GHOST_GRAPH)
+    map_ghost_graph();
+  else
+    map_periodic_images();
+  ghost_stamp.assign(nall, 0);
+  ghost_slot.assign(nall, -1);
+  stamp = 0;
+
+  identity = n_local_model == nlocal;    // local atoms are model atoms 0..nlocal-1
+  selected_tensor = torch::arange(n_local_model, torch::kInt64).to(device);
+
+  mapped_ncalls = neighbor->ncalls;
+  mapped_list = list;
+  mapped_nlocal = nlocal;
+  mapped_nall = nall;
+}
+
+// The ghosts that are periodic images of this rank's local atoms point to them with a cell shift;
+// other ranks' ghosts (and, without atom IDs, every ghost) get model indices per step, only those
+// with a pair within the cutoff (see build_pairs)
+void PairAtomplug::map_periodic_images()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  double **x = atom->x;
   if (atom->tag_enable && nall > nlocal && (domain->xperiodic || domain->yperiodic || domain->zperiodic)) {
     std::unordered_map<tagint, int> local_of_tag;
     local_of_tag.reserve(2 * (size_t) nlocal);
@@ -600,8 +680,6 @@ void PairAtomplug::rebuild_mapping()
     }
   }
 
-  // other ranks' ghosts (and, without atom IDs, every ghost): model indices are given per step,
-  // only to those with a pair within the cutoff (see build_pairs)
   for (int j = nlocal; j < nall; ++j) {
     if (sites[j].kind == GHOST && type_map[type[j]] > 0) {
       if (list_mode == HALF_NEWTON_ON)
@@ -612,17 +690,31 @@ void PairAtomplug::rebuild_mapping()
       sites[j].model = FOREIGN;
     }
   }
-  ghost_stamp.assign(nall, 0);
-  ghost_slot.assign(nall, -1);
-  stamp = 0;
+}
 
-  identity = n_local_model == nlocal;    // local atoms are model atoms 0..nlocal-1
-  selected_tensor = torch::arange(n_local_model, torch::kInt64).to(device);
-
-  mapped_ncalls = neighbor->ncalls;
-  mapped_list = list;
-  mapped_nlocal = nlocal;
-  mapped_nall = nall;
+// Message passing on several ranks: every ghost of a mapped type is an atom of the model, in LAMMPS
+// order after the local atoms, for as long as this neighbor list lives
+void PairAtomplug::map_ghost_graph()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  for (int j = nlocal; j < nall; ++j) {
+    if (type_map[type[j]] > 0) {
+      sites[j].model = (int) lammps_of.size();
+      lammps_of.push_back(j);
+    }
+  }
+  // a ghost region that dwarfs the subdomain: say so rather than crawl or run out of memory
+  const int n_ghosts = (int) lammps_of.size() - n_local_model;
+  if (n_ghosts > 20000 && n_ghosts > 50 * n_local_model)
+    error->one(FLERR,
+               "pair_style atomplug: rank {} holds {} local atoms and {} ghost atoms within the "
+               "message-passing model's interaction range ({} + skin {} in LAMMPS length units): it "
+               "would evaluate {:.0f} times more ghosts than local atoms; use fewer MPI ranks "
+               "(bigger subdomains) or a bigger system",
+               comm->me, n_local_model, n_ghosts, range, neighbor->skin,
+               (double) n_ghosts / std::max(n_local_model, 1));
 }
 
 /* ----------------------------------------------------------------------
@@ -706,6 +798,40 @@ size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int
   }
   return count;
 }
+
+// GHOST_GRAPH: LAMMPS' full list of local and ghost atoms (ghosts' own neighbors included), every
+// atom already a model atom; no shifts. A half model list keeps each pair once (lower model index
+// first), a full one both directions.
+template <bool FULL_MODEL, typename Site>
+size_t collect_graph_pairs(const NeighList *list, const Site *sites, double cutsq, int64_t *pairs,
+                           int32_t *shifts)
+{
+  size_t count = 0;
+  const int n = list->inum + list->gnum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int *const *firstneigh = list->firstneigh;
+  for (int ii = 0; ii < n; ++ii) {
+    const int i = ilist[ii];
+    const int mi = sites[i].model;
+    if (mi < 0) continue;
+    const double xi = sites[i].x[0], yi = sites[i].x[1], zi = sites[i].x[2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; ++jj) {
+      const Site &a = sites[jlist[jj] & NEIGHMASK];
+      const double dx = a.x[0] - xi, dy = a.x[1] - yi, dz = a.x[2] - zi;
+      const bool keep = (dx * dx + dy * dy + dz * dz < cutsq) & (a.model >= 0) & (FULL_MODEL || a.model > mi);
+      pairs[2 * count] = mi;
+      pairs[2 * count + 1] = a.model;
+      shifts[3 * count] = 0;
+      shifts[3 * count + 1] = 0;
+      shifts[3 * count + 2] = 0;
+      count += keep;
+    }
+  }
+  return count;
+}
 }    // namespace
 
 void PairAtomplug::build_pairs()
@@ -725,8 +851,8 @@ void PairAtomplug::build_pairs()
     site[j].x[2] = x[3 * j + 2];
   }
 
-  // a new step: forget which ghosts the model saw
-  lammps_of.resize(n_local_model);
+  // a new step: forget which ghosts the model saw (GHOST_GRAPH: all of them, mapped once)
+  if (list_mode != GHOST_GRAPH) lammps_of.resize(n_local_model);
   if (++stamp == 0) {
     std::fill(ghost_stamp.begin(), ghost_stamp.end(), 0u);
     stamp = 1;
@@ -734,7 +860,8 @@ void PairAtomplug::build_pairs()
   GhostIndex ghost{stamp, ghost_stamp.data(), ghost_slot.data(), &lammps_of};
 
   size_t candidates = 0;
-  for (int ii = 0; ii < list->inum; ++ii) candidates += list->numneigh[list->ilist[ii]];
+  const int listed = list->inum + (list_mode == GHOST_GRAPH ? list->gnum : 0);
+  for (int ii = 0; ii < listed; ++ii) candidates += list->numneigh[list->ilist[ii]];
   const size_t capacity = 2 * candidates + 16;    // a full list doubles entries of other ranks' ghosts
   for (int l = 0; l < n_lists; ++l) {
     if (pairs_buffer[l].size() < 2 * capacity) pairs_buffer[l].resize(2 * capacity);
@@ -743,7 +870,12 @@ void PairAtomplug::build_pairs()
     int32_t *shifts = shifts_buffer[l].data();
     const double cutsq = cutoffs_sq[l];
     size_t count = 0;
-    if (list_mode == FULL) {
+    if (list_mode == GHOST_GRAPH) {
+      if (full_lists[l])
+        count = collect_graph_pairs<true>(list, site, cutsq, pairs, shifts);
+      else
+        count = collect_graph_pairs<false>(list, site, cutsq, pairs, shifts);
+    } else if (list_mode == FULL) {
       if (full_lists[l])
         count = collect_pairs<true, 2>(list, site, cutsq, pairs, shifts, ghost);
       else
@@ -844,16 +976,18 @@ void PairAtomplug::add_cell(atomplug_core::EntryPointArguments &inputs)
   const double *h = domain->h;
   double *c = cell.data_ptr<double>();
   bool *p = pbc.data_ptr<bool>();
-  if (domain->xperiodic) {
+  // GHOST_GRAPH: every image the model needs is an atom of its own, so it sees an isolated cluster
+  const bool periodic_images = list_mode != GHOST_GRAPH;
+  if (periodic_images && domain->xperiodic) {
     c[0] = h[0];
     p[0] = true;
   }
-  if (domain->yperiodic) {
+  if (periodic_images && domain->yperiodic) {
     c[3] = h[5];
     c[4] = h[1];
     p[1] = true;
   }
-  if (domain->zperiodic) {
+  if (periodic_images && domain->zperiodic) {
     c[6] = h[4];
     c[7] = h[3];
     c[8] = h[2];

@@ -1,0 +1,251 @@
+"""Message-passing models in LAMMPS: the example model (3 layers x 2.5 A = 7.5 A of interaction
+range) on 1, 2 and 4 ranks equals the core on the very frame LAMMPS used: energy, forces, virial,
+per-atom energies and per-atom virials, for periodic, triclinic, slab, isolated (with empty
+subdomains) and tiny boxes (many periodic images); a short `comm_modify cutoff` is raised with a
+warning; 1,000 steps of NVE on 2 ranks follow the 1-rank trajectory.
+
+On one rank LAMMPS maps its ghosts to periodic images (the model sees the periodic structure); on
+several ranks the pair style widens the ghost region to the interaction range and hands every
+ghost to the model, so these runs test both paths against the same oracle (`ModelRunner`, the
+code path of `AtomplugCalculator`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from lammps_harness import lammps_cell, read_dump, read_values, relative_difference, run_lmp
+from structures import hco_cluster, hco_liquid, hco_slab, hco_tiny_box, triclinic_hco_liquid
+
+from atomplug.core import ModelRunner
+
+TOLERANCE = 1e-10
+# LAMMPS' pressure conversion for units metal (update.cpp: nktv2p = 1.6021765e6 bar per eV/A^3);
+# the pressure and stress/atom outputs are W / V and -W_i in these units
+NKTV2P_METAL = 1.6021765e6
+SPECIES = ["H", "C", "O"]  # LAMMPS types 1, 2, 3
+LAMMPS_ORDER = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]  # xx yy zz xy xz yz
+
+
+def isolated() -> Atoms:
+    """The ethanol + water cluster in a box with room around it (LAMMPS f f f)."""
+    atoms = hco_cluster()
+    atoms.positions += 10.0 - atoms.positions.min(axis=0)
+    atoms.set_cell(np.diag(atoms.positions.max(axis=0) + 10.0))
+    return atoms
+
+
+def slab() -> Atoms:
+    """p p f: the liquid with its z extent as the (fixed) box; no atom leaves it in a `run 0`."""
+    atoms = hco_slab()
+    atoms.positions[:, 2] = np.clip(atoms.positions[:, 2], 0.05, atoms.cell[2, 2] - 0.05)
+    return atoms
+
+
+# name: (structure, boundary, ranks, processors)
+CONFIGS = {
+    "periodic": (hco_liquid, "p p p", (1, 2, 4), ""),
+    "triclinic": (triclinic_hco_liquid, "p p p", (1, 2, 4), ""),
+    "slab": (slab, "p p f", (1, 2, 4), ""),
+    # split along z only: with 4 ranks some subdomains hold no atom
+    "isolated": (isolated, "f f f", (1, 2, 4), "processors 1 1 *"),
+    "tiny": (hco_tiny_box, "p p p", (1, 2, 4), ""),
+}
+CASES = [(name, nprocs) for name, spec in CONFIGS.items() for nprocs in spec[2]]
+
+
+def run_block(name: str, boundary: str, processors: str, model: str, label: str) -> str:
+    return f"""
+clear
+units metal
+atom_style atomic
+boundary {boundary}
+{processors}
+read_data {name}.data
+pair_style atomplug {model}
+pair_coeff * * {" ".join(SPECIES)}
+compute pe all pe/atom
+compute sa all stress/atom NULL virial
+compute pv all pressure NULL virial
+thermo_style custom step pe c_pv[1] c_pv[2] c_pv[3] c_pv[4] c_pv[5] c_pv[6]
+dump d all custom 1 {label}.dump id type x y z fx fy fz c_pe c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
+dump_modify d sort id format float %.17g
+run 0
+undump d
+print "{label} pe=$(pe:%.17g) vol=$(vol:%.17g) pxx=$(c_pv[1]:%.17g) pyy=$(c_pv[2]:%.17g) pzz=$(c_pv[3]:%.17g) pxy=$(c_pv[4]:%.17g) pxz=$(c_pv[5]:%.17g) pyz=$(c_pv[6]:%.17g)" append values.txt screen no
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, plugin, message_passing_path):
+    """{nprocs: (directory, stdout)} with every configuration run once per rank count."""
+    directory = tmp_path_factory.mktemp("lammps-mp")
+    for name, (structure, *_rest) in CONFIGS.items():
+        ase.io.write(str(directory / f"{name}.data"), structure(), format="lammps-data", specorder=SPECIES, masses=True)
+    results = {}
+    for nprocs in (1, 2, 4):
+        text = "\n".join(
+            run_block(name, boundary, processors, message_passing_path, f"{name}-{nprocs}")
+            for name, (_structure, boundary, ranks, processors) in CONFIGS.items()
+            if nprocs in ranks
+        )
+        result = run_lmp(directory, text, nprocs, name=f"in.mp-{nprocs}", env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+        results[nprocs] = result.stdout
+    return str(directory), results
+
+
+def core_reference(model: str, dump, boundary: str):
+    """The core's energy, forces, virial, per-atom energies and virials on the frame LAMMPS dumped."""
+    numbers = {1: 1, 2: 6, 3: 8}
+    atoms = Atoms(
+        numbers=[numbers[int(t)] for t in dump["type"]],
+        positions=np.stack([dump["x"], dump["y"], dump["z"]], axis=1),
+        cell=lammps_cell(dump),
+        pbc=[flag == "p" for flag in boundary.split()],
+    )
+    runner = ModelRunner(model)
+    return runner.run(
+        [atoms], ["energy", "energy/per_atom"], forces=True, virial=True, atomic_virial=True, use_cache=False
+    )
+
+
+@pytest.mark.parametrize("name, nprocs", CASES)
+def test_message_passing_matches_the_core(runs, message_passing_path, name, nprocs):
+    directory, _ = runs
+    label = f"{name}-{nprocs}"
+    dump = read_dump(os.path.join(directory, f"{label}.dump"))
+    values = read_values(os.path.join(directory, "values.txt"))[label]
+    reference = core_reference(message_passing_path, dump, CONFIGS[name][1])
+
+    energy = reference["energy"][0, 0]
+    assert abs(values["pe"] - energy) <= TOLERANCE * abs(energy)
+    forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    assert np.max(np.abs(reference["forces"])) > 1e-2  # a real test: the forces are not zero
+    assert relative_difference(forces, reference["forces"]) <= TOLERANCE
+    assert relative_difference(dump["c_pe"], reference["energy/per_atom"][:, 0]) <= TOLERANCE
+
+    virial = reference["virial"][0]
+    pressure = np.array([values[k] for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")])
+    lammps_virial = pressure * values["vol"] / NKTV2P_METAL
+    expected = np.array([0.5 * (virial[a, b] + virial[b, a]) for a, b in LAMMPS_ORDER])
+    assert relative_difference(lammps_virial, expected) <= TOLERANCE
+
+    atomic = reference["atomic_virial"]
+    lammps_atomic = -np.stack([dump[f"c_sa[{k}]"] for k in range(1, 7)], axis=1) / NKTV2P_METAL
+    expected_atomic = np.stack([0.5 * (atomic[:, a, b] + atomic[:, b, a]) for a, b in LAMMPS_ORDER], axis=1)
+    assert relative_difference(lammps_atomic, expected_atomic) <= TOLERANCE
+
+
+def test_several_ranks_widen_the_ghost_region_and_say_so(runs):
+    _, stdout = runs
+    assert "ghost atoms out to" not in stdout[1]  # one rank: periodic images, no wider region
+    for nprocs in (2, 4):
+        assert "atomplug: message-passing model (interaction range 7.5 = 3 x its cutoff)" in stdout[nprocs]
+
+
+def test_results_do_not_depend_on_ranks(runs):
+    directory, _ = runs
+    values = read_values(os.path.join(directory, "values.txt"))
+    for name in CONFIGS:
+        one = read_dump(os.path.join(directory, f"{name}-1.dump"))
+        for nprocs in (2, 4):
+            assert abs(values[f"{name}-{nprocs}"]["pe"] - values[f"{name}-1"]["pe"]) <= 1e-12 * abs(
+                values[f"{name}-1"]["pe"]
+            )
+            many = read_dump(os.path.join(directory, f"{name}-{nprocs}.dump"))
+            forces = [np.stack([d[c] for c in ("fx", "fy", "fz")], axis=1) for d in (one, many)]
+            assert relative_difference(forces[1], forces[0]) <= 1e-11
+
+
+def test_a_short_comm_cutoff_is_raised_with_a_warning(tmp_path, plugin, message_passing_path):
+    ase.io.write(str(tmp_path / "periodic.data"), hco_liquid(), format="lammps-data", specorder=SPECIES, masses=True)
+    text = run_block("periodic", "p p p", "comm_modify cutoff 4.0", message_passing_path, "short")
+    result = run_lmp(tmp_path, text, 2)
+    warnings = [line for line in result.stdout.splitlines() if "comm_modify cutoff" in line]
+    assert len(warnings) == 1, result.stdout
+    assert "comm_modify cutoff 4 is shorter than the message-passing model's interaction range + skin" in warnings[0]
+    assert "raised to 9.5" in warnings[0]
+
+
+def test_nve_on_two_ranks_follows_one_rank(tmp_path, plugin, message_passing_path):
+    """1,000 steps of velocity Verlet: the 2-rank trajectory is the 1-rank one to 1e-8 A.
+
+    The example is a random potential: it heats this 300 K liquid to ~1100 K, and its trajectories
+    are chaotic (rounding differences grow ~10x per 10 fs). At 0.2 fs steps the 1e-15 A between 1
+    and 2 ranks reached 3e-7 A after 600 steps; at 0.05 fs, 1,000 steps (0.05 ps) end at 1.4e-11 A:
+    a real divergence (a missing ghost, a wrong force) would show at once."""
+    atoms = hco_liquid(n_molecules=32, seed=21)
+    ase.io.write(str(tmp_path / "liquid.data"), atoms, format="lammps-data", specorder=SPECIES, masses=True)
+    final = {}
+    for nprocs in (1, 2):
+        text = f"""
+units metal
+atom_style atomic
+read_data liquid.data
+pair_style atomplug {message_passing_path}
+pair_coeff * * {" ".join(SPECIES)}
+velocity all create 300.0 4928459 loop geom
+timestep 0.00005
+fix nve all nve
+thermo 200
+run 1000
+write_dump all custom final-{nprocs}.dump id x y z modify sort id format float %.17g
+"""
+        run_lmp(tmp_path, text, nprocs, name=f"in.nve-{nprocs}", timeout=900)
+        dump = read_dump(tmp_path / f"final-{nprocs}.dump")
+        final[nprocs] = np.stack([dump["x"], dump["y"], dump["z"]], axis=1)
+    moved = np.max(np.abs(final[1] - atoms.positions))
+    assert moved > 0.05  # the atoms did move
+    assert np.max(np.abs(final[2] - final[1])) <= 1e-8
+
+
+@pytest.fixture(scope="module")
+def mace_runs(tmp_path_factory, plugin, mace_path):
+    """A real third-party architecture: the random MACE (2 interactions x r_max 4 = 8 A) in LAMMPS
+    on 1 and 2 ranks, on the periodic liquid and on the isolated cluster."""
+    directory = tmp_path_factory.mktemp("lammps-mace")
+    for name in ("periodic", "isolated"):
+        ase.io.write(
+            str(directory / f"{name}.data"), CONFIGS[name][0](), format="lammps-data", specorder=SPECIES, masses=True
+        )
+    for nprocs in (1, 2):
+        text = "\n".join(
+            run_block(name, CONFIGS[name][1], CONFIGS[name][3], mace_path, f"mace-{name}-{nprocs}")
+            for name in ("periodic", "isolated")
+        )
+        run_lmp(directory, text, nprocs, name=f"in.mace-{nprocs}", env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+    return str(directory)
+
+
+@pytest.mark.parametrize("name", ["periodic", "isolated"])
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_mace_matches_its_own_calculator(mace_runs, mace_model_path, name, nprocs):
+    """LAMMPS with the wrapped MACE equals MACE's own MACECalculator (float64, 1e-8 relative)."""
+    from atomplug.examples.mace import mace_calculator
+
+    label = f"mace-{name}-{nprocs}"
+    dump = read_dump(os.path.join(mace_runs, f"{label}.dump"))
+    values = read_values(os.path.join(mace_runs, "values.txt"))[label]
+    numbers = {1: 1, 2: 6, 3: 8}
+    periodic = name == "periodic"
+    atoms = Atoms(
+        numbers=[numbers[int(t)] for t in dump["type"]],
+        positions=np.stack([dump["x"], dump["y"], dump["z"]], axis=1),
+        cell=lammps_cell(dump),
+        pbc=periodic,
+    )
+    atoms.calc = mace_calculator(mace_model_path)
+    energy = atoms.get_potential_energy()
+    assert abs(values["pe"] - energy) <= 1e-8 * abs(energy)
+    forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    assert relative_difference(forces, atoms.get_forces()) <= 1e-8
+    assert relative_difference(dump["c_pe"], atoms.get_potential_energies()) <= 1e-8
+    if periodic:
+        # MACE's stress -W / V (Voigt xx yy zz yz xz xy); LAMMPS' virial pressure W / V * nktv2p
+        stress = atoms.get_stress()
+        pressure = np.array([values[k] for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
+        assert relative_difference(-pressure / NKTV2P_METAL, stress) <= 1e-8
