@@ -162,23 +162,37 @@ def _first_failure(runner, batch: list, start: int, error: ValueError) -> str:
     return f"structure {start}: {error}" if len(batch) == 1 else f"structures {start}-{start + len(batch) - 1}: {error}"
 
 
-def command_export_example(args: argparse.Namespace) -> None:
-    if args.name == "lj":
+def _export_named_example(name: str, path: str, source: Optional[str]) -> None:
+    """The bundled examples; `mace` wraps the MACE model file given with --from."""
+    if name == "lj":
         from atomplug.examples.lj import export_lj
 
-        try:
-            export_lj(args.path)
-        except OSError as error:  # the file could not be written (disk full, no permission)
-            raise CommandError(str(error)) from None
+        export_lj(path)
+    elif name == "ani1x":
+        from atomplug.examples.ani1x import export_ani1x
+
+        export_ani1x(path)
+    elif name == "message-passing":
+        from atomplug.examples.message_passing import export_message_passing
+
+        export_message_passing(path)
     else:
-        try:
-            from atomplug.examples.ani1x import export_ani1x
-        except ImportError as error:
-            raise CommandError(str(error)) from None
-        try:
-            export_ani1x(args.path)
-        except (ImportError, OSError) as error:
-            raise CommandError(str(error)) from None
+        if source is None:
+            raise CommandError(
+                "export-example mace needs the MACE model file: --from MODEL (a .model mace-torch wrote)"
+            )
+        from atomplug.examples.mace import export_mace
+
+        export_mace(source, path)
+
+
+def command_export_example(args: argparse.Namespace) -> None:
+    if args.source is not None and args.name != "mace":
+        raise CommandError(f"--from is for the mace example (a MACE model file to wrap), not for {args.name!r}")
+    try:
+        _export_named_example(args.name, args.path, args.source)
+    except (ImportError, OSError, FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
     print(f"exported the {args.name} example model to {args.path}")
 
 
@@ -307,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=command_eval)
 
     example = commands.add_parser("export-example", help="export a bundled example model")
-    example.add_argument("name", choices=["lj", "ani1x"])
+    example.add_argument("name", choices=["lj", "ani1x", "message-passing", "mace"])
     example.add_argument("path")
+    example.add_argument(
+        "--from", dest="source", metavar="MODEL", help="mace: the MACE model file (.model) to wrap into PATH"
+    )
     example.set_defaults(handler=command_export_example)
 
     plugin = commands.add_parser("plugin-path", help="print an engine plugin's path (building it if needed)")

@@ -64,6 +64,24 @@ def test_export_example_lj_runs(tmp_path):
     assert ModelRunner(str(path)).run([atoms])["energy"][0, 0] < 0
 
 
+def test_export_example_message_passing_runs(tmp_path):
+    from atomplug.core import load_model
+
+    path = tmp_path / "mp.pt"
+    run = atomplug("export-example", "message-passing", str(path))
+    assert run.returncode == 0, run.stderr
+    capabilities = load_model(str(path)).capabilities
+    assert capabilities.interaction_range == 7.5  # 3 layers x 2.5 A: beyond its one cutoff
+
+
+def test_export_example_mace_needs_a_model_file(tmp_path):
+    run = atomplug("export-example", "mace", str(tmp_path / "mace.pt"))
+    assert run.returncode == 2
+    assert "export-example mace needs the MACE model file: --from MODEL" in run.stderr
+    run = atomplug("export-example", "lj", str(tmp_path / "lj.pt"), "--from", "x.model")
+    assert run.returncode == 2 and "--from is for the mace example" in run.stderr
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [
