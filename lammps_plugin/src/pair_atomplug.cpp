@@ -712,7 +712,8 @@ void PairAtomplug::map_ghost_graph()
                "pair_style atomplug: rank {} holds {} local atoms and {} ghost atoms within the "
                "message-passing model's interaction range ({} + skin {} in LAMMPS length units): it "
                "would evaluate {:.0f} times more ghosts than local atoms; use fewer MPI ranks "
-               "(bigger subdomains) or a bigger system",
+               "(bigger subdomains; one rank needs no such region for a periodic box) or a bigger "
+               "system",
                comm->me, n_local_model, n_ghosts, range, neighbor->skin,
                (double) n_ghosts / std::max(n_local_model, 1));
 }

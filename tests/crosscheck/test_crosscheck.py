@@ -77,6 +77,19 @@ def test_ani1x_agrees_in_every_engine(ani1x_path, tmp_path):
         assert len(report.compared) == 3
 
 
+def test_message_passing_model_agrees_on_every_rank_count(message_passing_path, tmp_path):
+    """The message-passing example (range 3 x its cutoff) in every engine, LAMMPS on 1, 2 and 4
+    ranks (the last two widen their ghost region to the range)."""
+    from structures import hco_liquid
+
+    report = crosscheck(message_passing_path, hco_liquid(), ranks=(1, 2, 4), workdir=str(tmp_path))
+    print("\n" + format_report(report))
+    assert report.passed, format_report(report)
+    assert [c.engine for c in report.comparisons] == ["ipi", "lammps:1", "lammps:2", "lammps:4", "plumed"]
+    for comparison in report.comparisons:
+        assert max(comparison.energy, comparison.forces, comparison.virial) < 1e-10, comparison
+
+
 class VolumeShiftedLJ(torch.nn.Module):
     """LJ + lambda (V - V0): LJ's energy and forces at volume V0, another virial (see module doc)."""
 

@@ -249,3 +249,19 @@ def test_mace_matches_its_own_calculator(mace_runs, mace_model_path, name, nproc
         stress = atoms.get_stress()
         pressure = np.array([values[k] for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
         assert relative_difference(-pressure / NKTV2P_METAL, stress) <= 1e-8
+
+
+def test_an_absurd_ghost_region_is_refused_with_the_numbers(tmp_path, plugin):
+    """12 layers x 2.5 A over a 3-atom box on 2 ranks: ~33,000 ghosts per rank for 3 local atoms."""
+    from atomplug.examples.message_passing import export_message_passing
+
+    model = str(tmp_path / "deep.pt")
+    export_message_passing(model, n_layers=12)
+    ase.io.write(str(tmp_path / "tiny.data"), hco_tiny_box(), format="lammps-data", specorder=SPECIES, masses=True)
+    result = run_lmp(tmp_path, run_block("tiny", "p p p", "", model, "deep"), 2, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "local atoms and" in output and "ghost atoms within the message-passing model's interaction range (30" in output
+    )
+    assert "use fewer MPI ranks" in output
