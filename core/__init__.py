@@ -4,12 +4,14 @@ from .archive import FORMAT_VERSION, LoadedModel, load_model, read_header
 from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
 from .entry_point import AtomisticModel
 from .export import export
+from .graph import BatchedSystems, batch_systems
 from .runner import ModelRunner, Structure
 from .system import NeighborList, System
 from .units import conversion_factor
 
 __all__ = [
     "AtomisticModel",
+    "BatchedSystems",
     "FORMAT_VERSION",
     "LoadedModel",
     "ModelCapabilities",
@@ -21,6 +23,7 @@ __all__ = [
     "PER_ATOM_SUFFIX",
     "Structure",
     "System",
+    "batch_systems",
     "conversion_factor",
     "export",
     "load_model",

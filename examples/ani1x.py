@@ -45,7 +45,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core import (
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+    batch_systems,
+    export,
+)
 
 TORCHANI_REQUIREMENT = "export_ani1x needs torchani==2.2.4 (pip install 'torchani==2.2.4' 'setuptools<81')"
 
@@ -236,30 +244,13 @@ class ANIEnsemble(torch.nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index),
         for the selected atoms only when `selected_atoms` (sorted global indices) is given."""
-        options = NeighborListOptions(self.cutoff, False, True)
-        species_parts: List[Tensor] = []
-        pair_parts: List[Tensor] = []
-        vector_parts: List[Tensor] = []
-        owner_parts: List[Tensor] = []
-        offset = 0
-        for index, system in enumerate(systems):
-            numbers = system.types.to(torch.long)
-            if numbers.shape[0] > 0 and (
-                int(numbers.min()) < 0 or int(numbers.max()) >= self.species_of_number.shape[0]
-            ):
-                raise ValueError("ANI-1x knows only H, C, N and O (atomic numbers 1, 6, 7, 8)")
-            species = self.species_of_number.index_select(0, numbers)
-            if bool((species < 0).any()):
-                raise ValueError("ANI-1x knows only H, C, N and O (atomic numbers 1, 6, 7, 8)")
-            neighbors = system.get_neighbor_list(options)
-            species_parts.append(species)
-            pair_parts.append(neighbors.pairs.to(torch.long) + offset)
-            vector_parts.append(neighbors.vectors)
-            owner_parts.append(torch.full((species.shape[0],), index, dtype=torch.long, device=species.device))
-            offset += species.shape[0]
-        species = torch.cat(species_parts)
-        owners = torch.cat(owner_parts)
-        aevs = self.aev(species, torch.cat(pair_parts), torch.cat(vector_parts))
+        species, pairs, vectors, owners, _ = batch_systems(
+            systems,
+            NeighborListOptions(self.cutoff, False, True),
+            self.species_of_number,
+            "ANI-1x knows only H, C, N and O (atomic numbers 1, 6, 7, 8)",
+        )
+        aevs = self.aev(species, pairs, vectors)
         if selected_atoms is not None:
             # the networks, the expensive part, run only for the atoms whose energies count
             species = species.index_select(0, selected_atoms)

@@ -47,7 +47,15 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core import (
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+    batch_systems,
+    export,
+)
 
 MACE_VERSION = "0.3.16"
 MACE_REQUIREMENT = (
@@ -133,35 +141,12 @@ class MACEWrapper(torch.nn.Module):
     ) -> Dict[str, Tensor]:
         if "energy" not in outputs:
             return {}
-        options = NeighborListOptions(self.cutoff, True, True)
-        species_parts: List[Tensor] = []
-        pair_parts: List[Tensor] = []
-        vector_parts: List[Tensor] = []
-        owner_parts: List[Tensor] = []
-        cell_parts: List[Tensor] = []
-        sizes: List[int] = [0]
-        offset = 0
-        for index, system in enumerate(systems):
-            numbers = system.types.to(torch.long)
-            if numbers.shape[0] > 0 and (
-                int(numbers.min()) < 0 or int(numbers.max()) >= self.species_of_number.shape[0]
-            ):
-                raise ValueError("this MACE model knows only the atomic numbers " + str(self.atomic_numbers))
-            species = self.species_of_number.index_select(0, numbers)
-            if bool((species < 0).any()):
-                raise ValueError("this MACE model knows only the atomic numbers " + str(self.atomic_numbers))
-            neighbors = system.get_neighbor_list(options)
-            species_parts.append(species)
-            pair_parts.append(neighbors.pairs.to(torch.long) + offset)
-            vector_parts.append(neighbors.vectors)
-            owner_parts.append(torch.full((species.shape[0],), index, dtype=torch.long, device=species.device))
-            cell_parts.append(system.cell)
-            offset += species.shape[0]
-            sizes.append(offset)
-        species = torch.cat(species_parts)
-        pairs = torch.cat(pair_parts)
-        vectors = torch.cat(vector_parts)
-        batch = torch.cat(owner_parts)
+        species, pairs, vectors, batch, sizes = batch_systems(
+            systems,
+            NeighborListOptions(self.cutoff, True, True),
+            self.species_of_number,
+            "this MACE model knows only the atomic numbers " + str(self.atomic_numbers),
+        )
         dtype = vectors.dtype
         device = vectors.device
         n_atoms = species.shape[0]
@@ -181,7 +166,7 @@ class MACEWrapper(torch.nn.Module):
             "node_attrs": torch.nn.functional.one_hot(species, self.num_elements).to(dtype),
             "batch": batch,
             "ptr": torch.tensor(sizes, dtype=torch.long, device=device),
-            "cell": torch.cat(cell_parts).to(dtype),
+            "cell": torch.cat([system.cell for system in systems]).to(dtype),
             "head": torch.full((n_systems,), self.head_index, dtype=torch.long, device=device),
         }
         results = self.mace(

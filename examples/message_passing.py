@@ -39,7 +39,15 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core import (
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    System,
+    batch_systems,
+    export,
+)
 
 DEFAULT_TYPES = (1, 6, 8)
 DEFAULT_CUTOFF = 2.5  # Angstrom
@@ -159,29 +167,12 @@ class MessagePassingModel(torch.nn.Module):
     ) -> Dict[str, Tensor]:
         if "energy" not in outputs:
             return {}
-        options = NeighborListOptions(self.cutoff, True, True)
-        species_parts: List[Tensor] = []
-        pair_parts: List[Tensor] = []
-        vector_parts: List[Tensor] = []
-        owner_parts: List[Tensor] = []
-        offset = 0
-        for index, system in enumerate(systems):
-            numbers = system.types.to(torch.long)
-            if numbers.shape[0] > 0 and (int(numbers.min()) < 0 or int(numbers.max()) >= self.species_of_type.shape[0]):
-                raise ValueError("this message-passing model knows only the atom types " + str(self.types))
-            species = self.species_of_type.index_select(0, numbers)
-            if bool((species < 0).any()):
-                raise ValueError("this message-passing model knows only the atom types " + str(self.types))
-            neighbors = system.get_neighbor_list(options)
-            species_parts.append(species)
-            pair_parts.append(neighbors.pairs.to(torch.long) + offset)
-            vector_parts.append(neighbors.vectors)
-            owner_parts.append(torch.full((species.shape[0],), index, dtype=torch.long, device=species.device))
-            offset += species.shape[0]
-        species = torch.cat(species_parts)
-        owners = torch.cat(owner_parts)
-        pairs = torch.cat(pair_parts)
-        vectors = torch.cat(vector_parts)
+        species, pairs, vectors, owners, _ = batch_systems(
+            systems,
+            NeighborListOptions(self.cutoff, True, True),
+            self.species_of_type,
+            "this message-passing model knows only the atom types " + str(self.types),
+        )
 
         # a non-strict list may hold pairs beyond the cutoff: they would carry a zero envelope,
         # dropping them is cheaper
