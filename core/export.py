@@ -106,7 +106,8 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
     pressures = [name for name in outputs if capabilities.outputs[_split_request(name)[0]].quantity == "pressure"]
     outputs = [name for name in outputs if name not in pressures]
     has_energy = "energy" in capabilities.outputs
-    try:
+
+    def run(cell, pbc, pairs, shifts, requested: List[str], compute_forces: bool, compute_virial: bool) -> None:
         scripted(
             positions,
             torch.tensor(types, dtype=torch.int32),
@@ -115,58 +116,29 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
             torch.tensor([n_atoms]),
             pairs,
             shifts,
-            outputs,
+            requested,
             None,
             "energy",
-            has_energy,
-            has_energy,
+            compute_forces,
+            compute_virial,
             False,
             capabilities.length_unit,
             "eV",
         )
+
+    try:
+        run(cell, pbc, pairs, shifts, outputs, has_energy, has_energy)
         # energies per structure only (what ASE and i-PI ask): a per-atom-capable model must honour that too
         per_structure = [
             name for name, output in capabilities.outputs.items() if output.per_atom and output.quantity == "energy"
         ]
         if per_structure:
-            scripted(
-                positions,
-                torch.tensor(types, dtype=torch.int32),
-                cell.unsqueeze(0),
-                pbc.unsqueeze(0),
-                torch.tensor([n_atoms]),
-                pairs,
-                shifts,
-                per_structure,
-                None,
-                "energy",
-                has_energy,
-                False,
-                False,
-                capabilities.length_unit,
-                "eV",
-            )
+            run(cell, pbc, pairs, shifts, per_structure, has_energy, False)
         if pressures:
             periodic_cell = torch.eye(3, dtype=torch.float64) * (1.5 * box)
             periodic = torch.ones(3, dtype=torch.bool)
             pairs, shifts = _smoke_test_lists(positions, periodic_cell, periodic, requests)
-            scripted(
-                positions,
-                torch.tensor(types, dtype=torch.int32),
-                periodic_cell.unsqueeze(0),
-                periodic.unsqueeze(0),
-                torch.tensor([n_atoms]),
-                pairs,
-                shifts,
-                pressures,
-                None,
-                "energy",
-                False,
-                False,
-                False,
-                capabilities.length_unit,
-                "eV",
-            )
+            run(periodic_cell, periodic, pairs, shifts, pressures, False, False)
     except Exception as error:
         raise ValueError(
             f"the model does not match its declared capabilities: {describe_model_error(error)}"
