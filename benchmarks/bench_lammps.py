@@ -254,6 +254,20 @@ def busy_cores_caveat(lj: Dict[str, float]) -> str:
     return f"lj/cut itself sped up only {native_speedup:.2f}x on 2 ranks: the cores were busy"
 
 
+def two_ranks_row(system: str, r: Dict[str, float], timed: str, floor: str, **fields) -> BenchRow:
+    """A whole MD step on 2 MPI ranks (`r["two_step_ms"]`) against perfect scaling of the 1-rank
+    step (`r["one_step_ms"]` / 2); `fields`: the row's peer, aims, details and note."""
+    return BenchRow(
+        engine="LAMMPS",
+        system=system,
+        timed=timed,
+        atomplug_ms=r["two_step_ms"],
+        floor_ms=r["one_step_ms"] / 2.0,
+        floor=floor,
+        **fields,
+    )
+
+
 def lammps_rows(system: str, r: Dict[str, float], busy_cores: str = "") -> List[BenchRow]:
     """Issue 4's aims: the plugin's C++ <= 3% of the model's time, 2-rank speedup >= 1.7x.
     `busy_cores` (from `busy_cores_caveat`) marks the 2-rank verdict as unreliable."""
@@ -292,13 +306,11 @@ def lammps_rows(system: str, r: Dict[str, float], busy_cores: str = "") -> List[
     if native:
         details["lj/cut step, 1 rank ms"] = r["native_one_step_ms"]
         details["lj/cut step, 2 ranks ms"] = r["native_two_step_ms"]
-    two_ranks = BenchRow(
-        engine="LAMMPS",
-        system=system,
-        timed="whole MD step, 2 MPI ranks",
-        atomplug_ms=r["two_step_ms"],
-        floor_ms=r["one_step_ms"] / 2.0,
-        floor="perfect 2-rank scaling of atomplug's 1-rank step (1-rank step / 2)",
+    two_ranks = two_ranks_row(
+        system,
+        r,
+        "whole MD step, 2 MPI ranks",
+        "perfect 2-rank scaling of atomplug's 1-rank step (1-rank step / 2)",
         peer="lj/cut, 2 ranks" if native else "",
         peer_ms=r.get("native_two_step_ms"),
         aims=[Aim(4, "2-rank speedup", speedup, 1.7, at_most=False, caveat=busy_cores)],
