@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
 from ase.calculators.calculator import all_changes
-from structures import water_box
+from structures import hco_cluster, hco_liquid
 
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import load_model
@@ -33,12 +32,7 @@ INTERACTIONS = 2
 
 def liquid(seed: int = 21) -> Atoms:
     """Periodic, 16 molecules (box ~7.8 A, smaller than the 8 A interaction range): H C O."""
-    atoms = water_box(16, seed=seed)
-    numbers = atoms.numbers.copy()
-    numbers[np.flatnonzero(numbers == 8)[::3]] = 6
-    atoms.numbers = numbers
-    atoms.rattle(0.05, seed=seed)
-    return atoms
+    return hco_liquid(16, seed=seed)
 
 
 def triclinic() -> Atoms:
@@ -48,17 +42,8 @@ def triclinic() -> Atoms:
     return atoms
 
 
-def cluster() -> Atoms:
-    atoms = molecule("CH3CH2OH")
-    water = molecule("H2O")
-    water.translate([0.0, 2.9, 0.4])
-    atoms += water
-    atoms.rattle(0.02, seed=3)
-    return atoms
-
-
 # the wrapper sees only pair vectors: slabs are exercised with the message-passing example
-STRUCTURES = {"periodic": liquid, "triclinic": triclinic, "isolated": cluster}
+STRUCTURES = {"periodic": liquid, "triclinic": triclinic, "isolated": hco_cluster}
 
 
 def relative(actual, expected) -> float:
