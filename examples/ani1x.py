@@ -45,15 +45,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from atomplug.core import (
-    ModelCapabilities,
-    ModelMetadata,
-    ModelOutput,
-    NeighborListOptions,
-    System,
-    batch_systems,
-    export,
-)
+from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core.graph import batch_systems
 
 TORCHANI_REQUIREMENT = "export_ani1x needs torchani==2.2.4 (pip install 'torchani==2.2.4' 'setuptools<81')"
 

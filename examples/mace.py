@@ -47,15 +47,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from atomplug.core import (
-    ModelCapabilities,
-    ModelMetadata,
-    ModelOutput,
-    NeighborListOptions,
-    System,
-    batch_systems,
-    export,
-)
+from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core.graph import batch_systems
 
 MACE_VERSION = "0.3.16"
 MACE_REQUIREMENT = (

@@ -39,15 +39,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from atomplug.core import (
-    ModelCapabilities,
-    ModelMetadata,
-    ModelOutput,
-    NeighborListOptions,
-    System,
-    batch_systems,
-    export,
-)
+from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
+from atomplug.core.graph import batch_systems
 
 DEFAULT_TYPES = (1, 6, 8)
 DEFAULT_CUTOFF = 2.5  # Angstrom
