@@ -137,6 +137,10 @@ def run_lammps(workdir: str, text: str, nprocs: int, steps: int) -> Dict[str, fl
         named = {key.strip(): float(value) for key, value in numbers.items()}
         values["plugin_ms"] = sum(v for k, v in named.items() if not k.startswith("entry point"))
         values["entry_ms"] = named.get("entry point (model)", float("nan"))
+        atoms = re.search(r"model atoms (\d+) \(local (\d+)\)", timing[-1])
+        if atoms:
+            values["model_atoms"] = float(atoms.group(1))
+            values["local_atoms"] = float(atoms.group(2))
     return values
 
 
@@ -322,6 +326,104 @@ def lammps_rows(system: str, r: Dict[str, float], busy_cores: str = "") -> List[
     return [one_rank, two_ranks]
 
 
+# ---- message-passing models (issue 14) ---------------------------------------------------------
+
+MP_INPUT = """
+units metal
+atom_style atomic
+read_data {data}
+pair_style atomplug {model}
+pair_coeff * * H C O
+velocity all create 300.0 4928459 loop geom
+fix nve all nve
+timestep 0.0002
+thermo {steps}
+run 3
+run {steps}
+"""
+
+
+def ase_step_ms(model: str, atoms, steps: int) -> float:
+    """The floor of issue 14: the same model in AtomplugCalculator on one process, ms per MD-like
+    step (all atoms moved a little, energy + forces), median over `steps` after 5 warm-up calls
+    (TorchScript's profiling executor specializes the graph during the first 3)."""
+    from atomplug.ase_calculator import AtomplugCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = AtomplugCalculator(model)
+    rng = np.random.default_rng(5)
+
+    def step():
+        atoms.positions += rng.normal(0.0, 0.002, size=atoms.positions.shape)
+        atoms.get_forces()
+        atoms.get_potential_energy()
+
+    return 1e3 * median_time(step, repeat=steps, warmup=5)
+
+
+def bench_message_passing(name: str, workdir: str, model: str, atoms, steps: int, repeat: int) -> Dict[str, float]:
+    import ase.io
+
+    data = os.path.join(workdir, f"{name}.data")
+    ase.io.write(data, atoms, format="lammps-data", specorder=["H", "C", "O"], masses=True)
+    text = MP_INPUT.format(data=data, model=model, steps=steps)
+    one = [run_lammps(workdir, text, 1, steps) for _ in range(repeat)]
+    two = [run_lammps(workdir, text, 2, steps) for _ in range(repeat)]
+    result = {"ase_ms": min(ase_step_ms(model, atoms, max(3, steps)) for _ in range(repeat))}
+    for prefix, runs in (("one", one), ("two", two)):
+        for key, value in best(runs).items():
+            result[f"{prefix}_{key}"] = value
+    return result
+
+
+def message_passing_rows(system: str, r: Dict[str, float]) -> List[BenchRow]:
+    """Issue 14: 1 rank within 1.05x of the ASE path; the 2-rank speedup, reported with the ghost
+    atoms per rank that explain it."""
+    ghosts = r["two_model_atoms"] - r["two_local_atoms"]
+    speedup = r["one_step_ms"] / r["two_step_ms"]
+    one_rank = BenchRow(
+        engine="LAMMPS",
+        system=system,
+        timed="whole MD step, 1 rank (periodic images, no extra ghosts)",
+        atomplug_ms=r["one_step_ms"],
+        floor_ms=r["ase_ms"],
+        floor="the same model in AtomplugCalculator, one process (energy + forces per step)",
+        aims=[Aim(14, "1 rank / ASE path", r["one_step_ms"] / r["ase_ms"], 1.05)],
+        details={"model atoms, 1 rank": r["one_model_atoms"]},
+    )
+    two_ranks = two_ranks_row(
+        system,
+        r,
+        "whole MD step, 2 MPI ranks (ghosts out to the interaction range)",
+        "perfect 2-rank scaling of the 1-rank step (1-rank step / 2)",
+        details={
+            "local atoms, rank 0": r["two_local_atoms"],
+            "ghost atoms given to the model, rank 0": ghosts,
+            "2-rank speedup": speedup,
+        },
+        note=(
+            f"2-rank speedup {speedup:.2f}x: rank 0 evaluates {r['two_local_atoms']:.0f} local + {ghosts:.0f} "
+            f"ghost atoms ({r['two_model_atoms'] / r['one_model_atoms']:.2f}x the 1-rank work)"
+        ),
+    )
+    return [one_rank, two_ranks]
+
+
+def report_message_passing(title: str, r: Dict[str, float]) -> None:
+    ghosts = r["two_model_atoms"] - r["two_local_atoms"]
+    print(title)
+    print(f"  floor: AtomplugCalculator, 1 process        {r['ase_ms']:9.2f} ms")
+    print(
+        f"  atomplug 1 rank, whole MD step              {r['one_step_ms']:9.2f} ms   "
+        f"{r['one_step_ms'] / r['ase_ms']:.3f}x the ASE path (aim <= 1.05)"
+    )
+    print(
+        f"  atomplug 2 ranks, whole MD step             {r['two_step_ms']:9.2f} ms   "
+        f"speedup {r['one_step_ms'] / r['two_step_ms']:.2f}x; rank 0: {r['two_local_atoms']:.0f} local + "
+        f"{ghosts:.0f} ghost atoms"
+    )
+
+
 def format_ms_plain(value: float) -> str:
     return f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
 
@@ -332,6 +434,10 @@ def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
     parser.add_argument("--steps", type=int, default=100, help="timed LJ steps (ANI-1x: steps / 5)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip-ani", action="store_true")
+    parser.add_argument("--skip-mp", action="store_true", help="skip the message-passing rows (example, MACE)")
+    parser.add_argument(
+        "--mp-molecules", type=int, default=1334, help="message-passing box: n H2O/CH2O-like molecules (x3 atoms)"
+    )
     parser.add_argument(
         "--water-per-side", type=int, default=8, help="ANI-1x water box of n^3 molecules (default 8: 1536 atoms)"
     )
@@ -382,6 +488,47 @@ def main(argv: Optional[List[str]] = None) -> List[BenchRow]:
                 ani,
             )
             rows += lammps_rows(f"ANI-1x, {len(water)}-atom water", ani, busy_cores)
+        if not args.skip_mp:
+            rows += message_passing_benchmarks(workdir, args)
+    return rows
+
+
+def message_passing_benchmarks(workdir: str, args) -> List[BenchRow]:
+    """The example message-passing model and a MACE model on one periodic H C O liquid."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+    from structures import hco_liquid  # the tests' liquid: waters, every third oxygen a carbon
+
+    from atomplug.examples.message_passing import export_message_passing
+
+    liquid = hco_liquid(n_molecules=args.mp_molecules, seed=3)
+    rows: List[BenchRow] = []
+    mp_path = os.path.join(workdir, "message-passing.pt")
+    export_message_passing(mp_path)
+    steps = max(5, args.steps // 5)
+    mp = bench_message_passing("mp", workdir, mp_path, liquid, steps, args.repeat)
+    report_message_passing(
+        f"\nmessage-passing example (3 layers x 2.5 A = 7.5 A): {len(liquid)}-atom H C O liquid "
+        f"({liquid.cell[0, 0]:.1f} A), metal units (skin 2 A), NVE",
+        mp,
+    )
+    rows += message_passing_rows(f"message-passing example, {len(liquid)} atoms", mp)
+    try:
+        import torch as _torch
+
+        from atomplug.examples.mace import export_mace, random_mace_model
+    except ImportError as error:
+        print(f"\nMACE: not run ({error})")
+        return rows
+    mace_file = os.path.join(workdir, "small.model")
+    _torch.save(random_mace_model(), mace_file)
+    mace_path = os.path.join(workdir, "mace.pt")
+    export_mace(mace_file, mace_path)
+    mace = bench_message_passing("mace", workdir, mace_path, liquid, 2, 1)
+    report_message_passing(
+        f"\nMACE (random weights, 2 interactions x r_max 4 A = 8 A, 16x0e+16x1o, float64): {len(liquid)} atoms",
+        mace,
+    )
+    rows += message_passing_rows(f"MACE, {len(liquid)} atoms", mace)
     return rows
 
 

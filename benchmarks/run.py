@@ -162,7 +162,11 @@ BENCHMARKS: Dict[str, Tuple[Optional[str], List[str], List[str]]] = {
     "core": (None, [], ["--repeat", "5", "--warmup", "2"]),
     "ase": ("bench_ase", [], ["--rounds", "8"]),
     "ipi": ("bench_ipi", [], ["--sizes", "108", "1000", "--steps", "80", "--warmup", "20", "--rounds", "1"]),
-    "lammps": ("bench_lammps", ["--repeat", "3"], ["--steps", "10", "--repeat", "1", "--water-per-side", "4"]),
+    "lammps": (
+        "bench_lammps",
+        ["--repeat", "3"],
+        ["--steps", "10", "--repeat", "1", "--water-per-side", "4", "--mp-molecules", "300"],
+    ),
     "plumed": ("bench_plumed", [], ["--frames-small", "1000", "--frames-large", "60"]),
 }
 
@@ -188,7 +192,10 @@ LEGEND = [
     "mapping, pair filtering, tensors) over the model's time (Pair time minus that C++ time); the "
     "atomplug / floor column compares two processes and moves by +-15% with the machine's load. "
     "2-rank rows: whole MD step on 2 MPI ranks; floor = perfect scaling (1-rank step / 2), peer = "
-    "`lj/cut` on 2 ranks; the aim is the speedup over 1 rank.",
+    "`lj/cut` on 2 ranks; the aim is the speedup over 1 rank. Message-passing rows (issue 14): the "
+    "example model and a random MACE on one H C O liquid; 1 rank (periodic images, no extra ghosts) vs "
+    "the same model in `AtomplugCalculator` (floor; aim <= 1.05x); 2 ranks with ghosts out to the "
+    "interaction range, the ghost atoms per rank given with the speedup they explain.",
     "- **PLUMED** (issue 6): the CV action's own time per step under `plumed driver` (PLUMED's "
     "DETAILED_TIMERS; steady-state mean from the difference of a long and a short trajectory, so that "
     "loading the model and TorchScript's profiling of the first calls cancel out), vs the model's entry "
