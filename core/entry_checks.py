@@ -150,46 +150,19 @@ def check_periodic_cells(cells: Tensor, pbcs: Tensor):
             )
 
 
-def check_finite(
-    final: Dict[str, Tensor],
-    positions: Tensor,
-    pbcs: Tensor,
-    neighbor_pairs: List[Tensor],
-    vectors: List[Tensor],
-    system_sizes: Tensor,
-    system_of_atom: Tensor,
-    selected: Optional[Tensor],
-    length_factor: float,
-    length_unit: str,
-    cutoffs: List[float],
-    pressure_outputs: List[str],
-):
-    """NaN or infinite results are never physics: stop here rather than feed them to an MD run.
-    One sum per output and one synchronisation (~20 us); NaN and infinities survive a sum."""
-    total = torch.zeros((), dtype=torch.float64, device=positions.device)
+def non_finite_output(final: Dict[str, Tensor], device: torch.device) -> Optional[str]:
+    """The name of the first output with NaN or infinite values, None when all are finite: NaN
+    or infinite results are never physics, the entry point stops rather than feed them to an MD
+    run (with `non_finite_message`). One sum per output and one synchronisation (~20 us); NaN and
+    infinities survive a sum."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for value in final.values():
         total = total + value.sum()
     if bool(torch.isfinite(total)):
-        return
+        return None
     for key, value in final.items():
         if not bool(torch.isfinite(value).all()):
-            raise ValueError(
-                non_finite_message(
-                    key,
-                    value,
-                    positions,
-                    pbcs,
-                    neighbor_pairs,
-                    vectors,
-                    system_sizes,
-                    system_of_atom,
-                    selected,
-                    length_factor,
-                    length_unit,
-                    cutoffs,
-                    pressure_outputs,
-                )
-            )
+            return key
     raise ValueError(
         "the model returned values too large to add up (above 1e308): the structure is outside what "
         "the model can handle, or the model is broken; check the structure"

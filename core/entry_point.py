@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .archive import FORMAT_VERSION
 from .contract import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
-from .entry_checks import check_finite, check_inputs
+from .entry_checks import check_inputs, non_finite_message, non_finite_output
 from .system import NeighborList, System
 from .units import conversion_factor_with_table, unit_table
 from .virial import atomic_virial_from_pairs, pair_vectors, strained
@@ -308,20 +308,25 @@ class AtomisticModel(torch.nn.Module):
         for key, value in results.items():
             if key in returned or key == "forces" or key == "virial" or key == "atomic_virial":
                 final[key] = value.detach().to(torch.float64)
-        check_finite(
-            final,
-            positions,
-            pbcs,
-            neighbor_pairs,
-            vectors,
-            system_sizes,
-            system_of_atom,
-            selected,
-            length_factor,
-            length_unit,
-            self._cutoffs,
-            self._pressure_outputs,
-        )
+        non_finite = non_finite_output(final, positions.device)
+        if non_finite is not None:
+            raise ValueError(
+                non_finite_message(
+                    non_finite,
+                    final[non_finite],
+                    positions,
+                    pbcs,
+                    neighbor_pairs,
+                    vectors,
+                    system_sizes,
+                    system_of_atom,
+                    selected,
+                    length_factor,
+                    length_unit,
+                    self._cutoffs,
+                    self._pressure_outputs,
+                )
+            )
         return final
 
     # ---- the entry point's steps ---------------------------------------------------------------
