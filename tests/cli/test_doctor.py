@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 
-def doctor(env=None):
+def doctor(env=None, *options: str):
     script = shutil.which("atomplug", path=os.path.dirname(sys.executable))
-    return subprocess.run([script, "doctor"], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([script, "doctor", *options], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_doctor_passes_on_this_installation():
@@ -30,13 +30,7 @@ def test_doctor_names_the_fix_for_a_missing_plugin_build(tmp_path):
 
 def test_doctor_names_the_fix_when_lammps_plugin_path_points_nowhere(tmp_path):
     env = dict(os.environ, LAMMPS_PLUGIN_PATH=str(tmp_path / "nowhere"))
-    run = subprocess.run(
-        [shutil.which("atomplug", path=os.path.dirname(sys.executable)), "doctor", "--no-load"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    run = doctor(env, "--no-load")
     assert run.returncode == 2
     assert f"FAIL  LAMMPS_PLUGIN_PATH     points nowhere: {tmp_path / 'nowhere'}" in run.stdout
     assert "fix: unset LAMMPS_PLUGIN_PATH" in run.stdout
@@ -55,13 +49,7 @@ def test_doctor_names_the_fix_for_a_plugin_built_for_another_torch(tmp_path):
     info["torch"] = "2.5.1"
     (copy / INFO_FILE).write_text(json.dumps(info))
     env = dict(os.environ, ATOMPLUG_LAMMPS_BUILD_DIR=str(tmp_path / "builds"), LAMMPS_PLUGIN_PATH=str(copy))
-    run = subprocess.run(
-        [shutil.which("atomplug", path=os.path.dirname(sys.executable)), "doctor", "--no-load"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    run = doctor(env, "--no-load")
     assert run.returncode == 2
     lines = run.stdout.splitlines()
     failing = [k for k, line in enumerate(lines) if line.startswith("FAIL")]
