@@ -13,6 +13,7 @@ code path of `AtomplugCalculator`).
 from __future__ import annotations
 
 import os
+import re
 
 import ase.io
 import numpy as np
@@ -265,3 +266,32 @@ def test_an_absurd_ghost_region_is_refused_with_the_numbers(tmp_path, plugin):
         "local atoms and" in output and "ghost atoms within the message-passing model's interaction range (30" in output
     )
     assert "use fewer MPI ranks" in output
+
+
+@pytest.mark.parametrize(
+    "units, energy_unit, length_factor", [("real", "kcal/mol", 1.0), ("nano", "attogram*nm^2/ns^2", 0.1)]
+)
+def test_other_unit_styles_on_two_ranks(tmp_path, plugin, message_passing_path, units, energy_unit, length_factor):
+    """The ghost region is the interaction range in LAMMPS' own length unit (nm for `units nano`):
+    energy and forces on 2 ranks equal the core in that unit system."""
+    atoms = hco_liquid()
+    atoms.set_cell(atoms.cell * length_factor, scale_atoms=True)
+    ase.io.write(str(tmp_path / "liquid.data"), atoms, format="lammps-data", specorder=SPECIES, masses=True)
+    text = run_block("liquid", "p p p", "", message_passing_path, "units").replace("units metal", f"units {units}")
+    result = run_lmp(tmp_path, text, 2)
+    logged = re.search(r"message-passing model \(interaction range (\S+) = 3 x its cutoff\)", result.stdout)
+    assert logged and abs(float(logged.group(1)) - 7.5 * length_factor) <= 1e-12
+    dump = read_dump(tmp_path / "units.dump")
+    values = read_values(tmp_path / "values.txt")["units"]
+    frame = Atoms(
+        numbers=[{1: 1, 2: 6, 3: 8}[int(t)] for t in dump["type"]],
+        positions=np.stack([dump["x"], dump["y"], dump["z"]], axis=1),
+        cell=lammps_cell(dump),
+        pbc=True,
+    )
+    length_unit = "Angstrom" if length_factor == 1.0 else "nm"
+    runner = ModelRunner(message_passing_path, length_unit=length_unit, energy_unit=energy_unit)
+    reference = runner.run([frame], ["energy"], forces=True)
+    assert abs(values["pe"] - reference["energy"][0, 0]) <= TOLERANCE * abs(reference["energy"][0, 0])
+    forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    assert relative_difference(forces, reference["forces"]) <= TOLERANCE
