@@ -46,7 +46,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
-# Writes benchmarks/results.md and benchmarks/results-*.png (~14 min on 2 cores, half of it MACE; see
+# Writes benchmarks/results.md and benchmarks/results-*.png (~15-20 min on 2 cores, half of it MACE; see
 # docs/benchmarks.md). `make bench BENCH_ARGS=--quick` is a 1-2 minute smoke test.
 bench: plugins
 	$(PY) -m pip install --quiet -e ".[bench]"
