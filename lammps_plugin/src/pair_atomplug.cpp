@@ -744,7 +744,9 @@ struct GhostIndex {
   }
 };
 
-// MODE: 0 half newton on (one rank: keep all), 1 half newton off, 2 full LAMMPS list. Branch-free
+// MODE: 0 half newton on (one rank: keep all), 1 half newton off, 2 full LAMMPS list, 3 GHOST_GRAPH
+// (a full list of local and ghost atoms, ghosts' own neighbors included, every atom already a model
+// atom, no shifts: a half model list keeps each pair once, lower model index first). Branch-free
 // on the distance test (about half the candidates fail it, unpredictably): every candidate is
 // written at the current end, and kept by advancing the end or not.
 template <bool FULL_MODEL, int MODE, typename Site>
@@ -752,11 +754,11 @@ size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int
                      GhostIndex &ghost)
 {
   size_t count = 0;
-  const int inum = list->inum;
+  const int listed = list->inum + (MODE == 3 ? list->gnum : 0);
   const int *ilist = list->ilist;
   const int *numneigh = list->numneigh;
   int *const *firstneigh = list->firstneigh;
-  for (int ii = 0; ii < inum; ++ii) {
+  for (int ii = 0; ii < listed; ++ii) {
     const int i = ilist[ii];
     const int mi = sites[i].model;
     if (mi < 0) continue;
@@ -769,7 +771,9 @@ size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int
       const double dx = a.x[0] - xi, dy = a.x[1] - yi, dz = a.x[2] - zi;
       bool keep = (dx * dx + dy * dy + dz * dz < cutsq) & (a.model != -1);    // -1: NONE
       int32_t mj = a.model;
-      if (MODE != 0) {
+      if (MODE == 3) {
+        if (!FULL_MODEL) keep = keep & (a.model > mi);
+      } else if (MODE != 0) {
         if (!FULL_MODEL) {
           // LOCAL: once (a full LAMMPS list has both i,j and j,i); IMAGE: from the lower model
           // index, or with a positive shift for an atom's own image; GHOST: always
@@ -787,7 +791,7 @@ size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int
       shifts[3 * count + 1] = a.shift[1];
       shifts[3 * count + 2] = a.shift[2];
       count += keep;
-      if (FULL_MODEL && keep && a.kind == 2) {
+      if (MODE != 3 && FULL_MODEL && keep && a.kind == 2) {
         pairs[2 * count] = mj;
         pairs[2 * count + 1] = mi;
         shifts[3 * count] = 0;
@@ -800,39 +804,6 @@ size_t collect_pairs(const NeighList *list, const Site *sites, double cutsq, int
   return count;
 }
 
-// GHOST_GRAPH: LAMMPS' full list of local and ghost atoms (ghosts' own neighbors included), every
-// atom already a model atom; no shifts. A half model list keeps each pair once (lower model index
-// first), a full one both directions.
-template <bool FULL_MODEL, typename Site>
-size_t collect_graph_pairs(const NeighList *list, const Site *sites, double cutsq, int64_t *pairs,
-                           int32_t *shifts)
-{
-  size_t count = 0;
-  const int n = list->inum + list->gnum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int *const *firstneigh = list->firstneigh;
-  for (int ii = 0; ii < n; ++ii) {
-    const int i = ilist[ii];
-    const int mi = sites[i].model;
-    if (mi < 0) continue;
-    const double xi = sites[i].x[0], yi = sites[i].x[1], zi = sites[i].x[2];
-    const int *jlist = firstneigh[i];
-    const int jnum = numneigh[i];
-    for (int jj = 0; jj < jnum; ++jj) {
-      const Site &a = sites[jlist[jj] & NEIGHMASK];
-      const double dx = a.x[0] - xi, dy = a.x[1] - yi, dz = a.x[2] - zi;
-      const bool keep = (dx * dx + dy * dy + dz * dz < cutsq) & (a.model >= 0) & (FULL_MODEL || a.model > mi);
-      pairs[2 * count] = mi;
-      pairs[2 * count + 1] = a.model;
-      shifts[3 * count] = 0;
-      shifts[3 * count + 1] = 0;
-      shifts[3 * count + 2] = 0;
-      count += keep;
-    }
-  }
-  return count;
-}
 }    // namespace
 
 void PairAtomplug::build_pairs()
@@ -873,9 +844,9 @@ void PairAtomplug::build_pairs()
     size_t count = 0;
     if (list_mode == GHOST_GRAPH) {
       if (full_lists[l])
-        count = collect_graph_pairs<true>(list, site, cutsq, pairs, shifts);
+        count = collect_pairs<true, 3>(list, site, cutsq, pairs, shifts, ghost);
       else
-        count = collect_graph_pairs<false>(list, site, cutsq, pairs, shifts);
+        count = collect_pairs<false, 3>(list, site, cutsq, pairs, shifts, ghost);
     } else if (list_mode == FULL) {
       if (full_lists[l])
         count = collect_pairs<true, 2>(list, site, cutsq, pairs, shifts, ghost);
