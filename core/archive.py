@@ -40,6 +40,28 @@ class LoadedModel:
     def unit_conversion(self, from_unit: str, to_unit: str) -> float:
         return float(self.module.unit_conversion(from_unit, to_unit))
 
+    @property
+    def input_names(self) -> List[str]:
+        """The inputs the model requested (masses, velocities, charges, total_charge, spin_multiplicity)."""
+        return list(self.capabilities.inputs)
+
+    def variant_output(self, request: str, variant: str) -> str:
+        """The output to ask for when the user picks `variant` ("" for none): the archive's own
+        rule (AtomisticModel.variant_output); archives exported before variants take none."""
+        if hasattr(self.module, "variant_output"):
+            try:
+                return str(self.module.variant_output(request, variant))
+            except torch.jit.Error as error:
+                from .errors import describe_model_error
+
+                raise ValueError(describe_model_error(error)) from None
+        if variant:
+            raise ValueError(
+                f"{self.path!r} was exported before atomplug had variants: export it again to choose variant "
+                f"{variant!r}"
+            )
+        return request
+
     def __repr__(self) -> str:
         outputs = ", ".join(self.capabilities.outputs)
         return f"LoadedModel({self.metadata.name or self.path!r}, outputs: {outputs})"

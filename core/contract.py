@@ -78,6 +78,109 @@ STANDARD_OUTPUTS = {
 
 SUPPORTED_DTYPES = ("float64", "float32")
 
+# Quantities an output or input may declare ("" for none: values pass unconverted).
+QUANTITIES = ("", "energy", "length", "force", "pressure", "mass", "velocity", "charge", "dipole")
+
+# The inputs a model may request besides positions, types and cell:
+# name -> (quantity, per atom, property names). The engine supplies them in its units; the entry
+# point converts them to the unit the model declares.
+INPUTS = {
+    "masses": ("mass", True, ["mass"]),
+    "velocities": ("velocity", True, ["x", "y", "z"]),
+    "charges": ("charge", True, ["charge"]),
+    "total_charge": ("charge", False, ["charge"]),
+    "spin_multiplicity": ("", False, ["spin_multiplicity"]),
+}
+
+VARIANT_SEPARATOR = "/"  # "energy/ccsdt" is the variant "ccsdt" of "energy"
+_VARIANT_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.+")
+
+
+def split_variant(name: str) -> tuple:
+    """'energy/ccsdt' -> ('energy', 'ccsdt'); 'energy' -> ('energy', '')."""
+    if VARIANT_SEPARATOR in name:
+        base, variant = name.split(VARIANT_SEPARATOR, 1)
+        return base, variant
+    return name, ""
+
+
+def _check_variant_name(name: str) -> None:
+    base, variant = split_variant(name)
+    problem = ""
+    if not base:
+        problem = "nothing before '/'"
+    elif not variant:
+        problem = "an empty variant after '/'"
+    elif VARIANT_SEPARATOR in variant:
+        problem = "more than one '/'"
+    elif variant == PER_ATOM_SUFFIX[1:]:
+        problem = "'per_atom' is not a variant name (engines ask for per-atom values with it)"
+    elif not set(variant) <= _VARIANT_CHARACTERS:
+        problem = "characters other than letters, digits and _ - . +"
+    if problem:
+        raise ValueError(f"output name {name!r}: {problem}; name variants '<output>/<variant>', e.g. 'energy/ccsdt'")
+
+
+def _check_quantity_unit(
+    what: str, quantity: str, unit: str, table, values: str = "the values the model returns"
+) -> None:
+    from .units import QUANTITY_DIMENSIONS, check_dimension
+
+    if quantity not in QUANTITIES:
+        raise ValueError(
+            f"{what}: unknown quantity {quantity!r}; use one of "
+            + ", ".join(repr(q) for q in QUANTITIES)
+            + " ('' for no unit conversion)"
+        )
+    if quantity in ("", "force", "pressure"):
+        return  # force and pressure units are composed from the energy and length units
+    examples = {"energy": "eV", "length": "Angstrom", "mass": "amu", "velocity": "Angstrom/fs", "charge": "e"}
+    try:
+        check_dimension(unit, QUANTITY_DIMENSIONS[quantity], what, table)
+    except ValueError as error:
+        raise ValueError(
+            f"{error}: declare the {quantity} unit of {values}, e.g. {examples.get(quantity, 'e*Angstrom')!r}"
+        ) from None
+
+
+def check_inputs_declaration(inputs: Dict[str, Any]) -> Dict[str, Any]:
+    """The model's requested inputs, checked against the vocabulary (INPUTS) and normalised (the
+    properties filled in from the vocabulary)."""
+    from .units import unit_table
+
+    table = unit_table()
+    checked: Dict[str, Any] = {}
+    for name, declared in inputs.items():
+        if name not in INPUTS:
+            raise ValueError(
+                f"requested input {name!r} is unknown: models may request {', '.join(INPUTS)}; fix "
+                "the model's requested_inputs()"
+            )
+        quantity, per_atom, properties = INPUTS[name]
+        for attribute in ("quantity", "unit", "per_atom", "properties"):
+            if not hasattr(declared, attribute):
+                raise ValueError(
+                    f"requested_inputs() must map names to ModelOutput objects, got {type(declared).__name__} "
+                    f"for {name!r}"
+                )
+        if declared.quantity != quantity:
+            raise ValueError(
+                f"requested input {name!r} has quantity {quantity!r}, not {declared.quantity!r}: declare "
+                f"ModelOutput(quantity={quantity!r}, unit=...)"
+            )
+        if bool(declared.per_atom) != per_atom:
+            kind = "per atom" if per_atom else "per structure"
+            raise ValueError(f"requested input {name!r} is {kind}: declare it with per_atom={per_atom}")
+        if declared.properties and list(declared.properties) != properties:
+            raise ValueError(
+                f"requested input {name!r} has the properties {properties}, not {list(declared.properties)}: "
+                "leave properties out"
+            )
+        unit = "" if quantity == "" else declared.unit
+        _check_quantity_unit(f"requested input {name!r}", quantity, unit, table, "the values the model wants")
+        checked[name] = ModelOutput(quantity, unit, per_atom, list(properties))
+    return checked
+
 
 @dataclasses.dataclass
 class ModelCapabilities:
@@ -93,36 +196,30 @@ class ModelCapabilities:
     length_unit: str = "Angstrom"
     supported_devices: List[str] = dataclasses.field(default_factory=lambda: ["cpu"])
     dtype: str = "float64"
+    # what the model requests besides positions, types and cell (from its requested_inputs(),
+    # filled in by export): name in INPUTS -> ModelOutput(quantity, unit the model wants, ...)
+    inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError naming the problem and the fix for an inconsistent declaration."""
-        from .units import DIMENSIONS_ENERGY, DIMENSIONS_LENGTH, check_dimension, unit_table
+        from .units import DIMENSIONS_LENGTH, check_dimension, unit_table
 
         table = unit_table()
         if not self.outputs:
             raise ValueError("ModelCapabilities.outputs is empty: declare at least one output")
         for name, output in self.outputs.items():
-            if name not in STANDARD_OUTPUTS and "::" not in name:
+            base = split_variant(name)[0]
+            if base not in STANDARD_OUTPUTS and "::" not in base:
                 raise ValueError(
                     f"output name {name!r} is neither standard ({', '.join(STANDARD_OUTPUTS)}) "
-                    "nor namespaced: call it '<vendor>::<name>'"
+                    "nor namespaced: call it '<vendor>::<name>' (variants: '<output>/<variant>')"
                 )
-            if name == "energy" and output.quantity != "energy":
-                raise ValueError(f"output 'energy' must have quantity 'energy', not {output.quantity!r}")
-            if output.quantity in ("energy", "length"):
-                expected = DIMENSIONS_ENERGY if output.quantity == "energy" else DIMENSIONS_LENGTH
-                try:
-                    check_dimension(output.unit, expected, f"output {name!r}", table)
-                except ValueError as error:
-                    example = "eV" if output.quantity == "energy" else "Angstrom"
-                    raise ValueError(
-                        f"{error}: declare the {output.quantity} unit of the values the model returns, e.g. {example!r}"
-                    ) from None
-            elif output.quantity not in ("", "force", "pressure"):
-                raise ValueError(
-                    f"output {name!r}: unknown quantity {output.quantity!r}; use 'energy', "
-                    "'length', 'force', 'pressure' or '' (no unit conversion)"
-                )
+            if base != name:
+                _check_variant_name(name)
+            if base == "energy" and output.quantity != "energy":
+                raise ValueError(f"output {name!r} must have quantity 'energy', not {output.quantity!r}")
+            _check_quantity_unit(f"output {name!r}", output.quantity, output.unit, table)
+        check_inputs_declaration(self.inputs)
         check_dimension(self.length_unit, DIMENSIONS_LENGTH, "length_unit", table)
         if not self.atomic_types:
             raise ValueError("ModelCapabilities.atomic_types is empty: list the atom types the model knows")
@@ -152,6 +249,10 @@ class ModelCapabilities:
             "length_unit": self.length_unit,
             "supported_devices": list(self.supported_devices),
             "dtype": self.dtype,
+            "inputs": {
+                name: {"quantity": value.quantity, "unit": value.unit, "per_atom": bool(value.per_atom)}
+                for name, value in self.inputs.items()
+            },
         }
 
     @classmethod
@@ -172,7 +273,25 @@ class ModelCapabilities:
             length_unit=str(data["length_unit"]),
             supported_devices=[str(d) for d in data["supported_devices"]],
             dtype=str(data["dtype"]),
+            inputs={
+                name: ModelOutput(
+                    quantity=str(value["quantity"]),
+                    unit=str(value["unit"]),
+                    per_atom=bool(value["per_atom"]),
+                    properties=list(INPUTS[name][2]) if name in INPUTS else [],
+                )
+                for name, value in data.get("inputs", {}).items()
+            },
         )
+
+    def variants(self) -> Dict[str, List[str]]:
+        """{output: [its variants]} for the outputs that have variants ('energy': ['ccsdt'])."""
+        found: Dict[str, List[str]] = {}
+        for name in self.outputs:
+            base, variant = split_variant(name)
+            if variant:
+                found.setdefault(base, []).append(variant)
+        return found
 
 
 @dataclasses.dataclass

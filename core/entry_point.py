@@ -5,6 +5,7 @@ tensors only: it checks the input, converts units, builds `System`s, runs the au
 differentiates it (forces, virial) inside TorchScript. Engines never differentiate by themselves.
 """
 
+import dataclasses
 import json
 from typing import Dict, List, Optional, Tuple
 
@@ -12,7 +13,13 @@ import torch
 from torch import Tensor
 
 from .archive import FORMAT_VERSION
-from .contract import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions
+from .contract import (
+    ModelCapabilities,
+    ModelMetadata,
+    ModelOutput,
+    NeighborListOptions,
+    check_inputs_declaration,
+)
 from .entry_checks import check_inputs, non_finite_message, non_finite_output
 from .system import NeighborList, System
 from .units import conversion_factor_with_table, unit_table
@@ -29,7 +36,10 @@ class AtomisticModel(torch.nn.Module):
             indices, gradient_output: the per-structure output to differentiate (usually
             "energy"), compute_forces, compute_virial, compute_atomic_virial,
             length_unit, energy_unit: the engine's units, non_conservative: forces and virial from
-            the model's non_conservative_forces / non_conservative_stress, see _virial_source)
+            the model's non_conservative_forces / non_conservative_stress, see _virial_source,
+            inputs: the model's requested inputs {name: [N, P] per atom or [S, P] per structure}
+            in the engine's units, quantity_units: the engine's units of mass, velocity and charge
+            {"mass": "amu", ...}, for inputs and for outputs of those quantities)
       -> {name: values, "forces": [N,3], "virial": [S,3,3], "atomic_virial": [N,3,3]}
     (forces [P,N,3] and virial [P,S,3,3] when gradient_output has P > 1 properties: one
     derivative per property, e.g. for PLUMED collective variables with several components)
@@ -58,6 +68,11 @@ class AtomisticModel(torch.nn.Module):
     _metadata_json: str
     _format_version: int
     _pressure_outputs: List[str]
+    _input_names: List[str]
+    _input_quantities: List[str]
+    _input_units: List[str]
+    _input_per_atom: List[bool]
+    _input_widths: List[int]
 
     def __init__(
         self,
@@ -96,6 +111,12 @@ class AtomisticModel(torch.nn.Module):
         self._metadata_json = json.dumps(metadata.to_dict(), sort_keys=True)
         self._format_version = FORMAT_VERSION
         self._pressure_outputs = [n for n in names if capabilities.outputs[n].quantity == "pressure"]
+        inputs = capabilities.inputs
+        self._input_names = list(inputs.keys())
+        self._input_quantities = [inputs[n].quantity for n in self._input_names]
+        self._input_units = [inputs[n].unit for n in self._input_names]
+        self._input_per_atom = [bool(inputs[n].per_atom) for n in self._input_names]
+        self._input_widths = [len(inputs[n].properties) for n in self._input_names]
         dtype = torch.float64 if capabilities.dtype == "float64" else torch.float32
         self.register_buffer("_dtype_probe", torch.zeros(0, dtype=dtype), persistent=True)
         self.register_buffer("_known_types", torch.tensor(self._atomic_types, dtype=torch.int32), persistent=True)
@@ -121,6 +142,51 @@ class AtomisticModel(torch.nn.Module):
     @torch.jit.export
     def output_names(self) -> List[str]:
         return self._output_names
+
+    @torch.jit.export
+    def input_names(self) -> List[str]:
+        """The inputs the model requested (engines supply exactly these)."""
+        return self._input_names
+
+    @torch.jit.export
+    def variant_output(self, request: str, variant: str) -> str:
+        """The output an engine asks for when its user picks `variant`: `request` + "/" + variant
+        where the model declares it (e.g. "energy/ccsdt", "energy_uncertainty/ccsdt/per_atom"),
+        else `request` itself. The energy (and any output with variants but no plain form) must
+        have the variant: an unknown variant is an error listing the available ones."""
+        name, per_atom = _split_request(request)
+        suffix = "/per_atom" if per_atom else ""
+        variants: List[str] = []
+        plain = False
+        for known in self._output_names:
+            if known == name:
+                plain = True
+            elif known.startswith(name + "/"):
+                variants.append(known[len(name) + 1 :])
+        if variant == "":
+            if plain or len(variants) == 0:
+                return request
+            raise ValueError(
+                "the model has no plain '"
+                + name
+                + "', only its variants "
+                + ", ".join(variants)
+                + ": choose one (variant=...)"
+            )
+        if variant in variants:
+            return name + "/" + variant + suffix
+        if plain and name != "energy":
+            return request  # outputs without this variant are the same for every variant
+        available = "none" if len(variants) == 0 else ", ".join(variants)
+        raise ValueError(
+            "the model has no variant '"
+            + variant
+            + "' of '"
+            + name
+            + "' (available: "
+            + available
+            + "): choose one of those, or no variant"
+        )
 
     @torch.jit.export
     def unit_conversion(self, from_unit: str, to_unit: str) -> float:
@@ -162,9 +228,25 @@ class AtomisticModel(torch.nn.Module):
             + "); ask for one of those"
         )
 
-    def _output_factor(self, index: int, length_unit: str, energy_unit: str) -> float:
+    def _output_factor(
+        self, index: int, length_unit: str, energy_unit: str, quantity_units: Optional[Dict[str, str]]
+    ) -> float:
         quantity = self._output_quantities[index]
         unit = self._output_units[index]
+        if quantity == "mass" or quantity == "velocity" or quantity == "charge" or quantity == "dipole":
+            key = "charge" if quantity == "dipole" else quantity
+            if quantity_units is None or key not in quantity_units:
+                raise ValueError(
+                    "the engine gave no unit of "
+                    + key
+                    + " (quantity_units) for the output '"
+                    + self._output_names[index]
+                    + "'"
+                )
+            target = quantity_units[key]
+            if quantity == "dipole":
+                target = "(" + target + ")*(" + length_unit + ")"
+            return self.unit_conversion(unit, target)
         if quantity == "energy":
             return self.unit_conversion(unit, energy_unit)
         if quantity == "length":
@@ -193,6 +275,8 @@ class AtomisticModel(torch.nn.Module):
         length_unit: str,
         energy_unit: str,
         non_conservative: bool = False,
+        inputs: Optional[Dict[str, Tensor]] = None,
+        quantity_units: Optional[Dict[str, str]] = None,
     ) -> Dict[str, Tensor]:
         check_inputs(
             positions,
@@ -260,7 +344,9 @@ class AtomisticModel(torch.nn.Module):
             compute_atomic_virial,
         )
 
+        model_inputs = self._model_inputs(inputs, quantity_units, n_atoms, n_systems, dtype, device)
         systems = self._build_systems(
+            model_inputs,
             types,
             model_positions,
             model_cells,
@@ -274,7 +360,16 @@ class AtomisticModel(torch.nn.Module):
         )
         raw = self.module(systems, model_outputs, selected)
         results = self._collect_outputs(
-            raw, model_outputs, requests, selected, system_of_atom, n_atoms, n_systems, length_unit, energy_unit
+            raw,
+            model_outputs,
+            requests,
+            selected,
+            system_of_atom,
+            n_atoms,
+            n_systems,
+            length_unit,
+            energy_unit,
+            quantity_units,
         )
         if need_gradients:
             self._add_derivatives(
@@ -438,6 +533,7 @@ class AtomisticModel(torch.nn.Module):
         n_systems: int,
         length_unit: str,
         energy_unit: str,
+        quantity_units: Optional[Dict[str, str]],
     ) -> Dict[str, Tensor]:
         """The model's outputs checked against its declaration, in engine units, per atom (selected
         atoms) or per structure (sums over the selected atoms) as requested."""
@@ -462,7 +558,7 @@ class AtomisticModel(torch.nn.Module):
                 )
             if not values.is_floating_point():
                 raise ValueError("the model returned '" + name + "' as a non-floating point tensor")
-            factor = self._output_factor(index, length_unit, energy_unit)
+            factor = self._output_factor(index, length_unit, energy_unit, quantity_units)
             if factor != 1.0:
                 values = values * factor
             if not requested.per_atom:
@@ -598,8 +694,64 @@ class AtomisticModel(torch.nn.Module):
             virial = torch.zeros((n_systems, 3, 3), dtype=torch.float64, device=outer.device)
             results["virial"] = virial.index_add(0, system_of_atom, outer)
 
+    def _model_inputs(
+        self,
+        inputs: Optional[Dict[str, Tensor]],
+        quantity_units: Optional[Dict[str, str]],
+        n_atoms: int,
+        n_systems: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> Dict[str, Tensor]:
+        """The requested inputs, checked (given, right shape, finite) and converted from the
+        engine's units to the model's: [n_atoms, P] per atom, [n_systems, P] per structure."""
+        converted: Dict[str, Tensor] = {}
+        for index, name in enumerate(self._input_names):
+            if inputs is None or name not in inputs:
+                raise ValueError(
+                    "the model needs the input '"
+                    + name
+                    + "', which the engine did not give: "
+                    + "see the engine's documentation for how to supply it"
+                )
+            values = inputs[name].detach()
+            per_atom = self._input_per_atom[index]
+            rows = n_atoms if per_atom else n_systems
+            width = self._input_widths[index]
+            if values.dim() == 1 and width == 1:
+                values = values.reshape(-1, 1)
+            if values.dim() != 2 or values.shape[0] != rows or values.shape[1] != width:
+                raise ValueError(
+                    "the input '"
+                    + name
+                    + "' has shape "
+                    + str(values.shape)
+                    + ", expected ["
+                    + str(rows)
+                    + ", "
+                    + str(width)
+                    + "] ("
+                    + ("per atom" if per_atom else "per structure")
+                    + ")"
+                )
+            values = values.to(dtype=dtype, device=device)
+            if not bool(torch.isfinite(values).all()):
+                raise ValueError("the input '" + name + "' holds NaN or infinite values: give finite values")
+            quantity = self._input_quantities[index]
+            if quantity != "":
+                if quantity_units is None or quantity not in quantity_units:
+                    raise ValueError(
+                        "the engine gave no unit of " + quantity + " (quantity_units) for the input '" + name + "'"
+                    )
+                factor = self.unit_conversion(quantity_units[quantity], self._input_units[index])
+                if factor != 1.0:
+                    values = values * factor
+            converted[name] = values
+        return converted
+
     def _build_systems(
         self,
+        model_inputs: Dict[str, Tensor],
         types: Tensor,
         positions: Tensor,
         cells: Tensor,
@@ -625,6 +777,8 @@ class AtomisticModel(torch.nn.Module):
                 system.add_neighbor_list(
                     NeighborList(options[index], neighbor_pairs[index], neighbor_shifts[index], vectors[index])
                 )
+            for name, values in model_inputs.items():
+                system.add_input(name, values)
             systems.append(system)
             return systems
         offsets = torch.cumsum(system_sizes, 0) - system_sizes
@@ -647,6 +801,9 @@ class AtomisticModel(torch.nn.Module):
                         vectors[index][mask],
                     )
                 )
+            for index, name in enumerate(self._input_names):
+                values = model_inputs[name]
+                system.add_input(name, values[start:stop] if self._input_per_atom[index] else values[s : s + 1])
             systems.append(system)
         return systems
 
@@ -672,6 +829,28 @@ def _requested_neighbor_lists(module: torch.nn.Module) -> List[NeighborListOptio
                     f"requested_neighbor_lists() must return NeighborListOptions objects, got {type(request).__name__}"
                 )
     return requests
+
+
+def with_requested_inputs(module: torch.nn.Module, capabilities: ModelCapabilities) -> ModelCapabilities:
+    """`capabilities` with the inputs the module requests (its optional requested_inputs()),
+    checked against the vocabulary. Declaring them in ModelCapabilities.inputs instead is the same,
+    but the two must then agree."""
+    if not hasattr(module, "requested_inputs"):
+        return capabilities
+    try:
+        requested = dict(module.requested_inputs())
+    except Exception as error:
+        raise ValueError(f"the module's requested_inputs() failed: {error}") from error
+    inputs = check_inputs_declaration(requested)
+    if capabilities.inputs:
+        declared = check_inputs_declaration(capabilities.inputs)
+        if {k: (v.quantity, v.unit) for k, v in declared.items()} != {
+            k: (v.quantity, v.unit) for k, v in inputs.items()
+        }:
+            raise ValueError(
+                "ModelCapabilities.inputs and the module's requested_inputs() disagree: declare the inputs in one place"
+            )
+    return dataclasses.replace(capabilities, inputs=inputs)
 
 
 # ---- export -----------------------------------------------------------------------------------

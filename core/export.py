@@ -9,7 +9,7 @@ import torch
 
 from .archive import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE
 from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata
-from .entry_point import AtomisticModel, _requested_neighbor_lists, _split_request
+from .entry_point import AtomisticModel, _requested_neighbor_lists, _split_request, with_requested_inputs
 from .errors import describe_model_error
 from .files import OutputError, write_atomically
 
@@ -26,6 +26,7 @@ def export(
     leaves a half-written model behind.
     """
     metadata = metadata if metadata is not None else ModelMetadata()
+    capabilities = with_requested_inputs(module, capabilities)
     _check_parameter_dtype(module, capabilities.dtype)
     try:
         scripted_module = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
@@ -82,6 +83,18 @@ def _smoke_test_lists(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Te
     return pairs, shifts
 
 
+def _smoke_test_inputs(capabilities: ModelCapabilities, n_atoms: int, generator: torch.Generator):
+    """Plausible values of every requested input (amu, Angstrom/fs, e) for the export check."""
+    values = {
+        "masses": 1.0 + 30.0 * torch.rand((n_atoms, 1), generator=generator, dtype=torch.float64),
+        "velocities": 0.01 * (torch.rand((n_atoms, 3), generator=generator, dtype=torch.float64) - 0.5),
+        "charges": torch.rand((n_atoms, 1), generator=generator, dtype=torch.float64) - 0.5,
+        "total_charge": torch.zeros((1, 1), dtype=torch.float64),
+        "spin_multiplicity": torch.ones((1, 1), dtype=torch.float64),
+    }
+    return {name: values[name] for name in capabilities.inputs}
+
+
 def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilities) -> None:
     """Run the entry point once on a small cluster with every declared output (and forces and
     virial when there is an energy), so that a model whose outputs do not match its
@@ -106,6 +119,8 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
     pressures = [name for name in outputs if capabilities.outputs[_split_request(name)[0]].quantity == "pressure"]
     outputs = [name for name in outputs if name not in pressures]
     has_energy = "energy" in capabilities.outputs
+    inputs = _smoke_test_inputs(capabilities, n_atoms, generator)
+    quantity_units = {"mass": "amu", "velocity": "Angstrom/fs", "charge": "e"}
 
     def run(cell, pbc, pairs, shifts, requested: List[str], compute_forces: bool, compute_virial: bool) -> None:
         scripted(
@@ -124,6 +139,9 @@ def _smoke_test(scripted: torch.jit.ScriptModule, capabilities: ModelCapabilitie
             False,
             capabilities.length_unit,
             "eV",
+            False,
+            inputs,
+            quantity_units,
         )
 
     try:

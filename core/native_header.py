@@ -38,6 +38,8 @@ _CPP_TYPES = {
     "List[Tensor]": "c10::List<at::Tensor>",
     "List[str]": "c10::List<std::string>",
     "Optional[Tensor]": "std::optional<torch::Tensor>",
+    "Optional[Dict[str, Tensor]]": "std::optional<c10::Dict<std::string, at::Tensor>>",
+    "Optional[Dict[str, str]]": "std::optional<c10::Dict<std::string, std::string>>",
     "str": "std::string",
     "bool": "bool",
     "float": "double",
@@ -64,8 +66,11 @@ def _annotation_name(annotation) -> str:
     return f"{name}[{', '.join(_annotation_name(a) for a in arguments)}]"
 
 
-def entry_point_arguments() -> List[Tuple[str, str, Optional[object]]]:
-    """(name, Python type, default or None) of each argument of AtomisticModel.forward, in order."""
+NO_DEFAULT = inspect.Parameter.empty
+
+
+def entry_point_arguments() -> List[Tuple[str, str, object]]:
+    """(name, Python type, default or NO_DEFAULT) of each argument of AtomisticModel.forward, in order."""
     from .entry_point import AtomisticModel
 
     hints = typing.get_type_hints(AtomisticModel.forward)
@@ -73,13 +78,13 @@ def entry_point_arguments() -> List[Tuple[str, str, Optional[object]]]:
     for name, parameter in inspect.signature(AtomisticModel.forward).parameters.items():
         if name == "self":
             continue
-        default = None if parameter.default is inspect.Parameter.empty else parameter.default
+        default = parameter.default
         arguments.append((name, _annotation_name(hints.get(name, parameter.annotation)), default))
     return arguments
 
 
 def _cpp_default(kind: str, default) -> str:
-    if default is None:
+    if default is NO_DEFAULT or default is None:
         return "{}"
     if kind == "bool":
         return " = true" if default else " = false"
@@ -110,8 +115,8 @@ def _entry_point_lines() -> List[str]:
     lines.append("{")
     lines.append("  std::vector<torch::jit::IValue> stack;")
     lines.append(f"  stack.reserve({len(arguments)});")
-    required = [name for name, _, default in arguments if default is None]
-    optional = [(name, kind, default) for name, kind, default in arguments if default is not None]
+    required = [name for name, _, default in arguments if default is NO_DEFAULT]
+    optional = [(name, kind, default) for name, kind, default in arguments if default is not NO_DEFAULT]
     for name in required:
         lines.append(f"  stack.emplace_back(arguments.{name});")
     if optional:
@@ -119,7 +124,10 @@ def _entry_point_lines() -> List[str]:
         # so that archives exported before an argument existed still run where it is not used
         lines.append("  int last_given = -1;")
         for index, (name, kind, default) in enumerate(optional):
-            lines.append(f"  if (arguments.{name} != {_cpp_value(kind, default)}) last_given = {index};")
+            if default is None:  # an optional argument: given when it holds a value
+                lines.append(f"  if (arguments.{name}.has_value()) last_given = {index};")
+            else:
+                lines.append(f"  if (arguments.{name} != {_cpp_value(kind, default)}) last_given = {index};")
         for index, (name, _, _) in enumerate(optional):
             lines.append(f"  if (last_given >= {index}) stack.emplace_back(arguments.{name});")
     lines.append("  return stack;")

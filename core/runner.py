@@ -17,6 +17,7 @@ import torch
 from .archive import LoadedModel, check_device, load_model
 from .errors import describe_model_error, first_line
 from .neighbors import NeighborListCache, compute_pairs
+from .units import engine_quantity_units
 
 
 @dataclasses.dataclass
@@ -27,6 +28,8 @@ class Structure:
     positions: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
+    # the model's requested inputs, in the engine's units: {"charges": [n] or [n, P], "total_charge": scalar}
+    inputs: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         types = np.asarray(self.types).reshape(-1)
@@ -46,12 +49,57 @@ class Structure:
             )
 
     @classmethod
-    def from_atoms(cls, atoms: Any) -> "Structure":
-        """From an `ase.Atoms` (atomic numbers are the types)."""
-        return cls(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    def from_atoms(cls, atoms: Any, input_names: Sequence[str] = ()) -> "Structure":
+        """From an `ase.Atoms` (atomic numbers are the types), with the inputs named (ASE's units;
+        see inputs_from_atoms)."""
+        inputs = inputs_from_atoms(atoms, input_names) if input_names else {}
+        return cls(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, inputs)
 
     def __len__(self) -> int:
         return self.positions.shape[0]
+
+
+# Where an ase.Atoms keeps each input (ASE's units: amu, Angstrom/ASE time, e). Total charge and
+# spin multiplicity live in atoms.info under the names fairchem and MACE users already use.
+ATOMS_INPUTS = {
+    "masses": "atoms.get_masses() (set with atoms.set_masses(...))",
+    "velocities": "atoms.get_velocities() (set with atoms.set_velocities(...) or MaxwellBoltzmannDistribution)",
+    "charges": "atoms.get_initial_charges() (set with atoms.set_initial_charges(...), or an extxyz 'initial_charges' column)",
+    "total_charge": 'atoms.info["charge"]',
+    "spin_multiplicity": 'atoms.info["spin"] (the spin multiplicity 2S+1: 1 for a singlet)',
+}
+
+
+def inputs_from_atoms(atoms: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The named inputs of an ase.Atoms, in ASE's units. A missing total charge or spin is an
+    error naming where to put it: no default would be right for every structure."""
+    inputs: Dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "masses":
+            inputs[name] = np.asarray(atoms.get_masses(), dtype=np.float64)
+        elif name == "velocities":
+            inputs[name] = np.asarray(atoms.get_velocities(), dtype=np.float64)
+        elif name == "charges":
+            if not atoms.has("initial_charges"):
+                raise ValueError(
+                    f"the model needs per-atom charges and these atoms have none: set them with {ATOMS_INPUTS[name]}"
+                )
+            inputs[name] = np.asarray(atoms.get_initial_charges(), dtype=np.float64)
+        elif name in ("total_charge", "spin_multiplicity"):
+            key = "charge" if name == "total_charge" else "spin"
+            if key not in atoms.info:
+                raise ValueError(
+                    f"the model needs the {name.replace('_', ' ')} and atoms.info has no {key!r}: set "
+                    f"{ATOMS_INPUTS[name]}"
+                )
+            try:
+                value = float(atoms.info[key])
+            except (TypeError, ValueError):
+                raise ValueError(f'atoms.info["{key}"] = {atoms.info[key]!r} is not a number') from None
+            inputs[name] = np.array([value], dtype=np.float64)
+        else:
+            raise ValueError(f"unknown input {name!r}")
+    return inputs
 
 
 def describe_types(types: Sequence[int]) -> str:
@@ -68,11 +116,11 @@ def describe_types(types: Sequence[int]) -> str:
     return ", ".join(labels)
 
 
-def as_structure(item: Any) -> Structure:
+def as_structure(item: Any, input_names: Sequence[str] = ()) -> Structure:
     if isinstance(item, Structure):
         return item
     if hasattr(item, "get_atomic_numbers") and hasattr(item, "cell"):
-        return Structure.from_atoms(item)
+        return Structure.from_atoms(item, input_names)
     raise TypeError(f"expected an ase.Atoms or atomplug Structure, got {type(item).__name__}")
 
 
@@ -87,6 +135,7 @@ class ModelRunner:
         energy_unit: str = "eV",
         skin: float = 0.0,
         device: Optional[str] = None,
+        quantity_units: Optional[Dict[str, str]] = None,
     ):
         self.model = model if isinstance(model, LoadedModel) else load_model(os.fspath(model), device)
         self.device = torch.device(check_device(device or "cpu", self.model.capabilities.supported_devices))
@@ -102,7 +151,12 @@ class ModelRunner:
             ) from error
         self.cache = NeighborListCache(self.requests, skin=skin)
         schema = self.model.module.forward.schema
-        self._takes_non_conservative = any(argument.name == "non_conservative" for argument in schema.arguments)
+        arguments = {argument.name for argument in schema.arguments}
+        self._takes_non_conservative = "non_conservative" in arguments
+        # archives exported before inputs existed take neither argument: given only when accepted
+        self._takes_inputs = "quantity_units" in arguments
+        self.quantity_units = dict(quantity_units) if quantity_units is not None else engine_quantity_units("ase")
+        self.input_names = self.model.input_names
         self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
 
     def check_output_request(self, request: str) -> str:
@@ -131,6 +185,29 @@ class ModelRunner:
                 f"{where}element(s) {describe_types(unknown)} unknown to this model, which knows "
                 f"{describe_types(self.known_types)}: remove those atoms or use a model trained for them"
             )
+
+    def output_name(self, request: str, variant: str = "") -> str:
+        """The output to ask for under `variant` (the archive's rule; "" for none)."""
+        return self.model.variant_output(request, variant)
+
+    def _input_tensors(self, batch: Sequence[Structure]) -> Dict[str, torch.Tensor]:
+        """The requested inputs of a batch, per atom concatenated, per structure stacked."""
+        tensors: Dict[str, torch.Tensor] = {}
+        for name in self.input_names:
+            per_atom = self.model.capabilities.inputs[name].per_atom
+            parts = []
+            for index, structure in enumerate(batch):
+                if name not in structure.inputs:
+                    where = f"structure {index}" if len(batch) > 1 else "the structure"
+                    raise ValueError(f"the model needs the input {name!r}, which {where} does not have")
+                value = np.asarray(structure.inputs[name], dtype=np.float64)
+                if per_atom:
+                    value = value.reshape(len(structure), -1)
+                    parts.append(value)
+                else:
+                    parts.append(value.reshape(1, -1))
+            tensors[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).to(self.device)
+        return tensors
 
     def neighbor_lists(self, structure: Structure, use_cache: bool) -> List[tuple]:
         if use_cache:
@@ -162,7 +239,7 @@ class ModelRunner:
         rule (AtomisticModel._virial_source). The neighbor-list cache is used for a single
         structure (MD) unless `use_cache` says otherwise.
         """
-        batch = [as_structure(s) for s in structures]
+        batch = [as_structure(s, self.input_names) for s in structures]
         if not batch:
             raise ValueError("no structures to evaluate")
         for index, structure in enumerate(batch):
@@ -220,12 +297,14 @@ class ModelRunner:
             self.length_unit,
             self.energy_unit,
         ]
-        if non_conservative:  # left out otherwise: archives exported before it existed still run
-            if not self._takes_non_conservative:
-                raise ValueError(
-                    f"non-conservative forces: {self.model.path!r} was exported before the entry point took "
-                    "non_conservative; export it again with this atomplug"
-                )
+        if non_conservative and not self._takes_non_conservative:
+            raise ValueError(
+                f"non-conservative forces: {self.model.path!r} was exported before the entry point took "
+                "non_conservative; export it again with this atomplug"
+            )
+        if self._takes_inputs:  # left out otherwise: archives exported before them still run
+            arguments += [non_conservative, self._input_tensors(batch), self.quantity_units]
+        elif non_conservative:
             arguments.append(True)
         try:
             raw = self.model.module(*arguments)

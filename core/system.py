@@ -5,7 +5,7 @@ The engine entry point builds these from plain tensors; model authors only read 
 
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List
 
 import torch
 from torch import Tensor
@@ -34,7 +34,8 @@ class NeighborList:
 @torch.jit.script
 class System:
     """One structure: `types` [n] int32, `positions` [n, 3], `cell` [3, 3] (rows are lattice
-    vectors, zeros for non-periodic directions), `pbc` [3] bool, plus the requested neighbor lists."""
+    vectors, zeros for non-periodic directions), `pbc` [3] bool, plus the requested neighbor lists
+    and the requested inputs (`get_input`)."""
 
     def __init__(self, types: Tensor, positions: Tensor, cell: Tensor, pbc: Tensor):
         self.types = types
@@ -43,6 +44,7 @@ class System:
         self.pbc = pbc
         self._neighbor_options: List[NeighborListOptions] = []
         self._neighbor_lists: List[NeighborList] = []
+        self._inputs: Dict[str, Tensor] = {}
 
     def __len__(self) -> int:
         return self.positions.shape[0]
@@ -71,3 +73,26 @@ class System:
 
     def known_neighbor_lists(self) -> List[NeighborListOptions]:
         return self._neighbor_options
+
+    def add_input(self, name: str, values: Tensor):
+        """Set by the entry point: one requested input, in the unit the model declared."""
+        self._inputs[name] = values
+
+    def get_input(self, name: str) -> Tensor:
+        """A requested input in the unit the model declared: [n_atoms, P] per atom (masses,
+        velocities, charges), [1, P] per structure (total_charge, spin_multiplicity)."""
+        if name in self._inputs:
+            return self._inputs[name]
+        requested: List[str] = []
+        for known in self._inputs.keys():
+            requested.append(known)
+        raise ValueError(
+            "the model did not request the input '"
+            + name
+            + "' (it requested: "
+            + (", ".join(requested) if len(requested) > 0 else "none")
+            + "): add it to the model's requested_inputs() and export it again"
+        )
+
+    def known_inputs(self) -> List[str]:
+        return list(self._inputs.keys())

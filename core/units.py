@@ -16,8 +16,8 @@ integer powers ``^`` (``^2``, ``^-1``, ``^(-3)``), parentheses, numeric literals
 ``MeV`` is the same as ``meV`` (milli-electronvolt). ``mol`` is the dimensionless Avogadro
 number, so ``kcal/mol`` is an energy per particle. The empty expression is dimensionless 1.
 
-Values are ``[value in SI, mass exponent, length exponent, time exponent]`` with SI base
-units kg, m and s.
+Values are ``[value in SI, mass exponent, length exponent, time exponent, charge exponent]``
+with SI base units kg, m, s and C.
 """
 
 import math
@@ -29,17 +29,31 @@ __all__ = [
     "DIMENSIONS_ENERGY",
     "DIMENSIONS_LENGTH",
     "ENGINE_UNITS",
+    "ENGINE_QUANTITY_UNITS",
+    "QUANTITY_DIMENSIONS",
     "check_dimension",
     "conversion_factor",
     "conversion_factor_with_table",
     "dimension_name",
+    "engine_quantity_units",
     "engine_units",
     "parse_unit",
     "unit_table",
 ]
 
-DIMENSIONS_ENERGY: List[float] = [1.0, 2.0, -2.0]
-DIMENSIONS_LENGTH: List[float] = [0.0, 1.0, 0.0]
+DIMENSIONS_ENERGY: List[float] = [1.0, 2.0, -2.0, 0.0]
+DIMENSIONS_LENGTH: List[float] = [0.0, 1.0, 0.0, 0.0]
+# [mass, length, time, charge] of the quantities a model may declare for its outputs and inputs
+QUANTITY_DIMENSIONS: Dict[str, List[float]] = {
+    "energy": DIMENSIONS_ENERGY,
+    "length": DIMENSIONS_LENGTH,
+    "force": [1.0, 1.0, -2.0, 0.0],
+    "pressure": [1.0, -1.0, -2.0, 0.0],
+    "mass": [1.0, 0.0, 0.0, 0.0],
+    "velocity": [0.0, 1.0, -1.0, 0.0],
+    "charge": [0.0, 0.0, 0.0, 1.0],
+    "dipole": [0.0, 1.0, 0.0, 1.0],
+}
 
 # (energy unit, length unit) each engine works in. LAMMPS styles follow the `units` command
 # documentation; `lammps:lj` is deliberately absent (reduced units have no physical scale).
@@ -56,6 +70,24 @@ ENGINE_UNITS: Dict[str, Tuple[str, str]] = {
     "lammps:nano": ("attogram*nm^2/ns^2", "nm"),
 }
 
+# The units of mass, velocity and charge each engine gives and takes (model inputs such as
+# masses and charges arrive in these; outputs of these quantities are returned in them). ASE's
+# velocities are in Angstrom per ASE time unit (Angstrom*sqrt(amu/eV), about 10.18 fs); i-PI's
+# driver reads masses and charges from the structure file (ASE's amu and e); PLUMED's defaults
+# are amu and e; LAMMPS styles follow the `units` command documentation.
+ENGINE_QUANTITY_UNITS: Dict[str, Dict[str, str]] = {
+    "ase": {"mass": "amu", "velocity": "Angstrom/asetime", "charge": "e"},
+    "ipi": {"mass": "amu", "velocity": "Bohr/aut", "charge": "e"},
+    "plumed": {"mass": "amu", "velocity": "nm/ps", "charge": "e"},
+    "lammps:metal": {"mass": "g/mol", "velocity": "Angstrom/ps", "charge": "e"},
+    "lammps:real": {"mass": "g/mol", "velocity": "Angstrom/fs", "charge": "e"},
+    "lammps:electron": {"mass": "amu", "velocity": "Bohr/aut", "charge": "e"},
+    "lammps:si": {"mass": "kg", "velocity": "m/s", "charge": "C"},
+    "lammps:cgs": {"mass": "g", "velocity": "cm/s", "charge": "statcoulomb"},
+    "lammps:micro": {"mass": "picogram", "velocity": "micrometer/microsecond", "charge": "picocoulomb"},
+    "lammps:nano": {"mass": "attogram", "velocity": "nm/ns", "charge": "e"},
+}
+
 
 def unit_table() -> Dict[str, List[float]]:
     """Map lower-case unit symbol -> [value in SI, dim_mass, dim_length, dim_time].
@@ -65,12 +97,16 @@ def unit_table() -> Dict[str, List[float]]:
     """
     electronvolt = ase.units._e  # J per eV
     angstrom = 1e-10  # m, definition
-    energy = [1.0, 2.0, -2.0]
-    length = [0.0, 1.0, 0.0]
-    mass = [1.0, 0.0, 0.0]
-    time = [0.0, 0.0, 1.0]
-    pressure = [1.0, -1.0, -2.0]
-    none = [0.0, 0.0, 0.0]
+    energy = [1.0, 2.0, -2.0, 0.0]
+    length = [0.0, 1.0, 0.0, 0.0]
+    mass = [1.0, 0.0, 0.0, 0.0]
+    time = [0.0, 0.0, 1.0, 0.0]
+    pressure = [1.0, -1.0, -2.0, 0.0]
+    charge = [0.0, 0.0, 0.0, 1.0]
+    dipole = [0.0, 1.0, 0.0, 1.0]
+    none = [0.0, 0.0, 0.0, 0.0]
+    # ASE's unit of time: Angstrom * sqrt(amu / eV), about 10.18 fs
+    ase_time = angstrom * math.sqrt(ase.units._amu / electronvolt)
 
     entries: List[Tuple[List[str], float, List[float]]] = [
         # energy
@@ -103,6 +139,15 @@ def unit_table() -> Dict[str, List[float]]:
         (["ns"], 1e-9, time),
         (["ps"], 1e-12, time),
         (["fs"], 1e-15, time),
+        (["aut"], ase.units._aut, time),  # atomic unit of time, hbar / Hartree
+        (["asetime"], ase_time, time),
+        # charge: e the elementary charge, statcoulomb (esu) = 0.1 C / c
+        (["e"], electronvolt, charge),
+        (["c", "coulomb"], 1.0, charge),
+        (["picocoulomb"], 1e-12, charge),
+        (["statcoulomb", "esu"], 0.1 / ase.units._c, charge),
+        # dipole: D the Debye, 1e-21 C m^2/s / c
+        (["d", "debye"], 1e-21 / ase.units._c, dipole),
         # pressure
         (["pa"], 1.0, pressure),
         (["gpa"], 1e9, pressure),
@@ -121,27 +166,36 @@ def unit_table() -> Dict[str, List[float]]:
 
 
 def dimension_name(dims: List[float]) -> str:
-    """Name of a dimension [mass, length, time] ("energy", "force", ...) or its M^a L^b T^c form."""
+    """Name of a dimension [mass, length, time, charge] ("energy", "force", ...) or its
+    M^a L^b T^c Q^d form."""
     m = dims[0]
     ell = dims[1]  # the power of length
     t = dims[2]
-    if m == 0.0 and ell == 0.0 and t == 0.0:
+    q = dims[3]
+    if m == 0.0 and ell == 0.0 and t == 0.0 and q == 0.0:
         return "dimensionless"
-    if m == 1.0 and ell == 2.0 and t == -2.0:
-        return "energy"
-    if m == 0.0 and ell == 1.0 and t == 0.0:
-        return "length"
-    if m == 0.0 and ell == 0.0 and t == 1.0:
-        return "time"
-    if m == 1.0 and ell == 0.0 and t == 0.0:
-        return "mass"
-    if m == 1.0 and ell == 1.0 and t == -2.0:
-        return "force"
-    if m == 1.0 and ell == -1.0 and t == -2.0:
-        return "pressure"
+    if q == 0.0:
+        if m == 1.0 and ell == 2.0 and t == -2.0:
+            return "energy"
+        if m == 0.0 and ell == 1.0 and t == 0.0:
+            return "length"
+        if m == 0.0 and ell == 0.0 and t == 1.0:
+            return "time"
+        if m == 1.0 and ell == 0.0 and t == 0.0:
+            return "mass"
+        if m == 1.0 and ell == 1.0 and t == -2.0:
+            return "force"
+        if m == 1.0 and ell == -1.0 and t == -2.0:
+            return "pressure"
+        if m == 0.0 and ell == 1.0 and t == -1.0:
+            return "velocity"
+    if m == 0.0 and ell == 0.0 and t == 0.0 and q == 1.0:
+        return "charge"
+    if m == 0.0 and ell == 1.0 and t == 0.0 and q == 1.0:
+        return "dipole"
     parts: List[str] = []
-    symbols = ["M", "L", "T"]
-    for k in range(3):
+    symbols = ["M", "L", "T", "Q"]
+    for k in range(4):
         if dims[k] != 0.0:
             parts.append(symbols[k] + "^" + str(int(dims[k])))
     return " ".join(parts)
@@ -323,11 +377,12 @@ def _apply(accumulator: List[float], operator: str, operand: List[float], expone
         accumulator[1] + scale * operand[1],
         accumulator[2] + scale * operand[2],
         accumulator[3] + scale * operand[3],
+        accumulator[4] + scale * operand[4],
     ]
 
 
 def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
-    """Parse a unit expression into [value in SI, dim_mass, dim_length, dim_time].
+    """Parse a unit expression into [value in SI, dim_mass, dim_length, dim_time, dim_charge].
 
     Raises ValueError for unknown symbols (naming them and listing the known ones) and for
     malformed expressions (quoting the expression and saying what is wrong).
@@ -337,7 +392,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
     kinds = tokens[0]
     texts = tokens[1]
     n = len(kinds)
-    accumulator: List[float] = [1.0, 0.0, 0.0, 0.0]
+    accumulator: List[float] = [1.0, 0.0, 0.0, 0.0, 0.0]
     operator = "*"
     saved_accumulators: List[List[float]] = []
     saved_operators: List[str] = []
@@ -350,13 +405,13 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
             if kind == "op" and text == "(":
                 saved_accumulators.append(accumulator)
                 saved_operators.append(operator)
-                accumulator = [1.0, 0.0, 0.0, 0.0]
+                accumulator = [1.0, 0.0, 0.0, 0.0, 0.0]
                 operator = "*"
                 i += 1
                 continue
-            operand: List[float] = [1.0, 0.0, 0.0, 0.0]
+            operand: List[float] = [1.0, 0.0, 0.0, 0.0, 0.0]
             if kind == "num":
-                operand = [_number(text, prefix), 0.0, 0.0, 0.0]
+                operand = [_number(text, prefix), 0.0, 0.0, 0.0, 0.0]
             elif kind == "sym":
                 symbol = text.lower()
                 if symbol not in table:
@@ -433,7 +488,7 @@ def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, 
     """
     source = parse_unit(from_unit, table)
     target = parse_unit(to_unit, table)
-    if source[1] != target[1] or source[2] != target[2] or source[3] != target[3]:
+    if source[1] != target[1] or source[2] != target[2] or source[3] != target[3] or source[4] != target[4]:
         raise ValueError(
             "cannot convert '"
             + from_unit
@@ -462,9 +517,9 @@ def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, 
 
 
 def check_dimension(expression: str, expected: List[float], what: str, table: Dict[str, List[float]]) -> None:
-    """Raise ValueError unless `expression` has dimensions `expected` ([mass, length, time])."""
+    """Raise ValueError unless `expression` has dimensions `expected` ([mass, length, time, charge])."""
     dims = parse_unit(expression, table)[1:]
-    if dims[0] == expected[0] and dims[1] == expected[1] and dims[2] == expected[2]:
+    if dims[0] == expected[0] and dims[1] == expected[1] and dims[2] == expected[2] and dims[3] == expected[3]:
         return
     name = dimension_name(expected)
     first = name[0]
@@ -488,6 +543,12 @@ def _cached_table() -> Dict[str, List[float]]:
 def conversion_factor(from_unit: str, to_unit: str) -> float:
     """Factor f with value_in_to_unit = f * value_in_from_unit (module-level cached table)."""
     return conversion_factor_with_table(from_unit, to_unit, _cached_table())
+
+
+def engine_quantity_units(engine: str) -> Dict[str, str]:
+    """{"mass", "velocity", "charge": unit} of an engine: 'ase', 'ipi', 'plumed' or 'lammps:<style>'."""
+    engine_units(engine)  # the same checks and messages for unknown engines and LJ units
+    return dict(ENGINE_QUANTITY_UNITS[engine.strip().lower()])
 
 
 def engine_units(engine: str) -> Tuple[str, str]:

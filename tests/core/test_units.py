@@ -169,10 +169,10 @@ def test_table_has_required_symbols_and_shape():
         assert symbol in TABLE, symbol
     for symbol, entry in TABLE.items():
         assert symbol == symbol.lower()
-        assert isinstance(entry, list) and len(entry) == 4
+        assert isinstance(entry, list) and len(entry) == 5
         assert all(isinstance(x, float) for x in entry)
         assert entry[0] > 0.0 and math.isfinite(entry[0])
-    assert TABLE["mol"] == [au._Nav, 0.0, 0.0, 0.0]
+    assert TABLE["mol"] == [au._Nav, 0.0, 0.0, 0.0, 0.0]
     for alias, name in [
         ("ha", "hartree"),
         ("rydberg", "ry"),
@@ -261,21 +261,21 @@ def test_parentheses_and_negative_exponents(scripted):
         assert scripted["parse_unit"](left, TABLE) == a
     # A negative power divides, so these two are bit-identical.
     assert parse_unit("eV*Angstrom^-3", TABLE) == parse_unit("eV/Angstrom^3", TABLE)
-    assert parse_unit("(eV/Angstrom^3)^-1", TABLE)[1:] == [-1.0, 1.0, 2.0]
+    assert parse_unit("(eV/Angstrom^3)^-1", TABLE)[1:] == [-1.0, 1.0, 2.0, 0.0]
 
 
 def test_left_associative_division():
     # (J/kg)/s = m^2 s^-3; right association would give m^2 s^-1.
-    assert parse_unit("J/kg/s", TABLE)[1:] == [0.0, 2.0, -3.0]
-    assert parse_unit("kJ/mol/nm", TABLE)[1:] == [1.0, 1.0, -2.0]
+    assert parse_unit("J/kg/s", TABLE)[1:] == [0.0, 2.0, -3.0, 0.0]
+    assert parse_unit("kJ/mol/nm", TABLE)[1:] == [1.0, 1.0, -2.0, 0.0]
 
 
 def test_whitespace_and_empty(scripted):
     assert parse_unit("  kcal /  mol ", TABLE) == parse_unit("kcal/mol", TABLE)
     assert parse_unit("eV * Angstrom ^ -3", TABLE) == parse_unit("eV*Angstrom^-3", TABLE)
     for empty in ["", "   ", "\t"]:
-        assert parse_unit(empty, TABLE) == [1.0, 0.0, 0.0, 0.0]
-        assert scripted["parse_unit"](empty, TABLE) == [1.0, 0.0, 0.0, 0.0]
+        assert parse_unit(empty, TABLE) == [1.0, 0.0, 0.0, 0.0, 0.0]
+        assert scripted["parse_unit"](empty, TABLE) == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert conversion_factor("", "mol") == pytest.approx(1.0 / au._Nav, rel=1e-15)
 
 

@@ -60,7 +60,7 @@ def check_parsed(expression: str):
         assert message.startswith(CLEAN_PREFIXES), message
         value = None
     else:
-        assert isinstance(value, list) and len(value) == 4
+        assert isinstance(value, list) and len(value) == 5
         assert all(isinstance(x, float) and math.isfinite(x) for x in value), value
         assert value[0] > 0.0, value  # signs only appear in exponents
     elapsed = time.perf_counter() - start
