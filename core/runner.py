@@ -153,8 +153,13 @@ class ModelRunner:
         schema = self.model.module.forward.schema
         arguments = {argument.name for argument in schema.arguments}
         self._takes_non_conservative = "non_conservative" in arguments
-        # archives exported before inputs existed take neither argument: given only when accepted
-        self._takes_inputs = "quantity_units" in arguments
+        # given only to a model that has inputs or outputs in those units (a model without them is
+        # called exactly as before; archives exported before inputs existed take neither argument)
+        needs_units = bool(self.model.input_names) or any(
+            output.quantity in ("mass", "velocity", "charge", "dipole")
+            for output in self.model.capabilities.outputs.values()
+        )
+        self._takes_inputs = "quantity_units" in arguments and needs_units
         self.quantity_units = dict(quantity_units) if quantity_units is not None else engine_quantity_units("ase")
         self.input_names = self.model.input_names
         self.known_types = np.array(sorted(self.model.capabilities.atomic_types), dtype=np.int32)
