@@ -12,6 +12,12 @@
 //   cv: ATOMPLUG MODEL=model.pt SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1
 //   PRINT ARG=cv FILE=COLVAR
 //
+// Model inputs: masses and charges are PLUMED's (those the MD engine passed; `plumed driver` reads
+// them with --mc), the total charge and the spin multiplicity come from CHARGE= and SPIN=; they go
+// to the entry point in PLUMED's units of mass and charge, which the archive converts. Velocities
+// are refused: PLUMED does not receive them. OUTPUT= names the output in full, variants included
+// (energy/ccsdt).
+//
 // Conventions: the CV's derivative with respect to positions is -forces; the box derivative PLUMED
 // wants (d CV / d box, contracted with the box: -sum_i r_i (x) dCV/dr_i for a CV without PBC) is
 // the entry point's virial W = -dCV/d(strain), in the same index order.
@@ -33,6 +39,8 @@
 #include "atomplug_core.h"
 #pragma GCC diagnostic pop
 
+#include "atomplug_plumed_units.h"
+
 #include "vesin.h"
 
 #include <dlfcn.h>
@@ -42,6 +50,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -133,7 +142,12 @@ Use an exported atomplug model as a collective variable.
 The model sees the atoms listed in the numbered SPECIES keywords (in increasing atom number), with
 the model types given by SPECIES_TO_TYPES (default: i for SPECIESi). A per-structure output with one
 property is the value of the action; with several properties each one is a component, named after
-the property when the model names them (otherwise .0, .1, ...).
+the property when the model names them (otherwise .0, .1, ...). OUTPUT names a variant in full
+(OUTPUT=energy/ccsdt).
+
+A model that asks for inputs gets them from PLUMED: masses and charges of its atoms (as the MD
+engine passed them; `plumed driver --mc FILE`), the total charge from CHARGE= and the spin
+multiplicity from SPIN=. A model that asks for velocities cannot run in PLUMED.
 */
 //+ENDPLUMEDOC
 
@@ -175,11 +189,20 @@ class Atomplug : public Colvar {
   // inputs of the entry point that do not change from step to step
   atomplug_core::EntryPointArguments inputs_;
 
+  // the model's requested inputs (most models have none: then none of this runs per step)
+  bool has_model_inputs_ = false;
+  bool needs_masses_ = false;
+  bool needs_charges_ = false;
+  std::vector<std::pair<std::string, torch::Tensor>> fixed_inputs_;    // total_charge, spin_multiplicity
+  std::vector<std::string> input_names_;
+
   // the constructor's steps
   atomplug_core::Declaration load_model();
   void choose_device(const std::string &device_name);
   void log_metadata(const atomplug_core::Declaration &declared);
   std::vector<std::string> choose_output(const atomplug_core::Declaration &declared);
+  std::string unknown_output(const atomplug_core::Declaration &declared);
+  void read_model_inputs();
   Atoms read_atoms();
   std::vector<std::vector<AtomNumber>> read_species();
   void read_units_and_lists(double skin);
@@ -190,6 +213,7 @@ class Atomplug : public Colvar {
   void set_box(bool periodic);
   void check_positions();
   void add_neighbor_lists();
+  c10::Dict<std::string, at::Tensor> model_inputs();
   torch::jit::IValue call(const torch::Tensor &positions, bool periodic, bool forces, bool virial);
   torch::jit::IValue run(const torch::Tensor &positions, bool periodic, bool derivatives, bool virial);
   void set_derivatives(const c10::impl::GenericDict &results, bool virial_from_model);
@@ -215,6 +239,9 @@ void Atomplug::registerKeywords(Keywords &keys)
            "Verlet skin of the neighbor lists (PLUMED length unit; default: a tenth of each "
            "list's cutoff; 0 rebuilds every step): lists are rebuilt only when an atom moved more than half "
            "of it, and are cut to the model's cutoff at every step");
+  keys.add("optional", "CHARGE",
+           "the total charge of the atoms the model sees (PLUMED charge unit), for a model that asks for it");
+  keys.add("optional", "SPIN", "the spin multiplicity 2S+1 (1 for a singlet), for a model that asks for it");
   if (!keys.exists("NOPBC")) {
     keys.addFlag("NOPBC", false, "ignore the periodic box: the model sees a non-periodic system");
   }
@@ -230,6 +257,7 @@ Atomplug::Atomplug(const ActionOptions &options) : PLUMED_COLVAR_INIT(options)
   log_metadata(declared);
   const std::vector<std::string> properties = choose_output(declared);
   const Atoms atoms = read_atoms();
+  read_model_inputs();
   double skin = -1.0;
   parse("SKIN", skin);
   bool nopbc = false;
@@ -305,16 +333,36 @@ std::vector<std::string> Atomplug::choose_output(const atomplug_core::Declaratio
 {
   parse("OUTPUT", output_);
   const atomplug_core::Output *output = declared.output(output_);
-  if (output == nullptr) {
-    error("the model has no output '" + output_ + "' (it declares: " + join(declared.output_names(), ", ") +
-          "): set OUTPUT to one of those");
-  }
+  if (output == nullptr) error(unknown_output(declared));
   n_properties_ = output->properties.empty() ? 1 : static_cast<unsigned>(output->properties.size());
   log.printf("  output '%s'%s%s, %u propert%s\n", output_.c_str(),
              output->quantity.empty() ? "" : (" (" + output->quantity + ")").c_str(),
              output->unit.empty() ? "" : (" [model unit " + output->unit + "]").c_str(), n_properties_,
              n_properties_ == 1 ? "y" : "ies");
   return output->properties;
+}
+
+// OUTPUT names an output the model does not declare: the archive's variant rule (variant_output) says
+// what is wrong with a variant (an unknown one, or an output that has variants only)
+std::string Atomplug::unknown_output(const atomplug_core::Declaration &declared)
+{
+  const std::string declares = " (it declares: " + join(declared.output_names(), ", ") + ")";
+  const std::string generic =
+      "the model has no output '" + output_ + "'" + declares + ": set OUTPUT to one of those";
+  const std::string per_atom = "/per_atom";
+  const bool asks_per_atom = output_.size() >= per_atom.size() &&
+      output_.compare(output_.size() - per_atom.size(), per_atom.size(), per_atom) == 0;
+  if (asks_per_atom || !model_.find_method("variant_output")) return generic;
+  const size_t slash = output_.find('/');
+  const std::string name = output_.substr(0, slash);
+  const std::string variant = slash == std::string::npos ? std::string() : output_.substr(slash + 1);
+  try {
+    model_.run_method("variant_output", name, variant);
+  } catch (const std::exception &e) {
+    return first_line(e) + declares + ": OUTPUT names the output in full, variant included (OUTPUT=" + name +
+        "/<variant>)";
+  }
+  return generic;
 }
 
 std::vector<std::vector<AtomNumber>> Atomplug::read_species()
@@ -391,6 +439,73 @@ Atomplug::Atoms Atomplug::read_atoms()
   return result;
 }
 
+// The inputs the model asks for (input_names(); archives exported before inputs existed have none),
+// each with its source in PLUMED, and the CHARGE and SPIN keywords, each given exactly when used
+void Atomplug::read_model_inputs()
+{
+  const double unset = std::numeric_limits<double>::quiet_NaN();
+  double charge = unset;
+  double spin = unset;
+  parse("CHARGE", charge);
+  parse("SPIN", spin);
+  if (atomplug_core::entry_point_accepts(model_, "quantity_units") && model_.find_method("input_names")) {
+    try {
+      for (const auto &item : model_.run_method("input_names").toList()) {
+        input_names_.push_back(item.get().toStringRef());
+      }
+    } catch (const std::exception &e) {
+      error("could not read the inputs the model asks for: " + first_line(e));
+    }
+  }
+  const std::string asks = "the model asks for the inputs " + join(input_names_, ", ");
+  auto wants = [this](const std::string &name) {
+    return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();
+  };
+  for (const auto &name : input_names_) {
+    if (name == "masses") {
+      needs_masses_ = true;
+    } else if (name == "charges") {
+      needs_charges_ = true;
+    } else if (name == "total_charge") {
+      if (std::isnan(charge)) {
+        error(asks +
+              ": give the total charge of its atoms with CHARGE=<number> (in PLUMED's charge unit, e by "
+              "default)");
+      }
+    } else if (name == "spin_multiplicity") {
+      if (std::isnan(spin))
+        error(asks + ": give the spin multiplicity 2S+1 with SPIN=<number> (1 for a singlet)");
+    } else if (name == "velocities") {
+      error(asks +
+            ": PLUMED does not receive velocities from the MD engine, so ATOMPLUG cannot run a model that "
+            "needs them; use the model in an engine that gives velocities (ASE, LAMMPS)");
+    } else {
+      error(asks + ": this ATOMPLUG does not know the input '" + name +
+            "' (a newer atomplug model?): update atomplug and rebuild the plugin");
+    }
+  }
+  if (!std::isnan(charge) && !wants("total_charge")) {
+    error("CHARGE is given but the model does not use a total charge (" +
+          (input_names_.empty() ? std::string("it asks for no inputs") : asks) + "): remove CHARGE");
+  }
+  if (!std::isnan(spin) && !wants("spin_multiplicity")) {
+    error("SPIN is given but the model does not use a spin multiplicity (" +
+          (input_names_.empty() ? std::string("it asks for no inputs") : asks) + "): remove SPIN");
+  }
+  auto scalar = [this](double value) {
+    return torch::full({1}, value, torch::dtype(torch::kFloat64)).to(device_);
+  };
+  if (wants("total_charge")) fixed_inputs_.emplace_back("total_charge", scalar(charge));
+  if (wants("spin_multiplicity")) fixed_inputs_.emplace_back("spin_multiplicity", scalar(spin));
+  has_model_inputs_ = !input_names_.empty();
+  if (has_model_inputs_) {
+    log.printf("  model inputs: %s%s%s%s\n", join(input_names_, ", ").c_str(),
+               needs_masses_ || needs_charges_ ? " (masses and charges as the MD engine passed them)" : "",
+               wants("total_charge") ? (", CHARGE=" + std::to_string(charge)).c_str() : "",
+               wants("spin_multiplicity") ? (", SPIN=" + std::to_string(spin)).c_str() : "");
+  }
+}
+
 // units: PLUMED's, as expressions the archive's unit table reads; the neighbor lists in them
 void Atomplug::read_units_and_lists(double skin)
 {
@@ -398,21 +513,45 @@ void Atomplug::read_units_and_lists(double skin)
     error(
         "ATOMPLUG needs physical units: remove UNITS NATURAL (the model's units are converted to PLUMED's)");
   }
-  length_unit_ = unit_expression(getUnits().getLength(), "nm");
-  energy_unit_ = unit_expression(getUnits().getEnergy(), "kJ/mol");
+  const Units &units = getUnits();
+  length_unit_ = unit_expression(units.getLength(), atomplug_plumed_units::LENGTH);
+  energy_unit_ = unit_expression(units.getEnergy(), atomplug_plumed_units::ENERGY);
+  // PLUMED's units of mass, charge and velocity (length / time), for the model's inputs and for
+  // outputs of those quantities: given to archives that take them
+  const bool quantities = atomplug_core::entry_point_accepts(model_, "quantity_units");
+  c10::Dict<std::string, std::string> quantity_units;
+  quantity_units.insert("mass", unit_expression(units.getMass(), atomplug_plumed_units::MASS));
+  quantity_units.insert("charge", unit_expression(units.getCharge(), atomplug_plumed_units::CHARGE));
+  quantity_units.insert(
+      "velocity", unit_expression(units.getLength() / units.getTime(), atomplug_plumed_units::VELOCITY));
   try {
-    model_.run_method("unit_conversion", length_unit_, std::string("nm"));
-    model_.run_method("unit_conversion", energy_unit_, std::string("kJ/mol"));
+    model_.run_method("unit_conversion", length_unit_, std::string(atomplug_plumed_units::LENGTH));
+    model_.run_method("unit_conversion", energy_unit_, std::string(atomplug_plumed_units::ENERGY));
+    if (quantities) {
+      model_.run_method("unit_conversion", quantity_units.at("mass"),
+                        std::string(atomplug_plumed_units::MASS));
+      model_.run_method("unit_conversion", quantity_units.at("charge"),
+                        std::string(atomplug_plumed_units::CHARGE));
+      model_.run_method("unit_conversion", quantity_units.at("velocity"),
+                        std::string(atomplug_plumed_units::VELOCITY));
+      inputs_.quantity_units = quantity_units;
+    }
     for (const auto &item : model_.run_method("neighbor_requests", length_unit_).toList()) {
       auto tuple = item.get().toTuple();
       double cutoff = tuple->elements()[0].toDouble();
       requests_.push_back({cutoff, tuple->elements()[1].toBool(), skin < 0.0 ? 0.1 * cutoff : skin});
     }
   } catch (const std::exception &e) {
-    error("PLUMED units (length " + length_unit_ + ", energy " + energy_unit_ + "): " + first_line(e));
+    error("PLUMED units (length " + length_unit_ + ", energy " + energy_unit_ + ", mass " +
+          quantity_units.at("mass") + ", charge " + quantity_units.at("charge") + "): " + first_line(e));
   }
-  log.printf("  PLUMED units passed to the model: length %s, energy %s\n", length_unit_.c_str(),
+  log.printf("  PLUMED units passed to the model: length %s, energy %s", length_unit_.c_str(),
              energy_unit_.c_str());
+  if (quantities) {
+    log.printf(", mass %s, charge %s, velocity %s", quantity_units.at("mass").c_str(),
+               quantity_units.at("charge").c_str(), quantity_units.at("velocity").c_str());
+  }
+  log.printf("\n");
   for (const auto &request : requests_) {
     log.printf("  neighbor list: cutoff %g (PLUMED length unit), %s, skin %g\n", request.cutoff,
                request.full_list ? "full" : "half", request.skin);
@@ -544,6 +683,47 @@ void Atomplug::add_neighbor_lists()
   }
 }
 
+// the model's inputs for this step: masses and charges as PLUMED holds them (in the action's atom
+// order, which is the model's), CHARGE and SPIN
+c10::Dict<std::string, at::Tensor> Atomplug::model_inputs()
+{
+  c10::Dict<std::string, at::Tensor> inputs;
+  const int64_t n_atoms = static_cast<int64_t>(getNumberOfAtoms());
+  // `plumed driver` without --mc (or an MD engine that passed none) leaves NaN masses and charges
+  auto per_atom = [&](const std::vector<double> &values, const char *what) {
+    for (int64_t i = 0; i < n_atoms; i++) {
+      if (!std::isfinite(values[i])) {
+        plumed_merror("ATOMPLUG " + getLabel() + ": the model needs the atoms' " + what + " and atom " +
+                      std::to_string(getAbsoluteIndex(i).serial()) + " has " + std::to_string(values[i]) +
+                      " in PLUMED: the MD engine passed no " + what + " (cmd set" +
+                      (std::string(what) == "masses" ? "Masses" : "Charges") +
+                      "); with `plumed driver`, give them with --mc FILE (the format DUMPMASSCHARGE writes)");
+      }
+    }
+    return torch::from_blob(const_cast<double *>(values.data()), {n_atoms}, torch::dtype(torch::kFloat64))
+        .clone()
+        .to(device_);
+  };
+  if (needs_masses_) {
+    if (!massesWereSet) {
+      plumed_merror("ATOMPLUG " + getLabel() +
+                    ": the model needs the atoms' masses and the MD engine did not pass masses to PLUMED "
+                    "(cmd setMasses); with `plumed driver`, give them with --mc FILE");
+    }
+    inputs.insert("masses", per_atom(getMasses(), "masses"));
+  }
+  if (needs_charges_) {
+    if (!chargesWereSet) {
+      plumed_merror("ATOMPLUG " + getLabel() +
+                    ": the model needs per-atom charges and the MD engine did not pass charges to PLUMED "
+                    "(cmd setCharges); with `plumed driver`, give them with --mc FILE");
+    }
+    inputs.insert("charges", per_atom(getCharges(), "charges"));
+  }
+  for (const auto &entry : fixed_inputs_) inputs.insert(entry.first, entry.second);
+  return inputs;
+}
+
 torch::jit::IValue Atomplug::call(const torch::Tensor &positions, bool periodic, bool forces, bool virial)
 {
   set_box(periodic);
@@ -555,6 +735,7 @@ torch::jit::IValue Atomplug::call(const torch::Tensor &positions, bool periodic,
   inputs.compute_forces = forces;
   inputs.compute_virial = virial;
   inputs.compute_atomic_virial = false;
+  if (has_model_inputs_) inputs.inputs = model_inputs();
   return model_.forward(atomplug_core::entry_point_stack(inputs));
 }
 

@@ -4,6 +4,12 @@ crosscheck` (`atomplug.cli.crosscheck`), which reads the plain dict it returns.
 `BIASVALUE ARG=energy` makes the bias equal to the model's energy, so the forces and the virial
 PLUMED applies are the model's own. PLUMED works in its native nm and kJ/mol; the positions go in
 and the results come back through the core's unit conversion, so no PLUMED constant is involved.
+
+A model's inputs come from the Atoms as everywhere in atomplug (`atomplug.core.runner.inputs_from_atoms`):
+masses (`get_masses()`) and charges (`get_initial_charges()`) go to `plumed driver --mc`, the total
+charge (`info["charge"]`) and the spin multiplicity (`info["spin"]`) to CHARGE= and SPIN=. A model
+that needs velocities is skipped (PLUMED does not receive velocities). A variant is chosen with
+OUTPUT=energy/<variant>; the action asks the archive's variant rule what is wrong with a bad one.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Dict
 
 import numpy as np
 
-from atomplug.core.units import conversion_factor
+from atomplug.core.units import ENGINE_QUANTITY_UNITS, conversion_factor
 
 TIMEOUT = 600.0
 FORMAT = "%.17e"
@@ -32,21 +38,33 @@ def _species_keywords(atoms) -> str:
     return " ".join(keywords) + " SPECIES_TO_TYPES=" + ",".join(types)
 
 
-def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, object]:
-    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed under PLUMED.
+def _quantity_factor(quantity: str) -> float:
+    """ASE's unit of `quantity` (mass, charge) in PLUMED's."""
+    return conversion_factor(ENGINE_QUANTITY_UNITS["ase"][quantity], ENGINE_QUANTITY_UNITS["plumed"][quantity])
+
+
+def evaluate_with_plumed(model_path: str, atoms, workdir: str, variant: str = "") -> Dict[str, object]:
+    """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed under PLUMED, with the model's
+    energy (its `variant` when given: OUTPUT=energy/<variant>) as the CV.
 
     Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array}, or {"skipped": reason}
-    for a structure or model PLUMED cannot take; raises RuntimeError when `plumed driver` fails.
+    for a structure or model PLUMED cannot take; raises ValueError when the Atoms lack an input the
+    model needs (the message says where to put it), RuntimeError when `plumed driver` fails.
     """
     from atomplug.core.archive import read_header
+    from atomplug.core.runner import inputs_from_atoms
 
     from . import plugin_path, plumed_environment, plumed_program
 
     if atoms.pbc.any() and not atoms.pbc.all():
         return {"skipped": f"PLUMED treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"}
-    outputs = read_header(model_path)["capabilities"]["outputs"]
-    if "energy" not in outputs:
+    capabilities = read_header(model_path)["capabilities"]
+    if not any(name == "energy" or name.startswith("energy/") for name in capabilities["outputs"]):
         return {"skipped": "the model has no 'energy' output to use as a CV"}
+    input_names = list(capabilities.get("inputs", {}))
+    if "velocities" in input_names:
+        return {"skipped": "the model needs velocities, which PLUMED does not receive from the MD engine"}
+    inputs = inputs_from_atoms(atoms, input_names)
 
     nm = conversion_factor("Angstrom", "nm")
     kj_per_mol = conversion_factor("eV", "kJ/mol")
@@ -58,10 +76,27 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, obje
             handle.write("0 0 0\n")
         for position in atoms.positions * nm:
             handle.write(f"X {position[0]:.17e} {position[1]:.17e} {position[2]:.17e}\n")
+    extra_arguments = []
+    if "masses" in inputs or "charges" in inputs:
+        # `plumed driver --mc`: the format DUMPMASSCHARGE writes (0-based index, mass, charge)
+        masses = inputs.get("masses", atoms.get_masses()) * _quantity_factor("mass")
+        charges = inputs.get("charges", np.zeros(len(atoms))) * _quantity_factor("charge")
+        with open(os.path.join(workdir, "masses-charges.dat"), "w") as handle:
+            handle.write("#! FIELDS index mass charge\n")
+            for index, (mass, charge) in enumerate(zip(masses, charges)):
+                handle.write(f"{index} {mass:.17e} {charge:.17e}\n")
+        extra_arguments = ["--mc", "masses-charges.dat"]
+    keywords = ""
+    if "total_charge" in inputs:
+        keywords += f" CHARGE={float(inputs['total_charge'][0]) * _quantity_factor('charge'):.17g}"
+    if "spin_multiplicity" in inputs:
+        keywords += f" SPIN={float(inputs['spin_multiplicity'][0]):.17g}"
+    output = "energy" + (f"/{variant}" if variant else "")
     with open(os.path.join(workdir, "plumed.dat"), "w") as handle:
         handle.write(
             f"LOAD FILE={plugin_path()}\n"
-            f"energy: ATOMPLUG MODEL={os.path.abspath(model_path)} OUTPUT=energy {_species_keywords(atoms)}\n"
+            f"energy: ATOMPLUG MODEL={os.path.abspath(model_path)} OUTPUT={output} {_species_keywords(atoms)}"
+            f"{keywords}\n"
             "BIASVALUE ARG=energy\n"
             f"PRINT ARG=energy FILE=COLVAR FMT={FORMAT}\n"
         )
@@ -77,6 +112,7 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str) -> Dict[str, obje
         "--dump-forces-fmt",
         FORMAT,
         "--dump-full-virial",
+        *extra_arguments,
     ]
     run = subprocess.run(
         command,
