@@ -27,6 +27,37 @@ NON_CONSERVATIVE_FORCES = "non_conservative_forces"
 NON_CONSERVATIVE_STRESS = "non_conservative_stress"
 
 
+# the system change reported when an input the model reads changed (initial_charges is ASE's own)
+_INPUT_CHANGE = {"charges": "initial_charges", "total_charge": "info:charge", "spin_multiplicity": "info:spin"}
+_INFO_KEYS = {"total_charge": "charge", "spin_multiplicity": "spin"}
+
+
+def _input_changed(name: str, old: Atoms, new: Atoms, tol: float) -> bool:
+    """Whether the input `name` read from `new` differs from the one read from `old`."""
+    if name in _INFO_KEYS:
+        key = _INFO_KEYS[name]
+        if (key in old.info) != (key in new.info):
+            return True
+        if key not in new.info:
+            return False
+        try:
+            return bool(np.any(np.abs(np.asarray(old.info[key], float) - np.asarray(new.info[key], float)) > tol))
+        except (TypeError, ValueError):
+            return True  # not a number: evaluating again reports it
+    if name == "masses":
+        return not np.allclose(old.get_masses(), new.get_masses(), rtol=0.0, atol=tol)
+    if name == "velocities":
+        return not (
+            np.allclose(old.get_momenta(), new.get_momenta(), rtol=0.0, atol=tol)
+            and np.allclose(old.get_masses(), new.get_masses(), rtol=0.0, atol=tol)
+        )
+    if name == "charges":
+        if old.has("initial_charges") != new.has("initial_charges"):
+            return True
+        return not np.allclose(old.get_initial_charges(), new.get_initial_charges(), rtol=0.0, atol=tol)
+    return True
+
+
 def _cite_once(model: LoadedModel) -> None:
     """Log the model's references the first time it is used in this process."""
     key = (model.metadata.name, tuple(model.metadata.references))
@@ -53,6 +84,15 @@ class AtomplugCalculator(Calculator):
                           `non_conservative_stress` outputs instead of differentiating the energy
     uncertainty_threshold warn (per structure) when `energy_uncertainty` exceeds it (eV)
     skin                  Verlet skin (Angstrom) of the neighbor-list cache reused across MD steps
+    variant               one of the model's output variants ("ccsdt" for `energy/ccsdt`): energy,
+                          forces and stress come from `energy/<variant>`, and every extra output
+                          with that variant is taken in it (the archive's rule, variant_output)
+
+    Inputs the model requests are read from the Atoms by ASE's conventions (ASE units):
+    `get_masses()`, `get_velocities()`, `get_initial_charges()`, `info["charge"]` (total charge, e)
+    and `info["spin"]` (spin multiplicity 2S+1); a change of any of them is a change of the system
+    (the results are computed again), also for velocities, masses and `info`, which ASE's own
+    `system_changes` do not watch.
     """
 
     implemented_properties = list(ASE_PROPERTIES)
@@ -66,19 +106,34 @@ class AtomplugCalculator(Calculator):
         non_conservative: bool = False,
         uncertainty_threshold: Optional[float] = None,
         skin: float = 0.5,
+        variant: str = "",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.runner = ModelRunner(model, device=device, skin=skin)
         self.model = self.runner.model
         declared = self.model.capabilities.outputs
-        if "energy" not in declared:
+        self.variant = str(variant or "")
+        if "energy" not in declared and "energy" not in self.model.capabilities.variants():
             raise ValueError(
                 f"model {self.model.metadata.name!r} declares no 'energy' output (it has "
                 f"{', '.join(declared)}): it is not a potential; use calc.run(atoms, outputs=[...])"
             )
-        self.additional_outputs = [self._check_output_name(name) for name in additional_outputs]
+        # the model's names for what ASE asks, under the variant (the archive's rule)
+        self._energy = self.runner.output_name("energy", self.variant)
+        self._energies = self.runner.output_name("energy" + PER_ATOM_SUFFIX, self.variant)
+        self.additional_outputs = list(additional_outputs)
+        self._additional = {name: self._check_output_name(name) for name in self.additional_outputs}
+        self.input_names = list(self.runner.input_names)
         self.non_conservative = bool(non_conservative)
+        if self.non_conservative and self.variant:
+            for name in (NON_CONSERVATIVE_FORCES, NON_CONSERVATIVE_STRESS):
+                if name in declared and self.runner.output_name(name, self.variant) != name:
+                    raise ValueError(
+                        f"non_conservative=True with variant {self.variant!r}: the model has "
+                        f"{name}/{self.variant}, but direct forces and stress are taken from the plain "
+                        f"{name!r}: use non_conservative=False (forces from energy/{self.variant})"
+                    )
         if self.non_conservative:
             missing = [n for n in (NON_CONSERVATIVE_FORCES, NON_CONSERVATIVE_STRESS) if n not in declared]
             if NON_CONSERVATIVE_FORCES in missing:
@@ -87,14 +142,16 @@ class AtomplugCalculator(Calculator):
                     f"{self.model.metadata.name!r} does not declare: use non_conservative=False"
                 )
             self._has_non_conservative_stress = not missing
+        self._uncertainty = "energy_uncertainty"
         if uncertainty_threshold is not None:
-            if "energy_uncertainty" not in declared:
+            if "energy_uncertainty" not in declared and "energy_uncertainty" not in self.model.capabilities.variants():
                 raise ValueError(
                     f"uncertainty_threshold needs the model output 'energy_uncertainty', which "
                     f"{self.model.metadata.name!r} does not declare: drop uncertainty_threshold"
                 )
             if not uncertainty_threshold >= 0.0:
                 raise ValueError(f"uncertainty_threshold must be >= 0, got {uncertainty_threshold}")
+            self._uncertainty = self.runner.output_name("energy_uncertainty", self.variant)
         self.uncertainty_threshold = uncertainty_threshold
         self.device = device
         self.skin = skin
@@ -114,14 +171,30 @@ class AtomplugCalculator(Calculator):
             "non_conservative": self.non_conservative,
             "uncertainty_threshold": self.uncertainty_threshold,
             "skin": self.skin,
+            "variant": self.variant,
         }
 
     def __repr__(self) -> str:
         return f"AtomplugCalculator(model={self.model.metadata.name!r}, path={getattr(self.model, 'path', None)!r})"
 
     # -- checks ------------------------------------------------------------------------------
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> List[str]:
+        """ASE's system changes, plus those of the inputs the model reads that ASE does not watch:
+        masses, velocities (momenta), info["charge"] and info["spin"]. Models without inputs pay
+        nothing extra."""
+        changes = super().check_state(atoms, tol=tol)
+        if not self.input_names or self.atoms is None:
+            return changes
+        for name in self.input_names:
+            if name in changes or _INPUT_CHANGE.get(name, name) in changes:
+                continue
+            if _input_changed(name, self.atoms, atoms, tol):
+                changes.append(_INPUT_CHANGE.get(name, name))
+        return changes
+
     def _check_output_name(self, request: str) -> str:
-        return self.runner.check_output_request(request)
+        """The model's output for `request` under the calculator's variant, checked."""
+        return self.runner.check_output_request(self.runner.output_name(request, self.variant))
 
     def _check_properties(self, atoms: Atoms, properties: Iterable[str]) -> List[str]:
         properties = list(properties)
@@ -157,15 +230,15 @@ class AtomplugCalculator(Calculator):
         wanted = set(properties) | {"energy"}
         if "free_energy" in wanted:
             wanted.add("energy")
-        outputs = ["energy"]
+        outputs = [self._energy]
         if "energies" in wanted:
-            outputs.append("energy" + PER_ATOM_SUFFIX)
+            outputs.append(self._energies)
         forces = "forces" in wanted
         virial = "stress" in wanted
         atomic_virial = "stresses" in wanted
-        if self.uncertainty_threshold is not None and "energy_uncertainty" not in outputs:
-            outputs.append("energy_uncertainty")
-        for name in self.additional_outputs:
+        if self.uncertainty_threshold is not None and self._uncertainty not in outputs:
+            outputs.append(self._uncertainty)
+        for name in self._additional.values():
             if name not in outputs:
                 outputs.append(name)
         raw = self.runner.run(
@@ -175,16 +248,17 @@ class AtomplugCalculator(Calculator):
             virial=virial,
             atomic_virial=atomic_virial,
             non_conservative=self.non_conservative,
+            gradient_output=self._energy,
             use_cache=use_cache,
         )
         results: List[Dict[str, Any]] = []
         start = 0
         for index, atoms in enumerate(structures):
             stop = start + len(atoms)
-            result: Dict[str, Any] = {"energy": float(raw["energy"][index, 0])}
+            result: Dict[str, Any] = {"energy": float(raw[self._energy][index, 0])}
             result["free_energy"] = result["energy"]
             if "energies" in wanted:
-                result["energies"] = raw["energy" + PER_ATOM_SUFFIX][start:stop, 0].copy()
+                result["energies"] = raw[self._energies][start:stop, 0].copy()
             if "forces" in wanted:
                 result["forces"] = raw["forces"][start:stop].copy()
             if "stress" in wanted:
@@ -193,10 +267,10 @@ class AtomplugCalculator(Calculator):
             if "stresses" in wanted:
                 stresses = stress_from_virial_array(raw["atomic_virial"][start:stop], atoms.cell.array)
                 result["stresses"] = full_3x3_to_voigt_6_stress(stresses)
-            for name in self.additional_outputs:
-                result[name] = self._extra_value(name, raw[name], index, start, stop)
+            for name, output in self._additional.items():
+                result[name] = self._extra_value(name, raw[output], index, start, stop)
             if self.uncertainty_threshold is not None:
-                self._warn_if_uncertain(atoms, float(raw["energy_uncertainty"][index, 0]))
+                self._warn_if_uncertain(atoms, float(raw[self._uncertainty][index, 0]))
             results.append(result)
             start = stop
         return results
@@ -276,8 +350,14 @@ class AtomplugCalculator(Calculator):
     ) -> Dict[str, np.ndarray]:
         """Any declared outputs on one structure or a batch, as numpy arrays in eV/Angstrom units:
         "name" -> [n_structures, n_properties], "name/per_atom" -> [n_atoms, n_properties]
-        (atoms of all structures concatenated, or only `selected_atoms` when given)."""
+        (atoms of all structures concatenated, or only `selected_atoms` when given). With a
+        `variant`, each output is taken in that variant where the model has it."""
         if isinstance(structures, Atoms):
             structures = [structures]
-        outputs = [self._check_output_name(name) for name in outputs]
-        return self.runner.run(list(structures), outputs, selected_atoms=selected_atoms, use_cache=False)
+        names = {name: self._check_output_name(name) for name in outputs}
+        raw = self.runner.run(
+            list(structures), list(dict.fromkeys(names.values())), selected_atoms=selected_atoms, use_cache=False
+        )
+        for request, name in names.items():  # under the names asked (the variant's output otherwise)
+            raw[request] = raw[name]
+        return raw

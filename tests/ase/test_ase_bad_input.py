@@ -120,3 +120,75 @@ def test_atoms_far_outside_the_cell_are_wrapped(lj_model_path):
         forces = wrapped.get_forces()
         np.testing.assert_allclose(far.get_forces(), forces, rtol=0, atol=1e-11 * np.abs(forces).max())
         np.testing.assert_allclose(far.get_stress(), wrapped.get_stress(), rtol=1e-11)
+
+
+# ---- inputs and variants --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def input_models(tmp_path_factory):
+    from test_ase_inputs import export_variant_model
+
+    from atomplug.examples.coulomb import export_coulomb
+    from atomplug.examples.inputs import export_charge_spin
+
+    directory = tmp_path_factory.mktemp("bad_inputs")
+    paths = {name: str(directory / f"{name}.pt") for name in ("coulomb", "charge_spin", "variant")}
+    export_coulomb(paths["coulomb"])
+    export_charge_spin(paths["charge_spin"])
+    export_variant_model(paths["variant"])
+    return paths
+
+
+def water(**info) -> Atoms:
+    atoms = Atoms("OH2", positions=[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    atoms.info.update(info)
+    return atoms
+
+
+MISSING_INPUTS = {
+    # case: (model, structure, problem, fix)
+    "missing-charges": (
+        "coulomb",
+        lambda: Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]]),
+        r"the model needs per-atom charges and these atoms have none",
+        r"atoms.set_initial_charges",
+    ),
+    "missing-total-charge": (
+        "charge_spin",
+        lambda: water(spin=1),
+        r"the model needs the total charge and atoms.info has no 'charge'",
+        r'set atoms.info\["charge"\]',
+    ),
+    "missing-spin": (
+        "charge_spin",
+        lambda: water(charge=0),
+        r"the model needs the spin multiplicity and atoms.info has no 'spin'",
+        r'set atoms.info\["spin"\] \(the spin multiplicity 2S\+1: 1 for a singlet\)',
+    ),
+    "charge-not-a-number": (
+        "charge_spin",
+        lambda: water(charge="minus one", spin=1),
+        r"atoms.info\[\"charge\"\] = 'minus one' is not a number",
+        r"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISSING_INPUTS))
+def test_missing_input(case, input_models):
+    model, make, problem, fix = MISSING_INPUTS[case]
+    atoms = make()
+    atoms.calc = AtomplugCalculator(input_models[model])
+    with pytest.raises(ValueError) as caught:
+        atoms.get_forces()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(problem, message) and re.search(fix, message), message
+
+
+def test_unknown_variant_is_refused_at_construction(input_models, lj_model_path):
+    with pytest.raises(ValueError, match=r"the model has no variant 'ccsdt' of 'energy' \(available: alt\): choose"):
+        AtomplugCalculator(input_models["variant"], variant="ccsdt")
+    with pytest.raises(ValueError, match=r"the model has no variant 'alt' of 'energy' \(available: none\)"):
+        AtomplugCalculator(lj_model_path, variant="alt")
