@@ -427,3 +427,134 @@ def test_engine_units_lookup():
         engine_units("lammps:lj")
     with pytest.raises(ValueError, match=r"unknown engine 'gromacs'; known engines: ase, ipi, lammps:cgs"):
         engine_units("gromacs")
+
+
+# ---------------------------------------------------------------------------- charge, dipole, velocity (issue 15)
+
+# Independent references: CODATA through ase.units (_e, _c, _aut, _amu, _Nav, fs, s), and literal
+# values of the definitions (1 statC = 1 C / (10 c), 1 D = 1e-18 statC cm).
+C_LIGHT = 299792458.0  # m/s, exact
+NEW_CODATA_CASES = [
+    ("e", "C", au._e),
+    ("C", "e", 1.0 / au._e),
+    ("coulomb", "C", 1.0),
+    ("picocoulomb", "e", 1e-12 / au._e),
+    ("statcoulomb", "C", 1.0 / (10.0 * C_LIGHT)),
+    ("esu", "e", 1.0 / (10.0 * C_LIGHT) / au._e),
+    ("D", "statcoulomb*cm", 1e-18),
+    ("debye", "C*m", 1e-21 / C_LIGHT),
+    ("e*Angstrom", "D", au._e * 1e-10 / (1e-21 / C_LIGHT)),
+    ("D", "e*Bohr", (1e-21 / C_LIGHT) / (au._e * au.Bohr * 1e-10)),
+    ("aut", "s", au._aut),
+    ("aut", "fs", au._aut * au.s / au.fs),
+    ("asetime", "fs", 1.0 / au.fs),
+    ("asetime", "s", 1.0 / au.s),
+    ("Angstrom/asetime", "Angstrom/fs", au.fs),
+    ("Angstrom/fs", "Angstrom/asetime", 1.0 / au.fs),
+    ("Angstrom/ps", "Angstrom/fs", 1e-3),
+    ("m/s", "Angstrom/fs", 1e-5),
+    ("Bohr/aut", "Angstrom/fs", au.Bohr / (au._aut * au.s / au.fs)),
+    ("Bohr/aut", "m/s", au.Bohr * 1e-10 / au._aut),
+    ("nm/ps", "Angstrom/asetime", 10.0 * 1e-3 / au.fs),
+    ("g/mol", "amu", 1e-3 * au.kg / au._Nav),
+    ("amu", "g/mol", au._Nav / (1e-3 * au.kg)),
+]
+
+
+@pytest.mark.parametrize("source, target, expected", NEW_CODATA_CASES)
+def test_charge_dipole_time_velocity_conversions(source, target, expected, scripted):
+    assert conversion_factor(source, target) == pytest.approx(expected, rel=1e-13)
+    assert scripted["conversion"](source, target, TABLE) == conversion_factor(source, target)
+
+
+def test_known_values_of_the_new_units():
+    """Textbook values (to their printed digits), a check on the references themselves."""
+    assert conversion_factor("e*Angstrom", "D") == pytest.approx(4.80320471, rel=1e-8)
+    # ASE's CODATA (2014 by default) and CODATA 2018 differ in the 10th digit of the atomic time
+    assert conversion_factor("aut", "fs") == pytest.approx(0.02418884326585747, rel=1e-9)
+    assert conversion_factor("asetime", "fs") == pytest.approx(10.1805057, rel=1e-7)
+    assert conversion_factor("statcoulomb", "C") == pytest.approx(3.33564095198152e-10, rel=1e-13)
+    assert conversion_factor("g/mol", "amu") == pytest.approx(1.0, rel=1e-9)
+
+
+def test_new_symbols_in_the_table():
+    for symbol in ("e", "c", "coulomb", "picocoulomb", "statcoulomb", "esu", "d", "debye", "aut", "asetime"):
+        assert symbol in TABLE, symbol
+    assert TABLE["e"] == [au._e, 0.0, 0.0, 0.0, 1.0]
+    assert TABLE["c"] == TABLE["coulomb"] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert TABLE["esu"] == TABLE["statcoulomb"]
+    assert TABLE["debye"] == TABLE["d"]
+    assert TABLE["d"][1:] == [0.0, 1.0, 0.0, 1.0]
+    assert TABLE["aut"][1:] == TABLE["asetime"][1:] == [0.0, 0.0, 1.0, 0.0]
+    # the elementary charge and the electronvolt stay apart ("eV" is one symbol, "e*V" is not a unit)
+    assert conversion_factor("eV", "J") == pytest.approx(au._e, rel=1e-15)
+    assert conversion_factor("1e-3*e", "e") == pytest.approx(1e-3, rel=1e-15)
+    assert conversion_factor("E", "e") == 1.0
+
+
+def test_scripted_parser_agrees_on_the_new_symbols(scripted):
+    from atomplug.core.units import ENGINE_QUANTITY_UNITS
+
+    expressions = [case[0] for case in NEW_CODATA_CASES] + [case[1] for case in NEW_CODATA_CASES]
+    expressions += ["C/s", "e^2/Angstrom", "D/Angstrom^3", "esu*cm", "1e-3*e", "statcoulomb^-1"]
+    expressions += [unit for units in ENGINE_QUANTITY_UNITS.values() for unit in units.values()]
+    for expression in expressions:
+        assert scripted["parse_unit"](expression, TABLE) == parse_unit(expression, TABLE), expression
+
+
+def test_dimension_names_of_the_new_quantities(scripted):
+    from atomplug.core.units import QUANTITY_DIMENSIONS, dimension_name
+
+    scripted_name = torch.jit.script(dimension_name)
+    expected = {
+        "e": "charge",
+        "C": "charge",
+        "statcoulomb": "charge",
+        "D": "dipole",
+        "e*Angstrom": "dipole",
+        "Angstrom/fs": "velocity",
+        "Bohr/aut": "velocity",
+        "m/s": "velocity",
+        "aut": "time",
+        "asetime": "time",
+        "amu": "mass",
+        "C/s": "M^0 L^0 T^-1 Q^1".replace("M^0 L^0 ", ""),
+    }
+    for unit, name in expected.items():
+        dims = parse_unit(unit, TABLE)[1:]
+        assert dimension_name(dims) == name, unit
+        assert scripted_name(dims) == name, unit
+    for quantity in ("charge", "dipole", "velocity", "mass"):
+        assert dimension_name(QUANTITY_DIMENSIONS[quantity]) == quantity
+    message = _python_message(check_dimension, "e", QUANTITY_DIMENSIONS["mass"], "masses", TABLE)
+    assert message == "masses: unit 'e' is not a mass unit (it is charge)"
+    with pytest.raises(ValueError, match=r"cannot convert 'e\*Angstrom' \(dipole\) to 'e' \(charge\)"):
+        conversion_factor("e*Angstrom", "e")
+    with pytest.raises(torch.jit.Error, match=r"cannot convert 'Angstrom/fs' \(velocity\) to 'fs' \(time\)"):
+        scripted["conversion"]("Angstrom/fs", "fs", TABLE)
+
+
+def test_engine_quantity_units_table():
+    from atomplug.core.units import ENGINE_QUANTITY_UNITS, QUANTITY_DIMENSIONS, engine_quantity_units
+
+    assert set(ENGINE_QUANTITY_UNITS) == set(ENGINE_UNITS)
+    for engine, units in ENGINE_QUANTITY_UNITS.items():
+        assert set(units) == {"mass", "velocity", "charge"}, engine
+        for quantity, unit in units.items():
+            check_dimension(unit, QUANTITY_DIMENSIONS[quantity], engine, TABLE)
+        assert engine_quantity_units(engine) == units
+    # ASE: amu, Angstrom per ASE time unit, e; LAMMPS per its `units` documentation
+    assert engine_quantity_units("ase") == {"mass": "amu", "velocity": "Angstrom/asetime", "charge": "e"}
+    assert engine_quantity_units("LAMMPS:Metal") == {"mass": "g/mol", "velocity": "Angstrom/ps", "charge": "e"}
+    assert engine_quantity_units("lammps:real")["velocity"] == "Angstrom/fs"
+    assert engine_quantity_units("lammps:si") == {"mass": "kg", "velocity": "m/s", "charge": "C"}
+    assert engine_quantity_units("lammps:cgs") == {"mass": "g", "velocity": "cm/s", "charge": "statcoulomb"}
+    assert engine_quantity_units("lammps:electron")["velocity"] == "Bohr/aut"
+    assert engine_quantity_units("lammps:micro")["charge"] == "picocoulomb"
+    # a fresh dict each time: a caller's edit does not change the table
+    engine_quantity_units("ase")["mass"] = "kg"
+    assert engine_quantity_units("ase")["mass"] == "amu"
+    with pytest.raises(ValueError, match="LJ reduced units"):
+        engine_quantity_units("lammps:lj")
+    with pytest.raises(ValueError, match="unknown engine 'gromacs'"):
+        engine_quantity_units("gromacs")
