@@ -122,12 +122,58 @@ def generated_header(lammps_version: str, torch_version: str, torch_lib: str, bu
         if key.startswith("lammps:"):
             lines.append(f"    {{{quote(key.split(':', 1)[1])}, {quote(energy)}, {quote(length)}}},")
     lines.append("};")
+    lines += _quantity_unit_lines(quote)
+    lines += _input_lines(quote)
     lines.append("// chemical symbols indexed by atomic number (ase.data.chemical_symbols)")
     lines.append("static const char *const ATOMPLUG_ELEMENTS[] = {")
     for start in range(0, len(chemical_symbols), 12):
         lines.append("    " + " ".join(quote(s) + "," for s in chemical_symbols[start : start + 12]))
     lines.append("};")
     return "\n".join(lines) + "\n"
+
+
+# The model inputs the pair style supplies (core.contract.INPUTS) and where each comes from in LAMMPS;
+# a new entry in core's vocabulary fails the build here until the pair style supplies it too.
+LAMMPS_INPUTS = {
+    "masses": "atom->rmass (atom styles with per-atom masses) or atom->mass[type]",
+    "velocities": "atom->v",
+    "charges": "atom->q (atom_style charge or full)",
+    "total_charge": "the pair_style keyword charge",
+    "spin_multiplicity": "the pair_style keyword spin",
+}
+
+
+def _quantity_unit_lines(quote) -> List[str]:
+    """ATOMPLUG_LAMMPS_QUANTITY_UNITS: style, mass, velocity, charge units (ENGINE_QUANTITY_UNITS)."""
+    from atomplug.core.units import ENGINE_QUANTITY_UNITS
+
+    lines = [
+        "// LAMMPS unit style, mass unit, velocity unit, charge unit (atomplug.core.units.ENGINE_QUANTITY_UNITS)",
+        "static const char *const ATOMPLUG_LAMMPS_QUANTITY_UNITS[][4] = {",
+    ]
+    for key, units in ENGINE_QUANTITY_UNITS.items():
+        if key.startswith("lammps:"):
+            style = key.split(":", 1)[1]
+            lines.append(
+                f"    {{{quote(style)}, {quote(units['mass'])}, {quote(units['velocity'])}, {quote(units['charge'])}}},"
+            )
+    lines.append("};")
+    return lines
+
+
+def _input_lines(quote) -> List[str]:
+    """The input names of core's vocabulary, as the C++ constants the pair style fills."""
+    from atomplug.core.contract import INPUTS
+
+    if set(INPUTS) != set(LAMMPS_INPUTS):
+        raise BuildError(
+            f"atomplug.core's input vocabulary ({', '.join(INPUTS)}) differs from what pair_style atomplug "
+            f"supplies ({', '.join(LAMMPS_INPUTS)}): teach lammps_plugin/src/pair_atomplug.cpp the new inputs"
+        )
+    lines = ["// the model inputs of atomplug.core.contract.INPUTS the pair style supplies"]
+    for name in INPUTS:
+        lines.append(f"#define ATOMPLUG_INPUT_{name.upper()} {quote(name)}")
+    return lines
 
 
 def _common_flags(lammps: Dict, build_dir: str) -> List[str]:

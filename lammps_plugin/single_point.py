@@ -4,6 +4,12 @@ for `atomplug crosscheck` (`atomplug.cli.crosscheck`), which reads the plain dic
 The structure is written in LAMMPS' orientation (ASE's Prism rotation), in `units metal`; LAMMPS
 dumps the forces by atom id at 17 digits and prints the energy, volume and the virial pressure,
 which is turned back into the virial with LAMMPS' own conversion constant (asked from LAMMPS).
+
+The inputs the model requests are read from the Atoms by ASE's conventions
+(`atomplug.core.runner.inputs_from_atoms`) and handed to LAMMPS its way: charges as
+`atom_style charge`, `info["charge"]` and `info["spin"]` as the pair style's `charge` and `spin`
+keywords, masses (per element) and velocities converted from ASE's units to those of `units metal`
+by core's unit table. A `variant` is the pair style's `variant` keyword.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ TIMEOUT = 600.0
 
 INPUT = """\
 units metal
-atom_style atomic
+atom_style {atom_style}
 boundary {boundary}
 read_data structure.data
-pair_style atomplug {model}
+{settings}pair_style atomplug {model}{keywords}
 pair_coeff * * {elements}
 compute virial all pressure NULL virial
 thermo_style custom step pe
@@ -110,12 +116,55 @@ def _inside_box(atoms):
     return boxed
 
 
-def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -> Dict[str, object]:
+def _model_inputs(model_path: str) -> list:
+    """The inputs the model requests (from the archive's metadata, no code loaded)."""
+    from atomplug.core.archive import read_header
+
+    return list(read_header(model_path)["capabilities"].get("inputs", {}))
+
+
+def _input_commands(atoms, names: list, elements: list, ranks: int) -> Dict[str, str]:
+    """What LAMMPS needs for the model's inputs: the atom style, pair_style keywords, commands
+    before pair_style (masses, comm_modify) and a Velocities section for the data file."""
+    from atomplug.core.runner import inputs_from_atoms
+    from atomplug.core.units import conversion_factor, engine_quantity_units
+
+    values = inputs_from_atoms(atoms, names)  # ASE's conventions and units, with their errors
+    ase_units, lammps_units = engine_quantity_units("ase"), engine_quantity_units("lammps:metal")
+    result = {"atom_style": "atomic", "keywords": "", "settings": "", "velocities": None}
+    if "charges" in names:
+        result["atom_style"] = "charge"
+    if "total_charge" in names:
+        factor = conversion_factor(ase_units["charge"], lammps_units["charge"])
+        result["keywords"] += f" charge {float(values['total_charge'][0]) * factor!r}"
+    if "spin_multiplicity" in names:
+        result["keywords"] += f" spin {float(values['spin_multiplicity'][0])!r}"
+    if "masses" in names:
+        factor = conversion_factor(ase_units["mass"], lammps_units["mass"])
+        symbols = atoms.get_chemical_symbols()
+        for index, element in enumerate(elements):
+            masses = values["masses"][[k for k, s in enumerate(symbols) if s == element]]
+            if np.ptp(masses) > 1e-12 * np.max(np.abs(masses)):
+                raise RuntimeError(
+                    f"the {element} atoms have different masses; LAMMPS (atom_style {result['atom_style']}) "
+                    "takes one mass per atom type: give each element one mass"
+                )
+            result["settings"] += f"mass {index + 1} {float(masses[0]) * factor!r}\n"
+    if "velocities" in names:
+        factor = conversion_factor(ase_units["velocity"], lammps_units["velocity"])
+        result["velocities"] = values["velocities"] * factor
+        if ranks > 1:
+            result["settings"] += "comm_modify vel yes\n"
+    return result
+
+
+def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1, variant: str = "") -> Dict[str, object]:
     """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed by LAMMPS on `ranks` ranks.
 
     Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array} in the structure's own
     orientation and atom order, or {"skipped": reason} for a structure LAMMPS cannot take; raises
-    RuntimeError when LAMMPS fails.
+    RuntimeError when LAMMPS fails. The model's inputs come from `atoms` (ASE's conventions, see
+    the module's docstring); `variant` picks one of the model's output variants.
     """
     import ase.io
 
@@ -130,17 +179,36 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1) -
     boxed = _inside_box(atoms) if not atoms.pbc.all() else atoms
     rotated, rotation = standard_orientation(boxed) if boxed.pbc.any() else (boxed, np.eye(3))
     elements = _element_names(atoms)
+    inputs = _input_commands(atoms, _model_inputs(model_path), elements, ranks)
+    data_path = os.path.join(workdir, "structure.data")
     ase.io.write(
-        os.path.join(workdir, "structure.data"),
+        data_path,
         rotated,
         format="lammps-data",
         specorder=elements,
         masses=True,
         units="metal",
+        atom_style=inputs["atom_style"],
     )
+    if inputs["velocities"] is not None:  # in the rotated frame, by atom id (the order of atoms)
+        velocities = inputs["velocities"] @ rotation.T
+        with open(data_path, "a") as handle:
+            handle.write("\nVelocities\n\n")
+            for index, (vx, vy, vz) in enumerate(velocities):
+                handle.write(f"{index + 1} {vx!r} {vy!r} {vz!r}\n")
+    keywords = inputs["keywords"] + (f" variant {variant}" if variant else "")
     boundary = " ".join("p" if periodic else "s" for periodic in atoms.pbc)
     with open(os.path.join(workdir, "in.crosscheck"), "w") as handle:
-        handle.write(INPUT.format(boundary=boundary, model=os.path.abspath(model_path), elements=" ".join(elements)))
+        handle.write(
+            INPUT.format(
+                atom_style=inputs["atom_style"],
+                boundary=boundary,
+                settings=inputs["settings"],
+                model=os.path.abspath(model_path),
+                keywords=keywords,
+                elements=" ".join(elements),
+            )
+        )
     command = [_tool("lmp"), "-in", "in.crosscheck", "-log", "log.lammps", "-nocite"]
     if ranks > 1:
         command = [_tool("mpiexec"), "-n", str(ranks)] + command

@@ -31,6 +31,7 @@
 #include "error.h"
 #include "exceptions.h"
 #include "force.h"
+#include "input.h"
 #include "lammps.h"
 #include "memory.h"
 #include "neigh_list.h"
@@ -38,12 +39,14 @@
 #include "pair.h"
 #include "update.h"
 #include "utils.h"
+#include "variable.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -69,6 +72,8 @@ class PairAtomplug : public Pair {
   void init_style() override;
   double init_one(int, int) override;
   double memory_usage() override;
+  void *extract(const char *, int &) override;
+  void *extract_peratom(const char *, int &) override;
 
  private:
   // settings
@@ -92,6 +97,47 @@ class PairAtomplug : public Pair {
   double raised_ghost_cutoff = 0.0;    // the comm cutoff this style set (not the user)
   bool energy_per_atom_capable = false;
   bool has_nc_forces = false, has_nc_stress = false;
+
+  // variant (pair_style keyword variant): the model's name of the energy under it
+  std::string variant;
+  std::string energy_output = "energy", energy_per_atom_output = "energy/per_atom";
+
+  // inputs the model requested, supplied from LAMMPS' atoms and the keywords charge and spin
+  std::vector<std::string> input_names;
+  bool wants_masses = false, wants_velocities = false, wants_charges = false;
+  bool wants_total_charge = false, wants_spin = false;
+  std::string mass_unit, velocity_unit, charge_unit;    // this LAMMPS unit style's (core's table)
+  bool pass_quantity_units = false;                     // the archive takes inputs and their units
+  c10::Dict<std::string, std::string> quantity_units;
+  struct Scalar {    // pair_style keyword charge or spin: a number, or v_name of an equal-style variable
+    bool given = false;
+    double value = 0.0;
+    std::string variable;
+  };
+  Scalar charge_setting, spin_setting;
+  std::vector<double> mass_buffer, velocity_buffer, charge_buffer;
+
+  // extra outputs (pair_style keyword outputs): global vector (compute pair) and per-atom fields
+  // (fix pair, extract_peratom)
+  struct Extra {
+    std::string asked;    // as given to the outputs keyword
+    std::string name;     // the model's output under the variant
+    bool per_atom = false;
+    int width = 1;      // properties
+    int offset = 0;     // first entry in pvector
+    int trigger = 0;    // set by fix pair (extract "<name>_flag") on the steps it reads
+    std::vector<std::vector<double>> columns;    // per-atom values by LAMMPS index, one per property
+  };
+  std::vector<Extra> extras;
+  std::vector<std::string> asked_outputs;
+  bool extras_now = false;    // extra outputs asked of the model this step
+
+  // uncertainty_threshold X [stop]
+  double uncertainty_threshold = -1.0;    // < 0: off
+  bool uncertainty_stop = false;
+  std::string uncertainty_output;
+  bool uncertainty_per_atom = false;
+  bigint uncertainty_warned_step = -1;
 
   // engine units and cutoffs in LAMMPS units
   std::string length_unit, energy_unit;
@@ -153,6 +199,12 @@ class PairAtomplug : public Pair {
   // pair_style: the model
   void check_units();
   void load_model();
+  std::string resolve_output(const std::string &request);
+  void read_inputs();
+  void read_extra_outputs(const atomplug_core::Declaration &declared, const std::vector<std::string> &asked);
+  bool ghosts_are_model_atoms() const;
+  void check_inputs_at_init();
+  double scalar_value(const Scalar &setting, const char *keyword);
   void choose_device(const std::vector<std::string> &supported_devices);
   void start_torch();
   void read_declaration(const atomplug_core::Declaration &declared);
@@ -177,6 +229,10 @@ class PairAtomplug : public Pair {
   void add_energy(const c10::impl::GenericDict &results);
   void add_forces(const c10::impl::GenericDict &results);
   void add_virial(const c10::impl::GenericDict &results);
+  void add_inputs(atomplug_core::EntryPointArguments &inputs, int n_model);
+  void add_extras(const c10::impl::GenericDict &results);
+  void check_uncertainty(const c10::impl::GenericDict *results);
+  Extra *find_field(const std::string &field, int &column);
   void record_timing(const double (&times)[5]);
 };
 
@@ -215,33 +271,95 @@ PairAtomplug::~PairAtomplug()
     memory->destroy(cutsq);
     memory->destroy(cutghost);
   }
+  memory->destroy(pvector);
 }
 
 /* ----------------------------------------------------------------------
    pair_style atomplug model.pt [device cpu|cuda] [check_consistency on|off]
-                                [non_conservative on|off]
+                                [non_conservative on|off] [variant NAME]
+                                [charge C] [spin S] (numbers or v_name)
+                                [outputs NAME [NAME ...]]
+                                [uncertainty_threshold X [warn|stop]]
 ------------------------------------------------------------------------- */
+
+static const char *const USAGE =
+    "pair_style atomplug model.pt [device cpu|cuda] [check_consistency on|off] [non_conservative on|off] "
+    "[variant NAME] [charge C] [spin S] [outputs NAME ...] [uncertainty_threshold X [warn|stop]]";
+static const char *const KEYWORDS[] = {
+    "device", "check_consistency", "non_conservative",     "variant", "charge",
+    "spin",   "outputs",           "uncertainty_threshold"};
+
+static bool is_keyword(const std::string &word)
+{
+  for (const char *keyword : KEYWORDS)
+    if (word == keyword) return true;
+  return false;
+}
+
+// a whole word as a finite number (no trailing characters)
+static bool parse_number(const std::string &text, double &value)
+{
+  if (text.empty()) return false;
+  char *end = nullptr;
+  value = std::strtod(text.c_str(), &end);
+  return end && *end == '\0' && std::isfinite(value);
+}
 
 void PairAtomplug::settings(int narg, char **arg)
 {
-  if (narg < 1)
-    FAIL_ALL("missing model file: pair_style atomplug model.pt [device cpu|cuda] "
-             "[check_consistency on|off] [non_conservative on|off]");
+  if (narg < 1) FAIL_ALL(std::string("missing model file: ") + USAGE);
   model_path = arg[0];
   device_name = "cpu";
   check_consistency = false;
   non_conservative = false;
+  variant.clear();
+  charge_setting = Scalar();
+  spin_setting = Scalar();
+  asked_outputs.clear();
+  uncertainty_threshold = -1.0;
+  uncertainty_stop = false;
   int iarg = 1;
   while (iarg < narg) {
     std::string keyword = arg[iarg];
-    if (keyword != "device" && keyword != "check_consistency" && keyword != "non_conservative")
-      FAIL_ALL("unknown keyword '" + keyword + "': expected device, check_consistency or non_conservative");
+    if (!is_keyword(keyword))
+      FAIL_ALL("unknown keyword '" + keyword +
+               "': expected device, check_consistency, non_conservative, variant, charge, spin, outputs "
+               "or uncertainty_threshold");
+    if (keyword == "outputs") {    // names up to the next keyword or the end
+      const int first = ++iarg;
+      while (iarg < narg && !is_keyword(arg[iarg])) {
+        const std::string name = arg[iarg++];
+        if (std::find(asked_outputs.begin(), asked_outputs.end(), name) != asked_outputs.end())
+          FAIL_ALL("outputs: '" + name + "' is listed twice");
+        asked_outputs.push_back(name);
+      }
+      if (iarg == first) FAIL_ALL("keyword 'outputs' needs at least one output name of the model");
+      continue;
+    }
     if (iarg + 1 >= narg) FAIL_ALL("keyword '" + keyword + "' needs a value");
     std::string value = arg[iarg + 1];
+    iarg += 2;
     if (keyword == "device") {
       if (value != "cpu" && value != "cuda" && value.rfind("cuda:", 0) != 0)
         FAIL_ALL("device must be cpu or cuda (or cuda:N), got '" + value + "'");
       device_name = value;
+    } else if (keyword == "variant") {
+      variant = value;
+    } else if (keyword == "charge" || keyword == "spin") {
+      Scalar &setting = keyword == "charge" ? charge_setting : spin_setting;
+      setting.given = true;
+      if (value.rfind("v_", 0) == 0 && value.size() > 2)
+        setting.variable = value.substr(2);
+      else if (!parse_number(value, setting.value))
+        FAIL_ALL(keyword + " must be a number or v_name (an equal-style variable), got '" + value + "'");
+    } else if (keyword == "uncertainty_threshold") {
+      if (!parse_number(value, uncertainty_threshold) || uncertainty_threshold < 0.0)
+        FAIL_ALL("uncertainty_threshold must be a number >= 0 (an energy in LAMMPS units), got '" + value +
+                 "'");
+      if (iarg < narg && (std::string(arg[iarg]) == "stop" || std::string(arg[iarg]) == "warn")) {
+        uncertainty_stop = std::string(arg[iarg]) == "stop";
+        ++iarg;
+      }
     } else {
       bool flag = false;
       if (value == "on" || value == "yes" || value == "true")
@@ -255,7 +373,6 @@ void PairAtomplug::settings(int narg, char **arg)
       else
         non_conservative = flag;
     }
-    iarg += 2;
   }
   check_units();
   load_model();
@@ -276,6 +393,13 @@ void PairAtomplug::settings(int narg, char **arg)
 void PairAtomplug::check_units()
 {
   std::string style = update->unit_style;
+  for (const auto &entry : ATOMPLUG_LAMMPS_QUANTITY_UNITS) {
+    if (style == entry[0]) {
+      mass_unit = entry[1];
+      velocity_unit = entry[2];
+      charge_unit = entry[3];
+    }
+  }
   for (const auto &entry : ATOMPLUG_LAMMPS_UNITS) {
     if (style == entry[0]) {
       energy_unit = entry[1];
@@ -310,6 +434,19 @@ void PairAtomplug::load_model()
     FAIL_ALL("the model could not describe itself (" + first_line(e) + ")");
   }
   read_declaration(declared);
+  read_inputs();
+  read_extra_outputs(declared, asked_outputs);
+  // inputs and their units go to the entry point only where the model needs them (archives
+  // exported before inputs existed do not take them)
+  pass_quantity_units = (!input_names.empty() || !extras.empty() || uncertainty_threshold >= 0.0) &&
+      atomplug_core::entry_point_accepts(*model, "quantity_units");
+  quantity_units = c10::Dict<std::string, std::string>();
+  quantity_units.insert("mass", mass_unit);
+  quantity_units.insert("velocity", velocity_unit);
+  quantity_units.insert("charge", charge_unit);
+  if (!input_names.empty() && !pass_quantity_units)
+    FAIL_ALL("the model requests inputs but its entry point takes none: the file is inconsistent; export it "
+             "again with this atomplug");
   read_cutoffs();
   log_model(declared);
 }
@@ -348,10 +485,21 @@ void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
   model_name = declared.name;
   model_length_unit = declared.length_unit;
   interaction_range = declared.interaction_range;
-  const atomplug_core::Output *energy = declared.output("energy");
+  // the energy under the chosen variant (the archive's rule, variant_output)
+  energy_output = resolve_output("energy");
+  energy_per_atom_output = energy_output + "/per_atom";
+  const atomplug_core::Output *energy = declared.output(energy_output);
   has_nc_forces = declared.output("non_conservative_forces") != nullptr;
   has_nc_stress = declared.output("non_conservative_stress") != nullptr;
   if (!energy) FAIL_ALL("the model has no 'energy' output: LAMMPS needs one");
+  if (non_conservative && !variant.empty()) {
+    for (const char *name : {"non_conservative_forces", "non_conservative_stress"})
+      if (declared.output(name) && resolve_output(name) != name)
+        FAIL_ALL(fmt::format("non_conservative on with variant {}: the model has {}/{}, but direct forces "
+                             "and stress are taken from the plain {}: use non_conservative off (forces "
+                             "from {})",
+                             variant, name, variant, name, energy_output));
+  }
   energy_per_atom_capable = energy->per_atom;
   if (!energy_per_atom_capable)
     FAIL_ALL("the model declares its energy per structure only; LAMMPS sums the energies of "
@@ -363,6 +511,120 @@ void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
   if (non_conservative && !atomplug_core::entry_point_accepts(*model, "non_conservative"))
     FAIL_ALL("non_conservative on: this model file was exported before the entry point took "
              "non_conservative; export it again with this atomplug");
+}
+
+// The output the model gives for `request` under the chosen variant: the archive's own rule
+// (variant_output), whose error (an unknown variant, listing the available ones) is the user's
+std::string PairAtomplug::resolve_output(const std::string &request)
+{
+  if (!model->find_method("variant_output")) {
+    if (!variant.empty())
+      FAIL_ALL("variant " + variant +
+               ": this model file was exported before output variants existed; export it again with "
+               "this atomplug");
+    return request;
+  }
+  try {
+    return model->run_method("variant_output", request, variant).toStringRef();
+  } catch (std::exception &e) {
+    FAIL_ALL((variant.empty() ? std::string() : "variant " + variant + ": ") + first_line(e));
+  }
+  return request;
+}
+
+// The inputs the model requested (the archive's input_names; none in archives exported before
+// inputs existed), checked against what this pair style was given
+void PairAtomplug::read_inputs()
+{
+  input_names.clear();
+  if (model->find_method("input_names")) {
+    try {
+      for (const auto &name : model->run_method("input_names").toList())
+        input_names.push_back(name.get().toStringRef());
+    } catch (std::exception &e) {
+      FAIL_ALL("the model could not describe itself (" + first_line(e) + ")");
+    }
+  }
+  auto wants = [this](const char *name) {
+    return std::find(input_names.begin(), input_names.end(), name) != input_names.end();
+  };
+  wants_masses = wants(ATOMPLUG_INPUT_MASSES);
+  wants_velocities = wants(ATOMPLUG_INPUT_VELOCITIES);
+  wants_charges = wants(ATOMPLUG_INPUT_CHARGES);
+  wants_total_charge = wants(ATOMPLUG_INPUT_TOTAL_CHARGE);
+  wants_spin = wants(ATOMPLUG_INPUT_SPIN_MULTIPLICITY);
+  const std::string name = model_name.empty() ? "(unnamed)" : model_name;
+  const std::string inputs_text = input_names.empty() ? "none" : utils::join_words(input_names, ", ");
+  if (wants_total_charge && !charge_setting.given)
+    FAIL_ALL(fmt::format("the model '{}' needs the total charge (input total_charge): give it with the "
+                         "keyword charge, e.g. 'pair_style atomplug {} charge 0' (in {}, the charge unit of "
+                         "units {}), or charge v_name for an equal-style variable",
+                         name, model_path, charge_unit, update->unit_style));
+  if (wants_spin && !spin_setting.given)
+    FAIL_ALL(
+        fmt::format("the model '{}' needs the spin multiplicity (input spin_multiplicity, 2S+1): give it "
+                    "with the keyword spin, e.g. 'pair_style atomplug {} spin 1' for a singlet, or spin "
+                    "v_name for an equal-style variable",
+                    name, model_path));
+  if (charge_setting.given && !wants_total_charge)
+    FAIL_ALL(fmt::format("keyword charge: the model '{}' takes no total charge (its inputs: {}); remove the "
+                         "keyword",
+                         name, inputs_text));
+  if (spin_setting.given && !wants_spin)
+    FAIL_ALL(fmt::format("keyword spin: the model '{}' takes no spin multiplicity (its inputs: {}); remove "
+                         "the keyword",
+                         name, inputs_text));
+}
+
+// The outputs keyword: each name under the variant, declared by the model; per-atom capable ones
+// are also per-atom fields (fix pair). The global vector (compute pair) holds all their properties.
+void PairAtomplug::read_extra_outputs(const atomplug_core::Declaration &declared,
+                                      const std::vector<std::string> &asked)
+{
+  extras.clear();
+  int offset = 0;
+  for (const auto &name : asked) {
+    Extra extra;
+    extra.asked = name;
+    extra.name = resolve_output(name);
+    const atomplug_core::Output *output = declared.output(extra.name);
+    if (!output)
+      FAIL_ALL(fmt::format("outputs: the model '{}' has no output '{}' (it declares: {}); list some of those",
+                           model_name, extra.name, utils::join_words(declared.output_names(), ", ")));
+    if (extra.name == energy_output)
+      FAIL_ALL(fmt::format("outputs: '{}' is the energy of this pair style already (pe, compute pe/atom): "
+                           "list other outputs",
+                           extra.name));
+    for (const auto &other : extras)
+      if (other.name == extra.name)
+        FAIL_ALL(fmt::format("outputs: '{}' and '{}' are the same output '{}' of the model", other.asked,
+                             extra.asked, extra.name));
+    extra.per_atom = output->per_atom;
+    extra.width = output->properties.empty() ? 1 : (int) output->properties.size();
+    extra.offset = offset;
+    offset += extra.width;
+    extra.columns.resize(extra.per_atom ? extra.width : 0);
+    extras.push_back(std::move(extra));
+  }
+  memory->destroy(pvector);
+  nextra = offset;
+  if (nextra > 0) {
+    memory->create(pvector, nextra, "pair:pvector");
+    for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
+  }
+
+  uncertainty_output.clear();
+  uncertainty_per_atom = false;
+  if (uncertainty_threshold >= 0.0) {
+    uncertainty_output = resolve_output("energy_uncertainty");
+    const atomplug_core::Output *output = declared.output(uncertainty_output);
+    if (!output)
+      FAIL_ALL(
+          fmt::format("uncertainty_threshold needs the model output 'energy_uncertainty', which '{}' does "
+                      "not declare: drop uncertainty_threshold",
+                      model_name));
+    uncertainty_per_atom = output->per_atom;
+  }
 }
 
 // atom types and neighbor-list cutoffs (in LAMMPS units, converted by the archive's own unit table)
@@ -421,6 +683,17 @@ void PairAtomplug::log_model(const atomplug_core::Declaration &declared)
                           full_lists[index] ? "full" : "half");
     if (non_conservative)
       text += "  non_conservative on: forces (and stress) read from the model's direct outputs\n";
+    if (!variant.empty()) text += fmt::format("  variant {}: energy from '{}'\n", variant, energy_output);
+    if (!input_names.empty())
+      text += fmt::format("  inputs {} (LAMMPS units: mass {}, velocity {}, charge {})\n",
+                          utils::join_words(input_names, ", "), mass_unit, velocity_unit, charge_unit);
+    for (const auto &extra : extras)
+      text +=
+          fmt::format("  output '{}': compute pair vector entries {}-{}{}\n", extra.name, extra.offset + 1,
+                      extra.offset + extra.width, extra.per_atom ? ", per atom with fix pair" : "");
+    if (uncertainty_threshold >= 0.0)
+      text += fmt::format("  uncertainty_threshold {} {} on '{}' ({})\n", uncertainty_threshold, energy_unit,
+                          uncertainty_output, uncertainty_stop ? "stop" : "warn");
     utils::logmesg(lmp, text);
   }
   if (lmp->citeme && !declared.references.empty()) {
@@ -537,7 +810,79 @@ void PairAtomplug::init_style()
     warned_special = 1;
   }
   choose_lists();
+  check_inputs_at_init();
   mapped_ncalls = -1;
+}
+
+// Whether atoms of other ranks (or, without atom IDs, every ghost) are atoms of the model, so that
+// their inputs come from LAMMPS' ghost atoms and per-structure outputs cover more than local atoms
+bool PairAtomplug::ghosts_are_model_atoms() const
+{
+  return comm->nprocs > 1 || !atom->tag_enable;
+}
+
+// What the model's inputs and extra outputs need of this run: refused here, with the fix, rather
+// than computed wrong
+void PairAtomplug::check_inputs_at_init()
+{
+  const std::string name = model_name.empty() ? "(unnamed)" : model_name;
+  if (wants_charges && !atom->q_flag)
+    FAIL_ALL(fmt::format("the model '{}' needs per-atom charges (input charges), but atom_style {} has none: "
+                         "use atom_style charge (or full) and set the charges (data file, or 'set type N "
+                         "charge Q')",
+                         name, atom->atom_style));
+  if (wants_masses && !atom->rmass_flag) {
+    for (int itype = 1; itype <= atom->ntypes; ++itype)
+      if (type_map[itype] > 0 && !atom->mass_setflag[itype])
+        FAIL_ALL(fmt::format("the model '{}' needs masses (input masses), and atom type {} has none: set it "
+                             "with the mass command",
+                             name, itype));
+  }
+  if (wants_velocities && ghosts_are_model_atoms() && !comm->ghost_velocity)
+    FAIL_ALL(fmt::format("the model '{}' needs velocities (input velocities), also of ghost atoms {}, which "
+                         "LAMMPS communicates only with 'comm_modify vel yes': add that command",
+                         name,
+                         comm->nprocs > 1
+                             ? fmt::format("(atoms of other ranks, on {} MPI ranks)", comm->nprocs)
+                             : std::string("(atom IDs are off)")));
+  for (const Scalar *setting : {&charge_setting, &spin_setting}) {
+    if (!setting->given || setting->variable.empty()) continue;
+    const char *keyword = setting == &charge_setting ? "charge" : "spin";
+    const int index = input->variable->find(setting->variable.c_str());
+    if (index < 0)
+      FAIL_ALL(fmt::format("{} v_{}: there is no variable '{}': define it (variable {} equal ...) before the "
+                           "run",
+                           keyword, setting->variable, setting->variable, setting->variable));
+    if (!input->variable->equalstyle(index))
+      FAIL_ALL(fmt::format("{} v_{}: the variable '{}' is not equal-style: define it with 'variable {} equal "
+                           "...'",
+                           keyword, setting->variable, setting->variable, setting->variable));
+  }
+  if (ghosts_are_model_atoms()) {
+    const std::string where = comm->nprocs > 1 ? fmt::format("among {} MPI ranks", comm->nprocs)
+                                               : std::string("among ghost atoms (atom IDs are off)");
+    for (const auto &extra : extras)
+      if (!extra.per_atom)
+        FAIL_ALL(fmt::format("outputs: the model declares '{}' per structure only, which cannot be split {}: "
+                             "run on one rank, or export the model with ModelOutput(per_atom=True) for it",
+                             extra.name, where));
+    if (uncertainty_threshold >= 0.0 && !uncertainty_per_atom)
+      FAIL_ALL(
+          fmt::format("uncertainty_threshold: the model declares '{}' per structure only, which cannot be "
+                      "split {}: run on one rank, or drop uncertainty_threshold",
+                      uncertainty_output, where));
+  }
+}
+
+// the value of the keyword charge or spin this step: the number, or the equal-style variable
+double PairAtomplug::scalar_value(const Scalar &setting, const char *keyword)
+{
+  if (setting.variable.empty()) return setting.value;
+  const int index = input->variable->find(setting.variable.c_str());
+  if (index < 0 || !input->variable->equalstyle(index))
+    FAIL_ALL(fmt::format("{} v_{}: there is no equal-style variable '{}' any more", keyword, setting.variable,
+                         setting.variable));
+  return input->variable->compute_equal(index);
 }
 
 // Which neighbor list LAMMPS builds for this style. A message-passing model on several ranks (or
@@ -874,14 +1219,39 @@ void PairAtomplug::compute(int eflag, int vflag)
   const int nall = nlocal + atom->nghost;
   double times[5];
   times[0] = seconds();
+  // the keywords charge and spin, evaluated on every rank (a variable may need all of them)
+  double total_charge = 0.0, spin = 0.0;
+  if (wants_total_charge) total_charge = scalar_value(charge_setting, "charge");
+  if (wants_spin) spin = scalar_value(spin_setting, "spin");
+  // extra outputs where LAMMPS reads them: energy steps (compute pair) and fix pair's steps
+  extras_now = false;
+  if (!extras.empty()) {
+    extras_now = eflag_global || eflag_atom;
+    for (const auto &extra : extras) extras_now = extras_now || extra.trigger;
+    if (extras_now)
+      for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
+  }
   if (neighbor->ncalls != mapped_ncalls || list != mapped_list || nlocal != mapped_nlocal ||
       nall != mapped_nall)
     rebuild_mapping();
-  if (n_local_model == 0) return;    // nothing of ours on this rank
+  if (n_local_model == 0) {    // nothing of ours on this rank
+    if (uncertainty_threshold >= 0.0) check_uncertainty(nullptr);
+    return;
+  }
   times[1] = seconds();
   build_pairs();
   times[2] = seconds();
-  const atomplug_core::EntryPointArguments inputs = model_inputs();
+  atomplug_core::EntryPointArguments inputs = model_inputs();
+  if (!input_names.empty()) {
+    add_inputs(inputs, (int) lammps_of.size());
+    if (wants_total_charge)
+      inputs.inputs->insert(ATOMPLUG_INPUT_TOTAL_CHARGE,
+                            torch::full({1, 1}, total_charge, torch::kFloat64).to(device));
+    if (wants_spin)
+      inputs.inputs->insert(ATOMPLUG_INPUT_SPIN_MULTIPLICITY,
+                            torch::full({1, 1}, spin, torch::kFloat64).to(device));
+  }
+  if (pass_quantity_units) inputs.quantity_units = quantity_units;
   times[3] = seconds();
   const c10::impl::GenericDict results = run_model(inputs);
   times[4] = seconds();
@@ -889,7 +1259,127 @@ void PairAtomplug::compute(int eflag, int vflag)
   add_energy(results);
   add_forces(results);
   add_virial(results);
+  if (extras_now) add_extras(results);
+  if (uncertainty_threshold >= 0.0) check_uncertainty(&results);
   if (timing_enabled) record_timing(times);
+}
+
+// The per-atom inputs of every model atom, in the order of the positions (local atoms, then the
+// ghosts the model sees), in this LAMMPS unit style's units; the entry point converts them
+void PairAtomplug::add_inputs(atomplug_core::EntryPointArguments &inputs, int n_model)
+{
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  c10::Dict<std::string, at::Tensor> given;
+  const int *type = atom->type;
+  if (wants_masses) {
+    mass_buffer.resize(n_model);
+    for (int k = 0; k < n_model; ++k) {
+      const int j = lammps_of[k];
+      mass_buffer[k] = atom->rmass_flag ? atom->rmass[j] : atom->mass[type[j]];
+    }
+    given.insert(ATOMPLUG_INPUT_MASSES, torch::from_blob(mass_buffer.data(), {n_model, 1}, f64).to(device));
+  }
+  if (wants_velocities) {
+    velocity_buffer.resize(3 * (size_t) n_model);
+    double **v = atom->v;
+    for (int k = 0; k < n_model; ++k) {
+      const double *vk = v[lammps_of[k]];
+      velocity_buffer[3 * k] = vk[0];
+      velocity_buffer[3 * k + 1] = vk[1];
+      velocity_buffer[3 * k + 2] = vk[2];
+    }
+    given.insert(ATOMPLUG_INPUT_VELOCITIES,
+                 torch::from_blob(velocity_buffer.data(), {n_model, 3}, f64).to(device));
+  }
+  if (wants_charges) {
+    charge_buffer.resize(n_model);
+    for (int k = 0; k < n_model; ++k) charge_buffer[k] = atom->q[lammps_of[k]];
+    given.insert(ATOMPLUG_INPUT_CHARGES,
+                 torch::from_blob(charge_buffer.data(), {n_model, 1}, f64).to(device));
+  }
+  inputs.inputs = given;
+}
+
+// Extra outputs of local atoms: per-atom values into the fields fix pair reads, and this rank's
+// share of each per-structure value into pvector (compute pair sums it over ranks)
+void PairAtomplug::add_extras(const c10::impl::GenericDict &results)
+{
+  const int nmax = std::max(atom->nmax, 1);
+  for (auto &extra : extras) {
+    const std::string key = extra.per_atom ? extra.name + "/per_atom" : extra.name;
+    auto values = result(results, key.c_str());
+    const int rows = extra.per_atom ? n_local_model : 1;
+    if (values.dim() != 2 || values.size(0) != rows || values.size(1) != extra.width)
+      error->one(FLERR,
+                 "pair_style atomplug: output '{}' came back with shape [{}, {}], expected [{}, {}] (a "
+                 "declaration without property names is read as one property: export the model with "
+                 "ModelOutput(properties=[...]))",
+                 extra.name, values.size(0), values.dim() > 1 ? values.size(1) : 1, rows, extra.width);
+    const double *data = values.data_ptr<double>();
+    if (!extra.per_atom) {
+      for (int c = 0; c < extra.width; ++c) pvector[extra.offset + c] = data[c];
+      continue;
+    }
+    for (int c = 0; c < extra.width; ++c) {
+      auto &column = extra.columns[c];
+      if ((int) column.size() < nmax) column.resize(nmax, 0.0);
+      double sum = 0.0;
+      for (int k = 0; k < n_local_model; ++k) {
+        const double value = data[(size_t) k * extra.width + c];
+        column[lammps_of[k]] = value;
+        sum += value;
+      }
+      pvector[extra.offset + c] = sum;
+    }
+  }
+}
+
+// uncertainty_threshold: the structure's energy uncertainty (summed over ranks when the model
+// declares it per atom, with the atom of the largest share named) against the threshold, on every
+// rank (collective); a warning on rank 0 at most once per step, or (stop) LAMMPS' error exit
+void PairAtomplug::check_uncertainty(const c10::impl::GenericDict *results)
+{
+  double local_sum = 0.0, local_max = -1.0;
+  tagint local_tag = 0;
+  if (results) {
+    if (uncertainty_per_atom) {
+      auto values = result(*results, (uncertainty_output + "/per_atom").c_str());
+      const double *u = values.data_ptr<double>();
+      const int width = values.dim() > 1 ? (int) values.size(1) : 1;
+      for (int k = 0; k < n_local_model; ++k) {
+        const double value = u[(size_t) k * width];
+        local_sum += value;
+        if (value > local_max) {
+          local_max = value;
+          local_tag = atom->tag_enable ? atom->tag[lammps_of[k]] : lammps_of[k] + 1;
+        }
+      }
+    } else {
+      local_sum = result(*results, uncertainty_output.c_str()).data_ptr<double>()[0];
+    }
+  }
+  double total = local_sum, largest = local_max;
+  tagint largest_tag = local_tag;
+  if (comm->nprocs > 1) {
+    MPI_Allreduce(&local_sum, &total, 1, MPI_DOUBLE, MPI_SUM, world);
+    if (uncertainty_per_atom) {
+      MPI_Allreduce(&local_max, &largest, 1, MPI_DOUBLE, MPI_MAX, world);
+      tagint mine = local_max == largest ? local_tag : 0;
+      MPI_Allreduce(&mine, &largest_tag, 1, MPI_LMP_TAGINT, MPI_MAX, world);
+    }
+  }
+  if (!(total > uncertainty_threshold)) return;
+  std::string where;
+  if (uncertainty_per_atom && largest_tag > 0)
+    where = fmt::format(" (largest share on atom {}: {:.4g} {})", largest_tag, largest, energy_unit);
+  const std::string message = fmt::format(
+      "pair_style atomplug: {}: energy uncertainty {:.4g} {} exceeds the threshold {:.4g} {} at step {}{}: the "
+      "model is extrapolating, its energies and forces here are not trustworthy",
+      model_name.empty() ? "(unnamed)" : model_name, total, energy_unit, uncertainty_threshold, energy_unit,
+      update->ntimestep, where);
+  if (uncertainty_stop) error->all(FLERR, message + " (uncertainty_threshold ... stop: run stopped)");
+  if (comm->me == 0 && uncertainty_warned_step != update->ntimestep) error->warning(FLERR, message);
+  uncertainty_warned_step = update->ntimestep;
 }
 
 atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
@@ -904,13 +1394,22 @@ atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
   add_cell(inputs);
   inputs.system_sizes = torch::full({1}, (int64_t) n_model, torch::kInt64).to(device);
   add_pairs(inputs);
-  if (eflag_global) inputs.outputs.push_back("energy");
-  if (eflag_atom) inputs.outputs.push_back("energy/per_atom");
+  if (eflag_global) inputs.outputs.push_back(energy_output);
+  if (eflag_atom) inputs.outputs.push_back(energy_per_atom_output);
+  auto ask = [&inputs](const std::string &request) {
+    for (const auto &asked : inputs.outputs)
+      if (asked == request) return;
+    inputs.outputs.push_back(request);
+  };
+  if (extras_now)
+    for (const auto &extra : extras) ask(extra.per_atom ? extra.name + "/per_atom" : extra.name);
+  if (uncertainty_threshold >= 0.0)
+    ask(uncertainty_per_atom ? uncertainty_output + "/per_atom" : uncertainty_output);
   // one rank with every model atom local: no selection, so the model may compute the total energy
   // directly instead of per-atom energies. On several ranks always a selection, even without
   // ghosts: this rank holds part of the system (a per-structure stress is not its share)
   if (n_model != n_local_model || comm->nprocs > 1) inputs.selected_atoms = selected_tensor;
-  inputs.gradient_output = "energy";
+  inputs.gradient_output = energy_output;
   // forces and virial: the entry point picks the energy's derivatives or (non_conservative) the
   // model's direct outputs, by core's one rule; LAMMPS reads "forces" and "virial" either way
   inputs.compute_forces = true;
@@ -1007,16 +1506,16 @@ torch::Tensor PairAtomplug::result(const c10::impl::GenericDict &results, const 
 
 void PairAtomplug::add_energy(const c10::impl::GenericDict &results)
 {
-  if (eflag_global) eng_vdwl += result(results, "energy").item<double>();
+  if (eflag_global) eng_vdwl += result(results, energy_output.c_str()).item<double>();
   if (!eflag_atom) return;
-  auto atomic = result(results, "energy/per_atom");
+  auto atomic = result(results, energy_per_atom_output.c_str());
   if (atomic.size(0) != n_local_model)
     error->one(FLERR, "pair_style atomplug: per-atom energy has {} rows for {} local atoms", atomic.size(0),
                n_local_model);
   const double *e = atomic.data_ptr<double>();
   for (int k = 0; k < n_local_model; ++k) eatom[lammps_of[k]] += e[k];
   if (check_consistency && eflag_global) {
-    const double total = result(results, "energy").item<double>();
+    const double total = result(results, energy_output.c_str()).item<double>();
     const double summed = atomic.sum().item<double>();
     if (std::fabs(total - summed) > 1e-8 * std::max(1.0, std::fabs(total)))
       error->one(
@@ -1094,6 +1593,72 @@ void PairAtomplug::finish()
   for (double &t : timing) t = 0.0;
   timing_calls = 0;
   timing_atoms = timing_local = timing_pairs = 0.0;
+}
+
+/* ----------------------------------------------------------------------
+   per-atom extra outputs for fix pair: 'fix ID group pair N atomplug NAME 1' stores the output NAME
+   (listed with the outputs keyword) of local atoms every N steps; NAME[k] is its property k (from 1)
+   when it has several (fix pair reads each field as one column). NAME_flag (the 1 of fix pair)
+   asks this style to compute it on fix pair's steps.
+------------------------------------------------------------------------- */
+
+PairAtomplug::Extra *PairAtomplug::find_field(const std::string &field, int &column)
+{
+  for (auto &extra : extras) {
+    if (!extra.per_atom) continue;
+    for (const std::string *name : {&extra.asked, &extra.name}) {
+      if (field == *name && extra.width == 1) {
+        column = 0;
+        return &extra;
+      }
+      for (int c = 0; c < extra.width; ++c) {
+        if (field == fmt::format("{}[{}]", *name, c + 1)) {
+          column = c;
+          return &extra;
+        }
+      }
+    }
+  }
+  return nullptr;
+}
+
+void *PairAtomplug::extract(const char *name, int &dim)
+{
+  const std::string wanted = name;
+  const std::string suffix = "_flag";
+  if (wanted.size() <= suffix.size() ||
+      wanted.compare(wanted.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return nullptr;
+  int column = 0;
+  Extra *extra = find_field(wanted.substr(0, wanted.size() - suffix.size()), column);
+  if (!extra) return nullptr;
+  dim = 0;
+  return &extra->trigger;
+}
+
+void *PairAtomplug::extract_peratom(const char *name, int &ncol)
+{
+  int column = 0;
+  Extra *extra = find_field(name, column);
+  if (!extra) {
+    std::vector<std::string> fields;
+    for (const auto &known : extras) {
+      if (!known.per_atom) continue;
+      if (known.width == 1)
+        fields.push_back(known.asked);
+      else
+        for (int c = 0; c < known.width; ++c) fields.push_back(fmt::format("{}[{}]", known.asked, c + 1));
+    }
+    error->all(FLERR,
+               "pair_style atomplug has no per-atom output '{}' (per-atom outputs are the model's outputs "
+               "listed with the keyword outputs, NAME[k] for property k of a multi-property one; here: {})",
+               name, fields.empty() ? std::string("none") : utils::join_words(fields, ", "));
+  }
+  auto &values = extra->columns[column];
+  const size_t nmax = std::max(atom->nmax, 1);
+  if (values.size() < nmax) values.resize(nmax, 0.0);
+  ncol = 0;
+  return values.data();
 }
 
 double PairAtomplug::memory_usage()
