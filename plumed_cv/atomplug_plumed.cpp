@@ -359,8 +359,7 @@ std::string Atomplug::unknown_output(const atomplug_core::Declaration &declared)
   try {
     model_.run_method("variant_output", name, variant);
   } catch (const std::exception &e) {
-    return first_line(e) + declares + ": OUTPUT names the output in full, variant included (OUTPUT=" + name +
-        "/<variant>)";
+    return first_line(e) + "; in PLUMED, OUTPUT names the output in full: OUTPUT=" + name + "/<variant>";
   }
   return generic;
 }
@@ -457,7 +456,7 @@ void Atomplug::read_model_inputs()
       error("could not read the inputs the model asks for: " + first_line(e));
     }
   }
-  const std::string asks = "the model asks for the inputs " + join(input_names_, ", ");
+  const std::string asks = "the model needs " + join(input_names_, ", ");
   auto wants = [this](const std::string &name) {
     return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();
   };
@@ -485,12 +484,16 @@ void Atomplug::read_model_inputs()
     }
   }
   if (!std::isnan(charge) && !wants("total_charge")) {
-    error("CHARGE is given but the model does not use a total charge (" +
-          (input_names_.empty() ? std::string("it asks for no inputs") : asks) + "): remove CHARGE");
+    error(
+        "CHARGE is given but the model does not use a total charge (" +
+        (input_names_.empty() ? std::string("it needs no inputs") : "it needs " + join(input_names_, ", ")) +
+        "): remove CHARGE");
   }
   if (!std::isnan(spin) && !wants("spin_multiplicity")) {
-    error("SPIN is given but the model does not use a spin multiplicity (" +
-          (input_names_.empty() ? std::string("it asks for no inputs") : asks) + "): remove SPIN");
+    error(
+        "SPIN is given but the model does not use a spin multiplicity (" +
+        (input_names_.empty() ? std::string("it needs no inputs") : "it needs " + join(input_names_, ", ")) +
+        "): remove SPIN");
   }
   auto scalar = [this](double value) {
     return torch::full({1}, value, torch::dtype(torch::kFloat64)).to(device_);

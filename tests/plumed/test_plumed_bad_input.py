@@ -4,7 +4,8 @@ atoms far outside a periodic box give the right values.
 Most cases drive PLUMED through its Python API (`plumed.PlumedError`, as ASE and i-PI drive it);
 one runs `plumed driver`, whose every error (input or calculation) ends with PLUMED's error report
 and an abort, since the driver does not catch errors: a non-zero exit, never a segfault.
-(Other input cases, e.g. atoms outside SPECIES: test_errors.py.)
+(Other input cases, e.g. atoms outside SPECIES: test_errors.py.) Models that read inputs or have
+output variants: what PLUMED cannot give, a keyword missing or given for nothing, a bad variant.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 from bad_files import MODEL_FILE_FIX, MODEL_FILE_KINDS, MODEL_FILE_PROBLEMS, unpickled_marker, write_model_file
 from plumed_testing import read_colvar, run_driver, write_xyz
+from test_plumed_inputs import export_distance_variants
 
 NM = 10.0  # Angstrom per nm (PLUMED's default length unit)
 
@@ -196,3 +198,120 @@ def test_atoms_far_outside_the_box(plugin, lj_model_path, tmp_path):
     assert value < 0.0 and np.abs(forces).max() > 0.0
     assert results["far"][0] == pytest.approx(value, rel=1e-12)
     np.testing.assert_allclose(results["far"][1], forces, rtol=0, atol=1e-10 * np.abs(forces).max())
+
+
+# ---- model inputs and variants ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_with_inputs(tmp_path_factory):
+    from atomplug.examples.coulomb import export_coulomb
+    from atomplug.examples.inputs import export_charge_spin, export_kinetic
+
+    directory = tmp_path_factory.mktemp("plumed-bad-inputs")
+    paths = {name: str(directory / f"{name}.pt") for name in ("kinetic", "charge_spin", "coulomb", "variants", "only")}
+    export_kinetic(paths["kinetic"])
+    export_charge_spin(paths["charge_spin"])
+    export_coulomb(paths["coulomb"])
+    export_distance_variants(paths["variants"])
+    export_distance_variants(paths["only"], names=("energy/ccsdt", "energy/pbe"))  # no plain energy
+    return paths
+
+
+INPUT_CASES = {
+    # case: (model, SPECIES_TO_TYPES and other keywords, problem, fix)
+    "velocities": (
+        "kinetic",
+        "SPECIES_TO_TYPES=18 OUTPUT=energy",
+        r"the model needs masses, velocities: PLUMED does not receive velocities from the MD engine",
+        r"use the model in an engine that gives velocities \(ASE, LAMMPS\)",
+    ),
+    "charge-missing": (
+        "charge_spin",
+        "SPECIES_TO_TYPES=1 OUTPUT=energy SPIN=1",
+        r"the model needs total_charge, spin_multiplicity",
+        r"give the total charge of its atoms with CHARGE=<number>",
+    ),
+    "spin-missing": (
+        "charge_spin",
+        "SPECIES_TO_TYPES=1 OUTPUT=energy CHARGE=0",
+        r"the model needs total_charge, spin_multiplicity",
+        r"give the spin multiplicity 2S\+1 with SPIN=<number> \(1 for a singlet\)",
+    ),
+    "charge-not-used": (
+        "coulomb",
+        "SPECIES_TO_TYPES=11 OUTPUT=energy CHARGE=1",
+        r"CHARGE is given but the model does not use a total charge \(it needs charges\)",
+        r"remove CHARGE",
+    ),
+    "spin-not-used": (
+        "lj",
+        "SPECIES_TO_TYPES=18 OUTPUT=energy SPIN=1",
+        r"SPIN is given but the model does not use a spin multiplicity \(it needs no inputs\)",
+        r"remove SPIN",
+    ),
+    "unknown-variant": (
+        "variants",
+        "SPECIES_TO_TYPES=1 OUTPUT=energy/pbe",
+        r"the model has no variant 'pbe' of 'energy' \(available: ccsdt\)",
+        r"in PLUMED, OUTPUT names the output in full: OUTPUT=energy/<variant>",
+    ),
+    "no-plain-energy": (
+        "only",
+        "SPECIES_TO_TYPES=1 OUTPUT=energy",
+        r"the model has no plain 'energy', only its variants ccsdt, pbe",
+        r"OUTPUT=energy/<variant>",
+    ),
+    "unknown-output-with-slash": (
+        "variants",
+        "SPECIES_TO_TYPES=1 OUTPUT=features/pbe",
+        r"the model has no output 'features/pbe' \(it declares: energy, energy/ccsdt, features, features/double\)",
+        r"set OUTPUT to one of those",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INPUT_CASES))
+def test_model_inputs_and_variants_are_input_errors(case, plugin, models_with_inputs, lj_model_path):
+    model, keywords, problem, fix = INPUT_CASES[case]
+    path = lj_model_path if model == "lj" else models_with_inputs[model]
+    message = input_error(plugin, f"cv: ATOMPLUG MODEL={path} SPECIES1=1-30 {keywords}")
+    assert "ERROR in input to action ATOMPLUG with label cv" in message
+    assert re.search(problem, message) and re.search(fix, message), message
+
+
+def coulomb_cv(model: str, colvar: str) -> list:
+    return [
+        f"cv: ATOMPLUG MODEL={model} SPECIES1=1-12 SPECIES_TO_TYPES=11 OUTPUT=energy",
+        f"PRINT ARG=cv FILE={colvar}",
+    ]
+
+
+def test_charges_not_passed_by_the_engine(plugin, models_with_inputs, tmp_path):
+    """An MD engine (here PLUMED's Python API) that never calls setCharges: an error at the first step."""
+    import plumed
+
+    session = Session(plugin, 12, coulomb_cv(models_with_inputs["coulomb"], str(tmp_path / "COLVAR")))
+    with pytest.raises(plumed.PlumedError) as caught:
+        session.calc(argon_positions(12), box=np.eye(3) * 3.0)
+    message = error_chain(caught.value)
+    assert re.search(
+        r"ATOMPLUG cv: the model needs per-atom charges and the MD engine did not pass charges to PLUMED "
+        r"\(cmd setCharges\); with `plumed driver`, give them with --mc FILE",
+        message,
+    ), message
+
+
+def test_charges_missing_under_plumed_driver(plugin, models_with_inputs, tmp_path):
+    """`plumed driver` without --mc hands PLUMED NaN masses and charges: an error naming --mc, no crash."""
+    trajectory = str(tmp_path / "trajectory.xyz")
+    write_xyz(trajectory, [argon_positions(12)], np.eye(3) * 3.0)
+    lines = [f"LOAD FILE={plugin}"] + coulomb_cv(models_with_inputs["coulomb"], "COLVAR")
+    result = run_driver(str(tmp_path), "\n".join(lines) + "\n", trajectory)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and result.returncode not in (-signal.SIGSEGV, 128 + signal.SIGSEGV), output[-3000:]
+    assert (
+        "ATOMPLUG cv: the model needs the atoms' charges and atom 1 has nan in PLUMED: the MD engine passed no "
+        "charges (cmd setCharges); with `plumed driver`, give them with --mc FILE (the format DUMPMASSCHARGE writes)"
+        in output
+    ), output[-3000:]

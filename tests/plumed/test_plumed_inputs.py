@@ -96,7 +96,7 @@ def export_center_of_mass(path: str) -> None:
 
 
 # the variants of the distance model: output -> factor on the distance between the two atoms (Angstrom)
-VARIANT_FACTORS = {"features": 1.0, "features/double": 2.0, "energy": 1.0, "energy/ccsdt": 3.0}
+VARIANT_FACTORS = {"features": 1.0, "features/double": 2.0, "energy": 1.0, "energy/ccsdt": 3.0, "energy/pbe": 4.0}
 
 
 class DistanceVariants(torch.nn.Module):
@@ -113,7 +113,7 @@ class DistanceVariants(torch.nn.Module):
     def forward(
         self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
     ) -> Dict[str, Tensor]:
-        factors = {"features": 1.0, "features/double": 2.0, "energy": 1.0, "energy/ccsdt": 3.0}
+        factors = {"features": 1.0, "features/double": 2.0, "energy": 1.0, "energy/ccsdt": 3.0, "energy/pbe": 4.0}
         options = NeighborListOptions(self.cutoff, False, True)
         distances: List[Tensor] = []
         for system in systems:
@@ -127,9 +127,10 @@ class DistanceVariants(torch.nn.Module):
         return {name: factors[name] * values for name in outputs}
 
 
-def export_distance_variants(path: str) -> None:
+def export_distance_variants(path: str, names=("features", "features/double", "energy", "energy/ccsdt")) -> None:
+    """The distance model with the outputs `names` (among VARIANT_FACTORS)."""
     outputs = {}
-    for name in VARIANT_FACTORS:
+    for name in names:
         if name.startswith("energy"):
             outputs[name] = ModelOutput(quantity="energy", unit="eV", per_atom=False)
         else:
