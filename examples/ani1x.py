@@ -14,6 +14,15 @@ torchani (2.2.4) is needed only to read the weights when exporting; the archive 
 
     python -m atomplug.examples.ani1x ani1x.pt
 
+ANI-1ccx (CCSD(T)*/CBS by transfer learning from ANI-1x; same AEV constants, species order and
+network shapes) can ride in the same file as the variant "ccsdt": outputs energy/ccsdt,
+energy_ensemble/ccsdt and energy_uncertainty/ccsdt, its 8 networks on the AEVs computed once for
+both (only the ensembles whose outputs are asked for run). Its weights are NOT in the torchani
+2.2.4 wheel (empty placeholder files; torchani.models.ANI1ccx() downloads them at first use) and
+atomplug never downloads, so give the directory of its NeuroChem files:
+
+    python -m atomplug.examples.ani1x ani1x.pt --ccsdt ~/.local/torchani/ani-1ccx_8x   # or --ccsdt auto
+
 AEV (per atom, 384 numbers, the layout of torchani.AEVComputer with the ANI-1x constants):
   radial, 4 blocks (one per neighbor species, order H C N O) of 16:
       G_R[s] = sum over neighbors j of species s, r_ij <= Rcr,
@@ -55,6 +64,21 @@ CONSTANTS_FILE = "rHCNO-5.2R_16-3.5A_a4-8.params"
 SAE_FILE = "sae_linfit.dat"
 ENSEMBLE_PREFIX = "train"
 ENSEMBLE_SIZE = 8
+# ANI-1ccx (CCSD(T)*/CBS), the variant "ccsdt": same file layout and AEV constants as ANI-1x. The
+# torchani 2.2.4 wheel ships its files empty; torchani.models.ANI1ccx() downloads them at first use.
+ANI1CCX_RESOURCE_DIRECTORY = "ani-1ccx_8x"
+CCSDT_VARIANT = "ccsdt"
+ANI1CCX_HINT = (
+    "torchani 2.2.4's wheel ships only empty placeholders for ANI-1ccx (torchani.models.ANI1ccx() "
+    "downloads the files from github.com/aiqm/ani-model-zoo into torchani/resources or "
+    "~/.local/torchani at first use); atomplug never downloads: give the directory of a complete "
+    f"{ANI1CCX_RESOURCE_DIRECTORY} copy ({CONSTANTS_FILE}, {SAE_FILE}, {ENSEMBLE_PREFIX}0..{ENSEMBLE_PREFIX}7/networks)"
+)
+ANI1CCX_REFERENCE = (
+    "J. S. Smith, B. T. Nebgen, R. Zubatyuk, N. Lubbers, C. Devereux, K. Barros, S. Tretiak, O. Isayev, "
+    "A. E. Roitberg, Approaching coupled cluster accuracy with a general-purpose neural network potential "
+    "through transfer learning, Nat. Commun. 10, 2903 (2019), doi:10.1038/s41467-019-10827-4"
+)
 
 REFERENCES = [
     "J. S. Smith, B. Nebgen, N. Lubbers, O. Isayev, A. E. Roitberg, Less is more: Sampling chemical "
@@ -192,18 +216,51 @@ class NeighborListAEV(torch.nn.Module):
         return result.reshape(n_atoms, self.num_species_pairs * self.angular_sublength)
 
 
+class ANIHead(torch.nn.Module):
+    """One ensemble (one level of theory): per-species networks of every member plus the
+    self-atomic energies, applied to AEVs computed once and shared by every head.
+
+    forward(species [n], atoms_of_species, aevs_of_species) -> [n_members, n] atomic energies
+    (Hartree, self energies included).
+    """
+
+    def __init__(self, members: List[List[torch.nn.Module]], self_energies: Sequence[float], num_species: int):
+        super().__init__()
+        if len(self_energies) != num_species:
+            raise ValueError("need one self energy per AEV species")
+        for member in members:
+            if len(member) != num_species:
+                raise ValueError("every ensemble member needs one network per species")
+        self.members = torch.nn.ModuleList([torch.nn.ModuleList(list(member)) for member in members])
+        self.n_members = len(members)
+        self.register_buffer("self_energies", torch.tensor(list(self_energies), dtype=torch.float64))
+
+    def forward(self, species: Tensor, atoms_of_species: List[Tensor], aevs_of_species: List[Tensor]) -> Tensor:
+        per_member: List[Tensor] = []
+        for member in self.members:
+            energies = self.self_energies.index_select(0, species)
+            for s, network in enumerate(member):
+                atoms = atoms_of_species[s]
+                if atoms.shape[0] > 0:
+                    energies = energies.index_add(0, atoms, network(aevs_of_species[s]).flatten())
+            per_member.append(energies)
+        return torch.stack(per_member)
+
+
 class ANIEnsemble(torch.nn.Module):
     """AEVs from the engine's neighbor list -> per-species networks of every member -> energies.
 
-    Outputs (Hartree):
+    Outputs (Hartree), for the main ensemble (ANI-1x) and, with the suffix "/<variant>", for each
+    variant ensemble on the same AEVs (ANI-1ccx as "ccsdt": energy/ccsdt, ...):
       energy              ensemble mean of the atomic energies (self-atomic energies included),
                           per atom [n_atoms, 1] or per structure [n_systems, 1];
       energy_ensemble     per-structure energy of every member, self energies included [n_systems, M];
       energy_uncertainty  standard deviation of the member energies of each structure, with
                           Bessel's correction (unbiased, divides by M - 1) [n_systems, 1].
-    With `selected_atoms` (e.g. LAMMPS' local atoms among ghosts), the networks run for those
-    atoms only and per-atom rows come back for them only, in increasing index order; AEVs still
-    see every atom as a neighbor.
+    Only the ensembles whose outputs are asked for run (the AEVs are computed once). With
+    `selected_atoms` (e.g. LAMMPS' local atoms among ghosts), the networks run for those atoms
+    only and per-atom rows come back for them only, in increasing index order; AEVs still see
+    every atom as a neighbor.
     """
 
     def __init__(
@@ -212,18 +269,20 @@ class ANIEnsemble(torch.nn.Module):
         members: List[List[torch.nn.Module]],
         self_energies: Sequence[float],
         atomic_numbers: Sequence[int],
+        variants: Optional[Dict[str, Tuple[List[List[torch.nn.Module]], Sequence[float]]]] = None,
     ):
         super().__init__()
-        if len(atomic_numbers) != aev.num_species or len(self_energies) != aev.num_species:
-            raise ValueError("need one atomic number and one self energy per AEV species")
-        for member in members:
-            if len(member) != aev.num_species:
-                raise ValueError("every ensemble member needs one network per species")
+        if len(atomic_numbers) != aev.num_species:
+            raise ValueError("need one atomic number per AEV species")
+        variants = dict(variants or {})
         self.aev = aev
-        self.members = torch.nn.ModuleList([torch.nn.ModuleList(list(member)) for member in members])
+        heads = [ANIHead(members, self_energies, aev.num_species)]
+        heads += [ANIHead(m, e, aev.num_species) for m, e in variants.values()]
+        self.heads = torch.nn.ModuleList(heads)
+        # the output-name suffix of each head: "" for the main ensemble, "/ccsdt" for a variant
+        self.suffixes: List[str] = [""] + ["/" + name for name in variants]
         self.n_members = len(members)
         self.cutoff = float(aev.Rcr)
-        self.register_buffer("self_energies", torch.tensor(list(self_energies), dtype=torch.float64))
         table = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
         for index, number in enumerate(atomic_numbers):
             table[int(number)] = index
@@ -232,11 +291,11 @@ class ANIEnsemble(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(self.cutoff, False, True)]
 
-    def member_atomic_energies(
-        self, systems: List[System], selected_atoms: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
-        """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index),
-        for the selected atoms only when `selected_atoms` (sorted global indices) is given."""
+    def _features(
+        self, systems: List[System], selected_atoms: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor, List[Tensor], List[Tensor]]:
+        """(species, system index, atoms of each species, their AEVs), for the selected atoms
+        only when `selected_atoms` (sorted global indices) is given."""
         species, pairs, vectors, owners, _ = batch_systems(
             systems,
             NeighborListOptions(self.cutoff, False, True),
@@ -249,22 +308,26 @@ class ANIEnsemble(torch.nn.Module):
             species = species.index_select(0, selected_atoms)
             aevs = aevs.index_select(0, selected_atoms)
             owners = owners.index_select(0, selected_atoms)
-
         atoms_of_species: List[Tensor] = []
         aevs_of_species: List[Tensor] = []
         for s in range(self.aev.num_species):
             atoms = torch.nonzero(species == s).flatten()
             atoms_of_species.append(atoms)
             aevs_of_species.append(aevs.index_select(0, atoms))
-        per_member: List[Tensor] = []
-        for member in self.members:
-            energies = self.self_energies.index_select(0, species).to(aevs.dtype)
-            for s, network in enumerate(member):
-                atoms = atoms_of_species[s]
-                if atoms.shape[0] > 0:
-                    energies = energies.index_add(0, atoms, network(aevs_of_species[s]).flatten())
-            per_member.append(energies)
-        return torch.stack(per_member), owners
+        return species, owners, atoms_of_species, aevs_of_species
+
+    def member_atomic_energies(
+        self, systems: List[System], selected_atoms: Optional[Tensor] = None, variant: str = ""
+    ) -> Tuple[Tensor, Tensor]:
+        """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index) of
+        the main ensemble or of `variant`, for the selected atoms only when `selected_atoms`
+        (sorted global indices) is given."""
+        suffix = "/" + variant if variant != "" else ""
+        species, owners, atoms_of_species, aevs_of_species = self._features(systems, selected_atoms)
+        for index, head in enumerate(self.heads):
+            if self.suffixes[index] == suffix:
+                return head(species, atoms_of_species, aevs_of_species), owners
+        raise ValueError("no ensemble for the variant '" + variant + "'")
 
     def forward(
         self,
@@ -272,24 +335,34 @@ class ANIEnsemble(torch.nn.Module):
         outputs: Dict[str, ModelOutput],
         selected_atoms: Optional[Tensor],
     ) -> Dict[str, Tensor]:
-        member_energies, owners = self.member_atomic_energies(systems, selected_atoms)
+        species, owners, atoms_of_species, aevs_of_species = self._features(systems, selected_atoms)
         n_systems = len(systems)
         results: Dict[str, Tensor] = {}
-        structure_members = torch.zeros(
-            (n_systems, self.n_members), dtype=member_energies.dtype, device=member_energies.device
-        )
-        structure_members = structure_members.index_add(0, owners, member_energies.t())
-        if "energy" in outputs:
-            atomic = member_energies.mean(dim=0).reshape(-1, 1)
-            if outputs["energy"].per_atom:
-                results["energy"] = atomic
-            else:
-                total = torch.zeros((n_systems, 1), dtype=atomic.dtype, device=atomic.device)
-                results["energy"] = total.index_add(0, owners, atomic)
-        if "energy_ensemble" in outputs:
-            results["energy_ensemble"] = structure_members
-        if "energy_uncertainty" in outputs:
-            results["energy_uncertainty"] = torch.std(structure_members, dim=[1], unbiased=True, keepdim=True)
+        for index, head in enumerate(self.heads):
+            suffix = self.suffixes[index]
+            energy = "energy" + suffix
+            ensemble = "energy_ensemble" + suffix
+            uncertainty = "energy_uncertainty" + suffix
+            if energy in outputs or ensemble in outputs or uncertainty in outputs:  # else this ensemble does not run
+                member_energies = head(species, atoms_of_species, aevs_of_species)
+                if energy in outputs:
+                    atomic = member_energies.mean(dim=0).reshape(-1, 1)
+                    if outputs[energy].per_atom:
+                        results[energy] = atomic
+                    else:
+                        total = torch.zeros((n_systems, 1), dtype=atomic.dtype, device=atomic.device)
+                        results[energy] = total.index_add(0, owners, atomic)
+                if ensemble in outputs or uncertainty in outputs:
+                    structure_members = torch.zeros(
+                        (n_systems, member_energies.shape[0]),
+                        dtype=member_energies.dtype,
+                        device=member_energies.device,
+                    )
+                    structure_members = structure_members.index_add(0, owners, member_energies.t())
+                    if ensemble in outputs:
+                        results[ensemble] = structure_members
+                    if uncertainty in outputs:
+                        results[uncertainty] = torch.std(structure_members, dim=[1], unbiased=True, keepdim=True)
         return results
 
 
@@ -307,25 +380,69 @@ def _import_torchani():
     return torchani
 
 
-def _resources() -> Tuple[object, str]:
-    """(torchani module, directory of the ANI-1x resource files shipped in its wheel)."""
+def _torchani_resources(torchani) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(torchani.__file__)), "resources")
+
+
+def ani1ccx_resource_candidates() -> List[str]:
+    """Where torchani itself keeps the ANI-1ccx files once it has them: its own resources
+    directory (torchani 2.2.4's wheel holds only empty placeholders there) and ~/.local/torchani
+    (where torchani.models.ANI1ccx() puts what it downloads when site-packages is read-only)."""
     torchani = _import_torchani()
-    directory = os.path.join(os.path.dirname(os.path.abspath(torchani.__file__)), "resources", RESOURCE_DIRECTORY)
-    needed = [CONSTANTS_FILE, SAE_FILE] + [
-        os.path.join(f"{ENSEMBLE_PREFIX}{i}", "networks") for i in range(ENSEMBLE_SIZE)
+    return [
+        os.path.join(_torchani_resources(torchani), ANI1CCX_RESOURCE_DIRECTORY),
+        os.path.join(os.path.expanduser("~/.local/torchani"), ANI1CCX_RESOURCE_DIRECTORY),
     ]
-    missing = [name for name in needed if not os.path.exists(os.path.join(directory, name))]
-    if missing:
-        raise FileNotFoundError(
-            f"the ANI-1x resource files are missing from {directory} ({', '.join(missing)}): "
-            "reinstall torchani==2.2.4, whose wheel ships them"
+
+
+def _incomplete_files(directory: str) -> List[str]:
+    """The NeuroChem files of `directory` that are missing or empty (an empty list: complete)."""
+    needed = [CONSTANTS_FILE, SAE_FILE]
+    for i in range(ENSEMBLE_SIZE):
+        networks = os.path.join(f"{ENSEMBLE_PREFIX}{i}", "networks")
+        found = (
+            sorted(os.listdir(os.path.join(directory, networks)))
+            if os.path.isdir(os.path.join(directory, networks))
+            else []
         )
+        nnf = [os.path.join(networks, name) for name in found if name.endswith(".nnf")]
+        needed += nnf or [os.path.join(networks, "ANN-*.nnf")]
+    return [
+        name
+        for name in needed
+        if not os.path.isfile(os.path.join(directory, name)) or os.path.getsize(os.path.join(directory, name)) == 0
+    ]
+
+
+def find_ani1ccx_resources() -> Optional[str]:
+    """The first complete ANI-1ccx directory among ani1ccx_resource_candidates(), or None.
+    Nothing is downloaded."""
+    for directory in ani1ccx_resource_candidates():
+        if os.path.isdir(directory) and not _incomplete_files(directory):
+            return directory
+    return None
+
+
+def _resources(directory: Optional[str] = None, what: str = "ANI-1x") -> Tuple[object, str]:
+    """(torchani module, directory of the resource files): ANI-1x's, shipped in torchani's wheel,
+    unless `directory` names another NeuroChem directory (ANI-1ccx's)."""
+    torchani = _import_torchani()
+    if directory is None:
+        directory = os.path.join(_torchani_resources(torchani), RESOURCE_DIRECTORY)
+        hint = "reinstall torchani==2.2.4, whose wheel ships them"
+    else:
+        directory = os.path.abspath(os.fspath(directory))
+        hint = ANI1CCX_HINT
+    missing = _incomplete_files(directory)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise FileNotFoundError(f"the {what} resource files in {directory} are missing or empty ({shown}): {hint}")
     return torchani, directory
 
 
-def _load_parts():
+def _load_parts(directory: Optional[str] = None, what: str = "ANI-1x"):
     """(torchani, constants, EnergyShifter, {symbol: self energy}, Ensemble), all from local files."""
-    torchani, directory = _resources()
+    torchani, directory = _resources(directory, what)
     from torchani import neurochem
 
     constants = neurochem.Constants(os.path.join(directory, CONSTANTS_FILE))
@@ -340,8 +457,21 @@ def _atomic_number(symbol: str) -> int:
     return PERIODIC_TABLE.index(symbol)
 
 
-def build_ani1x() -> ANIEnsemble:
-    """The float64 atomplug ANI-1x module (needs torchani for the weights)."""
+def _same_featurizer(first, second) -> List[str]:
+    """The AEV constants (and species order) in which two NeuroChem constant sets differ."""
+    differ = [] if list(first.species) == list(second.species) else ["species"]
+    for key in first.keys():
+        a, b = first[key], second[key]
+        same = torch.equal(a, b) if isinstance(a, Tensor) and isinstance(b, Tensor) else a == b
+        if not same:
+            differ.append(key)
+    return differ
+
+
+def build_ani1x(ccsdt: Optional[str] = None) -> ANIEnsemble:
+    """The float64 atomplug ANI-1x module (needs torchani for the weights); with `ccsdt` (the
+    directory of the ANI-1ccx NeuroChem files), also the ANI-1ccx ensemble as the variant
+    "ccsdt" on the same AEVs."""
     _torchani, constants, _shifter, sae_by_symbol, ensemble = _load_parts()
     aev = NeighborListAEV(
         constants.Rcr,
@@ -354,6 +484,20 @@ def build_ani1x() -> ANIEnsemble:
         constants.ShfZ,
         constants.num_species,
     )
+    variants = {}
+    if ccsdt is not None:
+        _, ccsdt_constants, _, ccsdt_sae, ccsdt_ensemble = _load_parts(ccsdt, "ANI-1ccx")
+        differ = _same_featurizer(constants, ccsdt_constants)
+        if differ:
+            raise ValueError(
+                f"the ANI-1ccx files in {ccsdt} have other AEV constants than ANI-1x ({', '.join(differ)} "
+                "differ): the variant shares ANI-1x's featurizer, so give the ANI-1ccx directory of torchani "
+                "(whose ANI-1ccx uses ANI-1x's AEV constants)"
+            )
+        variants[CCSDT_VARIANT] = (
+            [[member[symbol] for symbol in constants.species] for member in ccsdt_ensemble],
+            [ccsdt_sae[symbol] for symbol in constants.species],
+        )
     # Each member is an ANIModel (a ModuleDict keyed by symbol) of plain Linear/CELU Sequentials.
     members = [[member[symbol] for symbol in constants.species] for member in ensemble]
     module = ANIEnsemble(
@@ -361,17 +505,22 @@ def build_ani1x() -> ANIEnsemble:
         members,
         [sae_by_symbol[symbol] for symbol in constants.species],
         [_atomic_number(symbol) for symbol in constants.species],
+        variants,
     )
     return module.to(torch.float64).eval()
 
 
-def torchani_reference():
-    """torchani's own float64 ANI-1x ensemble from the same resource files (atomic numbers in).
+def torchani_reference(directory: Optional[str] = None):
+    """torchani's own float64 ensemble from the same resource files (atomic numbers in): ANI-1x,
+    or the ensemble of the NeuroChem `directory` (ANI-1ccx's), built as torchani.models builds
+    its BuiltinEnsemble (`_from_neurochem_resources`).
 
     Call as model((numbers [1, n], positions [1, n, 3]), cell=..., pbc=...).energies (Hartree);
     also has members_energies(), energies_qbcs() and atomic_energies().
     """
-    torchani, constants, shifter, sae_by_symbol, ensemble = _load_parts()
+    torchani, constants, shifter, sae_by_symbol, ensemble = _load_parts(
+        directory, "ANI-1x" if directory is None else "ANI-1ccx"
+    )
     from torchani.models import BuiltinEnsemble
 
     model = BuiltinEnsemble(
@@ -387,14 +536,17 @@ def torchani_reference():
     return model.to(torch.float64).eval()
 
 
-def ani1x_capabilities(cutoff: float = 5.2) -> ModelCapabilities:
+def ani1x_capabilities(cutoff: float = 5.2, variants: Sequence[str] = ()) -> ModelCapabilities:
     members = [f"member_{i}" for i in range(ENSEMBLE_SIZE)]
+    outputs = {}
+    for suffix in [""] + ["/" + variant for variant in variants]:
+        outputs["energy" + suffix] = ModelOutput(quantity="energy", unit="Hartree", per_atom=True)
+        outputs["energy_ensemble" + suffix] = ModelOutput(
+            quantity="energy", unit="Hartree", per_atom=False, properties=members
+        )
+        outputs["energy_uncertainty" + suffix] = ModelOutput(quantity="energy", unit="Hartree", per_atom=False)
     return ModelCapabilities(
-        outputs={
-            "energy": ModelOutput(quantity="energy", unit="Hartree", per_atom=True),
-            "energy_ensemble": ModelOutput(quantity="energy", unit="Hartree", per_atom=False, properties=members),
-            "energy_uncertainty": ModelOutput(quantity="energy", unit="Hartree", per_atom=False),
-        },
+        outputs=outputs,
         atomic_types=[1, 6, 7, 8],
         interaction_range=cutoff,
         length_unit="Angstrom",
@@ -403,36 +555,64 @@ def ani1x_capabilities(cutoff: float = 5.2) -> ModelCapabilities:
     )
 
 
-def export_ani1x(path: str) -> None:
-    """Export the ANI-1x ensemble (float64, Hartree and Angstrom) to `path`."""
-    module = build_ani1x()
-    metadata = ModelMetadata(
-        name="ANI-1x",
-        description="ANI-1x ensemble of 8 neural network potentials for H, C, N, O trained to "
+def export_ani1x(path: str, ccsdt: Optional[str] = None) -> None:
+    """Export the ANI-1x ensemble (float64, Hartree and Angstrom) to `path`; with `ccsdt` (the
+    directory of the ANI-1ccx NeuroChem files, e.g. find_ani1ccx_resources()), ANI-1ccx too, as
+    the outputs energy/ccsdt, energy_ensemble/ccsdt and energy_uncertainty/ccsdt."""
+    module = build_ani1x(ccsdt)
+    description = (
+        "ANI-1x ensemble of 8 neural network potentials for H, C, N, O trained to "
         "wB97X/6-31G(d) (weights from torchani 2.2.4), AEVs computed from the engine's "
         "neighbor list; energy is the ensemble mean, energy_uncertainty the unbiased standard "
-        "deviation of the member energies",
-        authors=[
-            "Justin S. Smith",
-            "Ben Nebgen",
-            "Nicholas Lubbers",
-            "Olexandr Isayev",
-            "Adrian E. Roitberg",
-            "Xiang Gao",
-            "Farhad Ramezanghorbani",
-        ],
-        references=list(REFERENCES),
+        "deviation of the member energies"
     )
-    export(module, path, ani1x_capabilities(module.cutoff), metadata)
+    authors = [
+        "Justin S. Smith",
+        "Ben Nebgen",
+        "Nicholas Lubbers",
+        "Olexandr Isayev",
+        "Adrian E. Roitberg",
+        "Xiang Gao",
+        "Farhad Ramezanghorbani",
+    ]
+    references = list(REFERENCES)
+    if ccsdt is not None:
+        description += (
+            "; variant ccsdt (energy/ccsdt, energy_ensemble/ccsdt, energy_uncertainty/ccsdt): the ANI-1ccx "
+            "ensemble (CCSD(T)*/CBS by transfer learning) on the same AEVs"
+        )
+        authors += ["Roman Zubatyuk", "Christian Devereux", "Kipton Barros", "Sergei Tretiak"]
+        references.append(ANI1CCX_REFERENCE)
+    metadata = ModelMetadata(
+        name="ANI-1x" if ccsdt is None else "ANI-1x + ANI-1ccx",
+        description=description,
+        authors=authors,
+        references=references,
+    )
+    variants = [] if ccsdt is None else [CCSDT_VARIANT]
+    export(module, path, ani1x_capabilities(module.cutoff, variants), metadata)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Export the pretrained ANI-1x ensemble as an atomplug model.")
     parser.add_argument("path")
+    parser.add_argument(
+        "--ccsdt",
+        metavar="DIRECTORY",
+        help=f"also export ANI-1ccx as the variant 'ccsdt' (energy/ccsdt), from this {ANI1CCX_RESOURCE_DIRECTORY} "
+        "directory of NeuroChem files ('auto': where torchani keeps them once it has downloaded them)",
+    )
     args = parser.parse_args(argv)
     try:
-        export_ani1x(args.path)
-    except ImportError as error:
+        ccsdt = args.ccsdt
+        if ccsdt == "auto":
+            ccsdt = find_ani1ccx_resources()
+            if ccsdt is None:
+                raise FileNotFoundError(
+                    "no complete ANI-1ccx files in " + " or ".join(ani1ccx_resource_candidates()) + ": " + ANI1CCX_HINT
+                )
+        export_ani1x(args.path, ccsdt)
+    except (ImportError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
 
 

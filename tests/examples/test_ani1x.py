@@ -6,6 +6,8 @@ is far looser than that but far tighter than any physics bug would allow.
 """
 
 import itertools
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -17,7 +19,10 @@ from ase.collections import g2
 from ase.units import Hartree
 from structures import water_box
 
-from atomplug.core import ModelRunner, read_header
+from atomplug.ase_calculator import AtomplugCalculator
+from atomplug.core import ModelRunner, NeighborList, NeighborListOptions, System, load_model, read_header
+from atomplug.core.neighbors import compute_pairs
+from atomplug.examples import ani1x
 from atomplug.examples.ani1x import TORCHANI_REQUIREMENT, export_ani1x, main, torchani_reference
 
 TOLERANCE = 1e-9
@@ -257,3 +262,268 @@ def test_missing_torchani_gives_an_install_hint(monkeypatch, tmp_path):
         export_ani1x(str(tmp_path / "never.pt"))
     assert str(error.value) == TORCHANI_REQUIREMENT
     assert not (tmp_path / "never.pt").exists()
+
+
+# ---- ANI-1ccx as the variant "ccsdt" ------------------------------------------------------------
+#
+# torchani 2.2.4's wheel ships ANI-1ccx's files empty (torchani.models.ANI1ccx() downloads them at
+# first use) and nothing here downloads. Where torchani already keeps complete ANI-1ccx files, the
+# tests below use them; otherwise a stand-in ANI-1ccx directory: ANI-1x's files with other self
+# energies and rescaled last two layers of every member (other energies AND forces), in ANI-1ccx's
+# layout. The oracle is torchani building its BuiltinEnsemble from those files by the very code
+# path torchani.models.ANI1ccx() takes (BuiltinEnsemble._from_neurochem_resources on an .info file).
+
+VARIANT_TOLERANCE = 1e-10  # float64 on both sides: rounding is ~1e-15 relative
+STAND_IN_SAE = "H,0=-0.59915013\nC,1=-38.03750806\nN,2=-54.67448348\nO,3=-75.16043537\n"
+
+
+def make_stand_in_ani1ccx(directory) -> str:
+    """An ANI-1ccx-shaped NeuroChem directory from ANI-1x's files (see above)."""
+    import torchani
+
+    source = os.path.join(os.path.dirname(torchani.__file__), "resources", ani1x.RESOURCE_DIRECTORY)
+    target = os.path.join(str(directory), ani1x.ANI1CCX_RESOURCE_DIRECTORY)
+    shutil.copytree(source, target)
+    with open(os.path.join(target, ani1x.SAE_FILE), "w") as handle:
+        handle.write(STAND_IN_SAE)
+    for member in range(ani1x.ENSEMBLE_SIZE):
+        networks = os.path.join(target, f"{ani1x.ENSEMBLE_PREFIX}{member}", "networks")
+        for name in os.listdir(networks):
+            if name.endswith(("-l3.wparam", "-l4.wparam")):
+                weights = np.fromfile(os.path.join(networks, name), dtype=np.float32)
+                (weights * np.float32(1.0 + 0.05 * (member + 1))).astype(np.float32).tofile(
+                    os.path.join(networks, name)
+                )
+    return target
+
+
+@pytest.fixture(scope="module")
+def ccsdt_directory(tmp_path_factory):
+    real = ani1x.find_ani1ccx_resources()
+    if real is not None:
+        print(f"\nANI-1ccx: torchani's own files in {real}")
+        return real
+    print("\nANI-1ccx: not in torchani 2.2.4's wheel; a stand-in built from ANI-1x's files")
+    return make_stand_in_ani1ccx(tmp_path_factory.mktemp("ani1ccx"))
+
+
+@pytest.fixture(scope="module")
+def ccsdt_path(ccsdt_directory, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ani1x_ccsdt") / "ani1x_ccsdt.pt"
+    export_ani1x(str(path), ccsdt=ccsdt_directory)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ccsdt_runner(ccsdt_path):
+    return ModelRunner(ccsdt_path)
+
+
+@pytest.fixture(scope="module")
+def ccsdt_oracle(ccsdt_directory, tmp_path_factory):
+    """torchani's ANI1ccx() construction (BuiltinEnsemble._from_neurochem_resources), on the files
+    of `ccsdt_directory` through an .info file naming them (torchani's own .info format)."""
+    from torchani.models import BuiltinEnsemble
+
+    info = tmp_path_factory.mktemp("ani1ccx_info") / "ani-1ccx_8x.info"
+    info.write_text(
+        "\n".join(
+            [
+                os.path.join(ccsdt_directory, ani1x.CONSTANTS_FILE),
+                os.path.join(ccsdt_directory, ani1x.SAE_FILE),
+                os.path.join(ccsdt_directory, ani1x.ENSEMBLE_PREFIX),
+                str(ani1x.ENSEMBLE_SIZE),
+            ]
+        )
+        + "\n"
+    )
+    # torchani.models.ANI1ccx() is exactly this on its own .info file (which would download when empty)
+    model = BuiltinEnsemble._from_neurochem_resources(str(info), periodic_table_index=True)
+    return model.to(torch.float64).eval()
+
+
+def variant_structures():
+    return [g2[name] for name in ("CH3CH2OH", "HCOOH", "CH3CONH2", "H2O", "NH3")] + tiny_cells() + [water_box(32, 6)]
+
+
+def test_ccsdt_variant_matches_torchani_ani1ccx(ccsdt_runner, ccsdt_oracle, oracle):
+    """energy/ccsdt (picked by the archive's rule) against torchani's ANI-1ccx, and the plain
+    energy of the same file still against torchani's ANI-1x."""
+    energy = ccsdt_runner.output_name("energy", "ccsdt")
+    ensemble = ccsdt_runner.output_name("energy_ensemble", "ccsdt")
+    uncertainty = ccsdt_runner.output_name("energy_uncertainty", "ccsdt")
+    assert (energy, ensemble, uncertainty) == ("energy/ccsdt", "energy_ensemble/ccsdt", "energy_uncertainty/ccsdt")
+    assert ccsdt_runner.output_name("energy", "") == "energy"
+    errors = {}
+    for atoms in variant_structures():
+        result = ccsdt_runner.run(
+            [atoms], [energy, ensemble, uncertainty], forces=True, virial=True, gradient_output=energy
+        )
+        reference_energy, reference_forces, reference_virial, reference_members = reference(ccsdt_oracle, atoms)
+        current = {
+            "energy": relative(result[energy][0, 0], reference_energy),
+            "forces": relative(result["forces"], reference_forces),
+            "virial": relative(result["virial"][0], reference_virial),
+            "members": relative(result[ensemble][0], reference_members),
+            "uncertainty": relative(result[uncertainty][0, 0], np.std(reference_members, ddof=1)),
+        }
+        for key, value in current.items():
+            errors[key] = max(errors.get(key, 0.0), value)
+        assert max(current.values()) < VARIANT_TOLERANCE, (atoms.get_chemical_formula(), current)
+        # the plain energy of the same file is ANI-1x, a different potential
+        plain = ccsdt_runner.run([atoms], ["energy"], forces=True, use_cache=False)
+        ani1x_energy, ani1x_forces, _, _ = reference(oracle, atoms)
+        assert relative(plain["energy"][0, 0], ani1x_energy) < VARIANT_TOLERANCE
+        assert relative(plain["forces"], ani1x_forces) < VARIANT_TOLERANCE
+        assert abs(plain["energy"][0, 0] - result[energy][0, 0]) > 1e-3
+        assert np.abs(plain["forces"] - result["forces"]).max() > 1e-4
+    print(f"\nenergy/ccsdt vs torchani's ANI-1ccx construction, max relative errors: {errors}")
+
+
+def test_ccsdt_variant_in_the_ase_calculator(ccsdt_path, ccsdt_oracle, ani1x_path):
+    atoms = water_box(32, 7)
+    atoms.calc = AtomplugCalculator(ccsdt_path, variant="ccsdt", additional_outputs=["energy_uncertainty"])
+    reference_energy, reference_forces, reference_virial, reference_members = reference(ccsdt_oracle, atoms)
+    assert relative(atoms.get_potential_energy(), reference_energy) < VARIANT_TOLERANCE
+    assert relative(atoms.get_forces(), reference_forces) < VARIANT_TOLERANCE
+    stress = atoms.get_stress(voigt=False)
+    assert relative(-stress * atoms.get_volume(), reference_virial) < VARIANT_TOLERANCE
+    # energy_uncertainty has a ccsdt variant: the calculator takes energy_uncertainty/ccsdt
+    assert relative(atoms.calc.results["energy_uncertainty"], np.std(reference_members, ddof=1)) < VARIANT_TOLERANCE
+    # without a variant the same file is ANI-1x, exactly as the file exported without ccsdt
+    plain = atoms.copy()
+    plain.calc = AtomplugCalculator(ccsdt_path)
+    alone = atoms.copy()
+    alone.calc = AtomplugCalculator(ani1x_path)
+    np.testing.assert_allclose(plain.get_potential_energy(), alone.get_potential_energy(), rtol=1e-14)
+    np.testing.assert_allclose(plain.get_forces(), alone.get_forces(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"no variant 'dft' of 'energy' \(available: ccsdt\)"):
+        AtomplugCalculator(ccsdt_path, variant="dft")
+    with pytest.raises(ValueError, match="no variant 'ccsdt' of 'energy' \\(available: none\\)"):
+        AtomplugCalculator(ani1x_path, variant="ccsdt")
+
+
+def test_ccsdt_per_atom_and_selected_atoms(ccsdt_runner, ccsdt_oracle):
+    structures = [g2["CH3CH2OH"], water_box(32, seed=8)]
+    energy = ccsdt_runner.output_name("energy", "ccsdt")
+    per_atom = ccsdt_runner.output_name("energy/per_atom", "ccsdt")
+    assert per_atom == "energy/ccsdt/per_atom"
+    result = ccsdt_runner.run(structures, [energy, per_atom])
+    sizes = [len(s) for s in structures]
+    per_structure = np.add.reduceat(result[per_atom][:, 0], [0, sizes[0]])
+    np.testing.assert_allclose(per_structure, result[energy][:, 0], rtol=1e-13)
+    atoms = structures[0]
+    numbers = torch.tensor(atoms.numbers, dtype=torch.long).unsqueeze(0)
+    positions = torch.tensor(atoms.positions, dtype=torch.float64).unsqueeze(0)
+    with torch.no_grad():
+        atomic = ccsdt_oracle.atomic_energies((numbers, positions)).energies.numpy().reshape(-1) * Hartree
+    assert relative(result[per_atom][: len(atoms), 0], atomic) < VARIANT_TOLERANCE
+    selected = ccsdt_runner.run([atoms], [energy], selected_atoms=[0, 2, 5], use_cache=False)
+    np.testing.assert_allclose(selected[energy][0, 0], atomic[[0, 2, 5]].sum(), rtol=1e-12)
+
+
+class CountingHead(torch.nn.Module):
+    """Wraps an ensemble head and counts its calls (eager Python only)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+        self.calls = 0
+
+    def forward(self, species, atoms_of_species, aevs_of_species):
+        self.calls += 1
+        return self.head(species, atoms_of_species, aevs_of_species)
+
+
+def test_only_the_requested_ensemble_runs(ccsdt_directory):
+    """Asking for energy runs ANI-1x's networks only, energy/ccsdt ANI-1ccx's only (the AEVs once)."""
+    from atomplug.core import ModelOutput
+
+    module = ani1x.build_ani1x(ccsdt_directory)
+    assert module.suffixes == ["", "/ccsdt"]
+    heads = [CountingHead(head) for head in module.heads]
+    module.heads = torch.nn.ModuleList(heads)
+    atoms = g2["CH3CH2OH"]
+    positions = torch.tensor(atoms.positions, dtype=torch.float64)
+    options = NeighborListOptions(module.cutoff, False, True)
+    pairs, shifts = compute_pairs(atoms.positions, np.zeros((3, 3)), np.zeros(3, dtype=bool), module.cutoff, False)
+    pairs = torch.from_numpy(pairs)
+    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]]
+    system = System(
+        torch.tensor(atoms.numbers, dtype=torch.int32),
+        positions,
+        torch.zeros((3, 3), dtype=torch.float64),
+        torch.zeros(3, dtype=torch.bool),
+    )
+    system.add_neighbor_list(NeighborList(options, pairs, torch.from_numpy(shifts), vectors))
+    expected = {
+        ("energy",): [1, 0],
+        ("energy/ccsdt",): [0, 1],
+        ("energy_uncertainty/ccsdt", "energy_ensemble/ccsdt"): [0, 1],
+        ("energy", "energy/ccsdt", "energy_uncertainty"): [1, 1],
+    }
+    for names, calls in expected.items():
+        for head in heads:
+            head.calls = 0
+        outputs = {name: ModelOutput("energy", "Hartree", False) for name in names}
+        result = module([system], outputs, None)
+        assert sorted(result) == sorted(names)
+        assert [head.calls for head in heads] == calls, names
+
+
+def test_ccsdt_header_and_variants(ccsdt_path, ani1x_path):
+    header = read_header(ccsdt_path)
+    outputs = header["capabilities"]["outputs"]
+    assert outputs["energy/ccsdt"] == {"quantity": "energy", "unit": "Hartree", "per_atom": True, "properties": []}
+    assert outputs["energy_ensemble/ccsdt"]["properties"] == [f"member_{i}" for i in range(8)]
+    assert not outputs["energy_uncertainty/ccsdt"]["per_atom"]
+    assert header["metadata"]["name"] == "ANI-1x + ANI-1ccx"
+    assert any("s41467-019-10827-4" in reference for reference in header["metadata"]["references"])
+    model = load_model(ccsdt_path)
+    assert model.capabilities.variants() == {
+        "energy": ["ccsdt"],
+        "energy_ensemble": ["ccsdt"],
+        "energy_uncertainty": ["ccsdt"],
+    }
+    # the file exported without ccsdt is what it was: ANI-1x alone, no variants
+    plain = load_model(ani1x_path)
+    assert plain.capabilities.variants() == {}
+    assert sorted(plain.capabilities.outputs) == ["energy", "energy_ensemble", "energy_uncertainty"]
+    assert plain.metadata.name == "ANI-1x"
+
+
+def test_incomplete_ani1ccx_files_are_refused(tmp_path):
+    """torchani 2.2.4's own ani-1ccx_8x (empty placeholders) and a directory lacking files are
+    refused naming the files and the fix; `--ccsdt auto` finds nothing or torchani's complete copy."""
+    import torchani
+
+    placeholders = os.path.join(os.path.dirname(torchani.__file__), "resources", ani1x.ANI1CCX_RESOURCE_DIRECTORY)
+    empty = tmp_path / "empty"
+    shutil.copytree(placeholders, empty)
+    for root, _, files in os.walk(empty):
+        for name in files:
+            open(os.path.join(root, name), "w").close()
+    with pytest.raises(FileNotFoundError) as error:
+        export_ani1x(str(tmp_path / "never.pt"), ccsdt=str(empty))
+    message = str(error.value)
+    assert f"the ANI-1ccx resource files in {empty} are missing or empty" in message
+    assert ani1x.CONSTANTS_FILE in message and "atomplug never downloads" in message
+    with pytest.raises(FileNotFoundError, match="missing or empty"):
+        export_ani1x(str(tmp_path / "never.pt"), ccsdt=str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="missing or empty"):
+        main([str(tmp_path / "never.pt"), "--ccsdt", str(empty)])
+    assert not (tmp_path / "never.pt").exists()
+    if ani1x.find_ani1ccx_resources() is None:
+        with pytest.raises(SystemExit, match="no complete ANI-1ccx files in"):
+            main([str(tmp_path / "never.pt"), "--ccsdt", "auto"])
+
+
+def test_ani1ccx_with_other_aev_constants_is_refused(tmp_path):
+    directory = make_stand_in_ani1ccx(tmp_path)
+    constants = os.path.join(directory, ani1x.CONSTANTS_FILE)
+    with open(constants) as handle:
+        text = handle.read()
+    with open(constants, "w") as handle:
+        handle.write(text.replace("Rcr = 5.2000e+00", "Rcr = 5.1000e+00"))
+    with pytest.raises(ValueError, match=r"other AEV constants than ANI-1x \(Rcr differ\)"):
+        ani1x.build_ani1x(directory)
