@@ -15,7 +15,8 @@ Parameters: model (exported atomplug file), template (the structure: elements an
 `structure` is accepted too), device (default cpu), extras (outputs for the extras JSON,
 separated by ';' because i-PI splits -o on commas), non_conservative (true/false), skin
 (neighbor-list skin in Angstrom), name (label added to the extras), threads (torch CPU
-threads). This file is loaded by path, so it imports everything from the installed `atomplug`
+threads), charge (total charge, e) and spin (spin multiplicity) for models that request them,
+variant (the model's output variant, e.g. ccsdt). This file is loaded by path, so it imports everything from the installed `atomplug`
 package.
 """
 
@@ -41,6 +42,9 @@ class AtomplugDriver(Dummy_driver):
         name=None,
         threads=None,
         structure=None,
+        charge=None,
+        spin=None,
+        variant="",
         *args,
         **kwargs,
     ):
@@ -63,6 +67,9 @@ class AtomplugDriver(Dummy_driver):
                 non_conservative=_flag(non_conservative),
                 skin=float(skin),
                 name=name,
+                charge=charge,
+                spin=spin,
+                variant=str(variant or ""),
             )
         except DriverError as error:
             raise ValueError(f"atomplug: {error}") from None

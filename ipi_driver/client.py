@@ -2,6 +2,11 @@
 
     atomplug-ipi --model model.pt --structure init.xyz --unix NAME
     atomplug-ipi --model model.pt --structure init.xyz --address HOST --port N
+    atomplug-ipi --model model.pt --structure init.extxyz --charge 1 --spin 2 --variant ccsdt --unix NAME
+
+A model's requested inputs come from the structure file (masses; per-atom charges from an extxyz
+`initial_charges` column) and from --charge / --spin; velocities are not sent by i-PI, so a model
+that requests them is refused.
 
 Exit status: 0 when i-PI sends EXIT; 1 when i-PI never comes up, goes away without EXIT or sends
 something unexpected, or the model fails on a structure; 2 for bad input (options, model file,
@@ -80,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONNECT_TIMEOUT,
         help=f"seconds to wait for the i-PI server to come up (default {DEFAULT_CONNECT_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--charge",
+        type=float,
+        default=None,
+        help="total charge of the system in e, for a model that requests total_charge (default: charge= in the "
+        "extxyz comment line of --structure)",
+    )
+    parser.add_argument(
+        "--spin",
+        type=float,
+        default=None,
+        help="spin multiplicity 2S+1 (1 for a singlet), for a model that requests spin_multiplicity (default: "
+        "spin= in the extxyz comment line of --structure)",
+    )
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="the model's output variant to use, e.g. ccsdt for energy/ccsdt (applies to the energy and to every "
+        "extra that has it)",
+    )
     parser.add_argument("--name", help='label added as "client" to the extras JSON (which client computed what)')
     parser.add_argument("--verbose", "-v", action="store_true", help="log every protocol message")
     return parser
@@ -119,6 +144,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             non_conservative=args.non_conservative,
             skin=args.skin,
             name=args.name,
+            charge=args.charge,
+            spin=args.spin,
+            variant=args.variant,
         )
     except DriverError as error:
         return error_exit(str(error), 2)

@@ -23,6 +23,7 @@ import numpy as np
 from atomplug.core.contract import PER_ATOM_SUFFIX
 from atomplug.core.neighbors import NeighborListCache
 from atomplug.core.runner import ModelRunner, Structure, describe_types
+from atomplug.core.units import engine_quantity_units
 
 ENGINE_LENGTH = "Bohr"
 ENGINE_ENERGY = "Hartree"
@@ -83,6 +84,66 @@ def parse_extras(extras: Union[None, str, Sequence[str]]) -> List[str]:
     return names
 
 
+# i-PI's socket protocol sends the cell and positions only: the other inputs come from the
+# structure file (ASE units: amu, e) and the command line, once for the whole run.
+VELOCITIES_REFUSED = (
+    "the model requests the atoms' velocities, which the i-PI socket protocol does not send (i-PI "
+    "sends only the cell and the positions): this model cannot run in i-PI; use it from ASE or LAMMPS"
+)
+
+
+def model_inputs(
+    names: Sequence[str], template, structure: str, charge: Optional[float], spin: Optional[float]
+) -> dict:
+    """The model's requested inputs for the whole run, in i-PI's input units (amu, e): masses
+    and per-atom charges from the structure file, total charge and spin multiplicity from
+    --charge / --spin (or charge= / spin= in an extxyz comment line). Anything missing is an
+    error naming where to give it."""
+    inputs = {}
+    for name in names:
+        if name == "velocities":
+            raise DriverError(VELOCITIES_REFUSED)
+        if name == "masses":
+            inputs[name] = np.asarray(template.get_masses(), dtype=np.float64)
+        elif name == "charges":
+            if not template.has("initial_charges"):
+                raise DriverError(
+                    f"the model needs per-atom charges and the structure file {structure!r} has none: give an "
+                    "extxyz file with an 'initial_charges' column (ASE: atoms.set_initial_charges(q); "
+                    "ase.io.write('init.extxyz', atoms))"
+                )
+            inputs[name] = np.asarray(template.get_initial_charges(), dtype=np.float64)
+        elif name in ("total_charge", "spin_multiplicity"):
+            key, flag = ("charge", "--charge") if name == "total_charge" else ("spin", "--spin")
+            value = charge if name == "total_charge" else spin
+            if value is None and key in template.info:
+                value = template.info[key]
+            what = "total charge (e)" if key == "charge" else "spin multiplicity 2S+1 (1 for a singlet)"
+            if value is None:
+                raise DriverError(
+                    f"the model needs the {what} and none was given: give {flag} (or {key}=... in the extxyz "
+                    f"comment line of {structure!r})"
+                )
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise DriverError(f"{flag} {value!r} is not a number: give the {what}") from None
+            if not np.isfinite(number):
+                raise DriverError(f"{flag} {value!r} is not a finite number: give the {what}")
+            inputs[name] = np.array([number], dtype=np.float64)
+        else:
+            raise DriverError(f"the model requests the input {name!r}, which atomplug-ipi does not know")
+    return inputs
+
+
+def _describe_input(name: str, value: np.ndarray) -> str:
+    if name in ("total_charge", "spin_multiplicity"):
+        return f"{name} {float(value[0]):g}"
+    if name == "charges":
+        return f"charges from the structure file (total {float(np.sum(value)):g} e)"
+    return f"{name} from the structure file"
+
+
 class IPIEvaluator:
     """Evaluate an atomplug model on the structures i-PI sends.
 
@@ -102,6 +163,9 @@ class IPIEvaluator:
         non_conservative: bool = False,
         skin: float = DEFAULT_SKIN_ANGSTROM,
         name: Optional[str] = None,
+        charge: Optional[float] = None,
+        spin: Optional[float] = None,
+        variant: str = "",
     ):
         from atomplug.core.archive import load_model
 
@@ -116,24 +180,42 @@ class IPIEvaluator:
         self.n_atoms = int(self.types.shape[0])
         capabilities = loaded.capabilities
         outputs = capabilities.outputs
-        if "energy" not in outputs:
+        if "energy" not in outputs and "energy" not in capabilities.variants():
             raise DriverError(
                 f"the model declares no 'energy' output (it has: {', '.join(outputs)}); i-PI needs an energy and forces"
             )
         try:
             skin_bohr = float(skin) * loaded.unit_conversion("Angstrom", ENGINE_LENGTH)
             self.runner = ModelRunner(
-                loaded, length_unit=ENGINE_LENGTH, energy_unit=ENGINE_ENERGY, skin=skin_bohr, device=device
+                loaded,
+                length_unit=ENGINE_LENGTH,
+                energy_unit=ENGINE_ENERGY,
+                skin=skin_bohr,
+                device=device,
+                quantity_units=engine_quantity_units("ipi"),
             )
         except ValueError as error:
             raise DriverError(str(error)) from None
+        self.variant = str(variant or "")
+        try:
+            self.energy = self.runner.output_name("energy", self.variant)
+        except ValueError as error:
+            raise DriverError(f"--variant: {error}") from None
+        self.inputs = model_inputs(self.runner.input_names, self.template, os.fspath(structure), charge, spin)
         try:
             self.runner.check_types(Structure(self.types, np.zeros((self.n_atoms, 3)), np.zeros((3, 3)), self.pbc))
         except ValueError as error:
             raise DriverError(f"structure file {structure!r}: {error}") from None
 
         self.non_conservative = bool(non_conservative)
-        self.outputs: List[str] = ["energy"]
+        self.outputs: List[str] = [self.energy]
+        if self.non_conservative and self.variant:
+            for direct in ("non_conservative_forces", "non_conservative_stress"):
+                if direct in outputs and self.runner.output_name(direct, self.variant) != direct:
+                    raise DriverError(
+                        f"--non-conservative with --variant {self.variant}: the model has {direct}/{self.variant} "
+                        f"but direct forces are taken from the plain {direct}: run without --non-conservative"
+                    )
         if self.non_conservative:
             if "non_conservative_forces" not in outputs:
                 raise DriverError(
@@ -152,19 +234,24 @@ class IPIEvaluator:
                 )
 
         self.extras = parse_extras(extras)
+        self._extra_outputs = {}  # the name asked -> the model's output under the variant
         for request in self.extras:
             try:
-                self.runner.check_output_request(request)
+                self._extra_outputs[request] = self.runner.check_output_request(
+                    self.runner.output_name(request, self.variant)
+                )
             except ValueError as error:
                 raise DriverError(f"--extras: {error}") from None
-        self.requests = list(self.outputs) + [name for name in self.extras if name not in self.outputs]
+        self.requests = list(self.outputs) + [
+            name for name in dict.fromkeys(self._extra_outputs.values()) if name not in self.outputs
+        ]
         self.name = name
         self._skin = float(self.runner.cache.skin)
         self._move_limit = (0.5 * self._skin) ** 2  # a cache rebuilds once an atom moved more than skin/2
         self._max_caches = max(1, min(16, 200_000 // max(self.n_atoms, 1)))
         self._caches: List[NeighborListCache] = []  # most recently used first
         self._zero_cell = np.zeros((3, 3))
-        self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc)
+        self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc, self.inputs)
         self.reset_statistics()
 
     def reset_statistics(self) -> None:
@@ -182,10 +269,10 @@ class IPIEvaluator:
 
         start = time.perf_counter()
         positions = self.template.positions / Bohr
-        structures = [Structure(self.types, positions, self.template.cell.array / Bohr, self.pbc)]
+        structures = [Structure(self.types, positions, self.template.cell.array / Bohr, self.pbc, self.inputs)]
         # an i-PI xyz file's cell is in its comment line, which ASE does not read: warm up the
         # same computation on the isolated structure
-        structures.append(Structure(self.types, positions, np.zeros((3, 3)), np.zeros(3, dtype=bool)))
+        structures.append(Structure(self.types, positions, np.zeros((3, 3)), np.zeros(3, dtype=bool), self.inputs))
         for structure in structures:
             try:
                 for _ in range(calls):
@@ -195,6 +282,7 @@ class IPIEvaluator:
                         forces=True,
                         virial=True,
                         non_conservative=self.non_conservative,
+                        gradient_output=self.energy,
                         use_cache=False,
                     )
                 break
@@ -262,7 +350,7 @@ class IPIEvaluator:
             structure.cell = cells[0]
             structures = [structure]
         else:
-            structures = [Structure(self.types, q, c, self.pbc) for q, c in zip(coordinates, cells)]
+            structures = [Structure(self.types, q, c, self.pbc, self.inputs) for q, c in zip(coordinates, cells)]
         start = time.perf_counter()
         start_cpu = time.thread_time()
         try:
@@ -272,6 +360,7 @@ class IPIEvaluator:
                 forces=True,
                 virial=True,
                 non_conservative=self.non_conservative,
+                gradient_output=self.energy,
                 use_cache=single,
             )
         except ValueError as error:
@@ -281,7 +370,7 @@ class IPIEvaluator:
         self.n_calls += 1
         self.n_structures += len(structures)
 
-        energies = raw["energy"][:, 0]
+        energies = raw[self.energy][:, 0]
         all_forces = raw["forces"]
         results: List[Result] = []
         for index in range(len(structures)):
@@ -298,7 +387,7 @@ class IPIEvaluator:
         if self.name is not None:
             data["client"] = self.name
         for request in self.extras:
-            values = raw[request]
+            values = raw[self._extra_outputs[request]]
             values = values[begin:end] if request.endswith(PER_ATOM_SUFFIX) else values[index]
             if values.shape[-1] == 1:
                 values = values[..., 0]
@@ -314,6 +403,10 @@ class IPIEvaluator:
         periodic = "periodic" if self.pbc.all() else ("isolated" if not self.pbc.any() else f"pbc={self.pbc.tolist()}")
         mode = "non-conservative forces" if self.non_conservative else "forces and virial from the energy"
         lines.append(f"structure: {self.n_atoms} atoms of {describe_types(np.unique(self.types))}, {periodic}; {mode}")
+        if self.variant:
+            lines.append(f"variant: {self.variant} (energy from {self.energy})")
+        if self.inputs:
+            lines.append("inputs: " + ", ".join(_describe_input(name, value) for name, value in self.inputs.items()))
         if self.extras:
             lines.append(f"extras: {', '.join(self.extras)}")
         return "\n".join(lines)

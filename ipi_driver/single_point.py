@@ -76,8 +76,47 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]:
+def _write_template(path: str, atoms, inputs) -> None:
+    """The client's structure file: extxyz with 17 significant digits (ASE's writer keeps 8), so
+    per-atom charges and masses reach the model exactly as the ASE reference reads them."""
+    columns = ["species:S:1", "pos:R:3"]
+    values = [atoms.positions]
+    if "charges" in inputs and atoms.has("initial_charges"):
+        columns.append("initial_charges:R:1")
+        values.append(atoms.get_initial_charges()[:, None])
+    if "masses" in inputs:
+        columns.append("masses:R:1")
+        values.append(atoms.get_masses()[:, None])
+    lattice = " ".join(f"{x:.17e}" for x in atoms.cell.array.reshape(-1))
+    pbc = " ".join("T" if periodic else "F" for periodic in atoms.pbc)
+    header = f'Properties={":".join(columns)} pbc="{pbc}"'
+    if atoms.pbc.any():
+        header = f'Lattice="{lattice}" ' + header
+    rows = np.concatenate(values, axis=1)
+    with open(path, "w") as handle:
+        handle.write(f"{len(atoms)}\n{header}\n")
+        for symbol, row in zip(atoms.get_chemical_symbols(), rows):
+            handle.write(symbol + " " + " ".join(f"{x:.17e}" for x in row) + "\n")
+
+
+def _input_options(atoms, inputs, variant: str) -> list:
+    """--charge, --spin (from atoms.info, as ASE reads them) and --variant for the client."""
+    options = []
+    for name, key, flag in (("total_charge", "charge", "--charge"), ("spin_multiplicity", "spin", "--spin")):
+        if name in inputs and key in atoms.info:
+            options += [flag, repr(float(atoms.info[key]))]
+    if variant:
+        options += ["--variant", variant]
+    return options
+
+
+def evaluate_with_ipi(model_path: str, atoms, workdir: str, variant: str = "") -> Dict[str, object]:
     """Energy (eV), forces (eV/A) and virial (eV) of `atoms` computed through i-PI.
+
+    The model's inputs come from `atoms` as in ASE: the per-atom charges and masses travel in the
+    client's extxyz structure file, info["charge"] and info["spin"] as --charge and --spin;
+    velocities cannot (i-PI does not send them), so such a model is skipped. `variant` is the
+    client's --variant.
 
     Returns {"energy": float, "forces": [n, 3] array, "virial": 3x3 array} in the structure's own
     orientation, or {"skipped": reason} for a structure i-PI cannot take; raises RuntimeError when
@@ -85,6 +124,11 @@ def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]
     """
     if atoms.pbc.any() and not atoms.pbc.all():
         return {"skipped": f"i-PI treats a structure as fully periodic or not at all (pbc={atoms.pbc.tolist()})"}
+    from atomplug.core.archive import read_header
+
+    inputs = read_header(model_path)["capabilities"].get("inputs", {})
+    if "velocities" in inputs:
+        return {"skipped": "the model reads velocities, which the i-PI socket protocol does not send"}
     rotated, rotation = standard_orientation(atoms)
     bohr = conversion_factor("Angstrom", "Bohr")
     hartree_to_ev = conversion_factor("Hartree", "eV")
@@ -92,10 +136,8 @@ def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]
     periodic = bool(atoms.pbc.all())
 
     _write_ipi_xyz(os.path.join(workdir, "structure.xyz"), rotated, bohr)
-    import ase.io
-
     template = os.path.join(workdir, "template.extxyz")
-    ase.io.write(template, rotated, format="extxyz")
+    _write_template(template, rotated, inputs)
     address = f"atomplug-crosscheck-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     per_atom = ", ".join(f"atom_f(atom={i};bead=0)" for i in range(n_atoms))
     with open(os.path.join(workdir, "input.xml"), "w") as handle:
@@ -126,6 +168,7 @@ def evaluate_with_ipi(model_path: str, atoms, workdir: str) -> Dict[str, object]
                     address,
                     "--threads",
                     "1",
+                    *_input_options(atoms, inputs, variant),
                 ],
                 cwd=workdir,
                 stdout=log,

@@ -195,3 +195,103 @@ def test_atoms_far_outside_the_cell(procs, lj_model_path, tmp_path):
     scale = np.abs(wrapped.forces).max()
     np.testing.assert_allclose(unwrapped.forces, wrapped.forces, rtol=0, atol=1e-10 * scale)
     np.testing.assert_allclose(unwrapped.virial, wrapped.virial, rtol=0, atol=1e-10 * np.abs(wrapped.virial).max())
+
+
+# ---- inputs and variants --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def input_models(tmp_path_factory):
+    from test_ipi_inputs import ase_input_models
+
+    from atomplug.examples.coulomb import export_coulomb
+    from atomplug.examples.inputs import export_charge_spin, export_kinetic
+
+    directory = tmp_path_factory.mktemp("bad_inputs")
+    paths = {name: str(directory / f"{name}.pt") for name in ("coulomb", "charge_spin", "kinetic", "variant")}
+    export_coulomb(paths["coulomb"])
+    export_charge_spin(paths["charge_spin"])
+    export_kinetic(paths["kinetic"])
+    ase_input_models().export_variant_model(paths["variant"])
+    return paths
+
+
+def test_velocities_are_refused_at_start_up(input_models, tmp_path):
+    """i-PI's socket protocol sends no velocities: the client says so and stops (exit 2) before
+    waiting for any server."""
+    run = subprocess.run(
+        [
+            executable("atomplug-ipi"),
+            "--model",
+            input_models["kinetic"],
+            "--structure",
+            water_file(tmp_path),
+            "--unix",
+            "never-used",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("atomplug-ipi: error: "), run.stderr
+    assert (
+        "the model requests the atoms' velocities, which the i-PI socket protocol does not send (i-PI sends only "
+        "the cell and the positions): this model cannot run in i-PI; use it from ASE or LAMMPS" in run.stderr
+    )
+
+
+INPUT_PROBLEMS = {
+    # case: (model, options, problem and fix)
+    "missing-charges": (
+        "coulomb",
+        {},
+        r"the model needs per-atom charges and the structure file '.*water.xyz' has none: give an extxyz file "
+        r"with an 'initial_charges' column",
+    ),
+    "missing-total-charge": (
+        "charge_spin",
+        {"spin": 1},
+        r"the model needs the total charge \(e\) and none was given: give --charge \(or charge=\.\.\. in the "
+        r"extxyz comment line of '.*water.xyz'\)",
+    ),
+    "missing-spin": (
+        "charge_spin",
+        {"charge": 0},
+        r"the model needs the spin multiplicity 2S\+1 \(1 for a singlet\) and none was given: give --spin",
+    ),
+    "charge-not-a-number": ("charge_spin", {"charge": "one", "spin": 1}, r"--charge 'one' is not a number"),
+    "spin-not-finite": ("charge_spin", {"charge": 0, "spin": float("nan")}, r"--spin nan is not a finite number"),
+    "unknown-variant": (
+        "variant",
+        {"variant": "ccsdt"},
+        r"--variant: the model has no variant 'ccsdt' of 'energy' \(available: alt\): choose one of those",
+    ),
+    "variant-of-a-model-without-variants": (
+        "coulomb",
+        {"variant": "alt"},
+        r"--variant: the model has no variant 'alt' of 'energy' \(available: none\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INPUT_PROBLEMS))
+def test_missing_or_bad_input(case, input_models, tmp_path):
+    model, options, problem = INPUT_PROBLEMS[case]
+    with pytest.raises(DriverError) as caught:
+        IPIEvaluator(input_models[model], water_file(tmp_path), **options)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(problem, message), message
+
+
+def test_charge_and_spin_from_the_extxyz_comment(input_models, tmp_path):
+    """charge= and spin= in an extxyz comment line stand in for --charge / --spin; the flags win."""
+    path = tmp_path / "water.extxyz"
+    atoms = molecule("H2O")
+    atoms.info.update(charge=1, spin=2)
+    atoms.write(path)
+    evaluator = IPIEvaluator(input_models["charge_spin"], str(path))
+    assert evaluator.inputs["total_charge"][0] == 1.0 and evaluator.inputs["spin_multiplicity"][0] == 2.0
+    evaluator = IPIEvaluator(input_models["charge_spin"], str(path), charge=-2)
+    assert evaluator.inputs["total_charge"][0] == -2.0
