@@ -195,7 +195,7 @@ def evaluate_with_lammps(model_path: str, atoms, workdir: str, ranks: int = 1, v
         with open(data_path, "a") as handle:
             handle.write("\nVelocities\n\n")
             for index, (vx, vy, vz) in enumerate(velocities):
-                handle.write(f"{index + 1} {vx!r} {vy!r} {vz!r}\n")
+                handle.write(f"{index + 1} {float(vx)!r} {float(vy)!r} {float(vz)!r}\n")
     keywords = inputs["keywords"] + (f" variant {variant}" if variant else "")
     boundary = " ".join("p" if periodic else "s" for periodic in atoms.pbc)
     with open(os.path.join(workdir, "in.crosscheck"), "w") as handle:

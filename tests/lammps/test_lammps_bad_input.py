@@ -173,3 +173,275 @@ def test_atoms_far_outside_the_box_in_the_data_file(valid_runs):
     assert far["pe"] == pytest.approx(wrapped["pe"], rel=1e-12)
     assert far["press"] == pytest.approx(wrapped["press"], rel=1e-10)
     assert far["fmax"] == pytest.approx(wrapped["fmax"], rel=1e-10)
+
+
+# ---- model inputs, variants and extra outputs (issue 15) -------------------------------------------
+
+INPUT_BOX = """
+units metal
+atom_style {atom_style}
+lattice fcc 5.26
+region box block 0 2 0 2 0 2
+create_box 2 box
+create_atoms 1 box
+mass * 39.948
+{before}
+pair_style atomplug {model} {keywords}
+pair_coeff * * {elements}
+{after}
+run 0
+"""
+
+# case: (model, atom_style, pair_style keywords, commands before, commands after, ranks, expected)
+INPUT_CASES = {
+    "charges-with-atom-style-atomic": (
+        "coulomb",
+        "atomic",
+        "",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: the model 'cut-coulomb' needs per-atom charges \(input charges\), but "
+        r"atom_style atomic has none: use atom_style charge \(or full\) and set the charges",
+    ),
+    "total-charge-without-keyword": (
+        "charge_spin",
+        "atomic",
+        "spin 1",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: the model 'charge-spin-toy' needs the total charge \(input total_charge\): "
+        r"give it with the keyword charge, e\.g\. 'pair_style atomplug \S+ charge 0' \(in e, the charge unit of "
+        r"units metal\), or charge v_name for an equal-style variable",
+    ),
+    "spin-without-keyword": (
+        "charge_spin",
+        "atomic",
+        "charge 0",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: the model 'charge-spin-toy' needs the spin multiplicity \(input "
+        r"spin_multiplicity, 2S\+1\): give it with the keyword spin, e\.g\. 'pair_style atomplug \S+ spin 1'",
+    ),
+    "charge-for-a-model-without-it": (
+        "coulomb",
+        "charge",
+        "charge 0",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: keyword charge: the model 'cut-coulomb' takes no total charge \(its inputs: "
+        r"charges\); remove the keyword",
+    ),
+    "spin-for-a-model-without-it": (
+        "lj",
+        "atomic",
+        "spin 1",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: keyword spin: the model '.*' takes no spin multiplicity \(its inputs: "
+        r"none\); remove the keyword",
+    ),
+    "charge-not-a-number": (
+        "charge_spin",
+        "atomic",
+        "charge minus_one spin 1",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: charge must be a number or v_name \(an equal-style variable\), got "
+        r"'minus_one'",
+    ),
+    "charge-variable-missing": (
+        "charge_spin",
+        "atomic",
+        "charge v_q spin 1",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: charge v_q: there is no variable 'q': define it \(variable q equal \.\.\.\) "
+        r"before the run",
+    ),
+    "charge-variable-not-equal-style": (
+        "charge_spin",
+        "atomic",
+        "charge v_q spin 1",
+        "variable q atom x",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: charge v_q: the variable 'q' is not equal-style: define it with 'variable "
+        r"q equal \.\.\.'",
+    ),
+    "unknown-variant": (
+        "two_heads",
+        "atomic",
+        "variant ccsdt",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: variant ccsdt: the model has no variant 'ccsdt' of 'energy' \(available: "
+        r"alt\): choose one of those, or no variant",
+    ),
+    "unknown-output": (
+        "lj",
+        "atomic",
+        "outputs energy_ensemble",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: outputs: the model '.*' has no output 'energy_ensemble' \(it declares: "
+        r"energy, .*\); list some of those",
+    ),
+    "outputs-without-names": (
+        "lj",
+        "atomic",
+        "outputs device cpu",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: keyword 'outputs' needs at least one output name of the model",
+    ),
+    "uncertainty-threshold-without-uncertainty": (
+        "lj",
+        "atomic",
+        "uncertainty_threshold 0.1",
+        "",
+        "",
+        1,
+        r"ERROR: pair_style atomplug: uncertainty_threshold needs the model output 'energy_uncertainty', which "
+        r"'.*' does not declare: drop uncertainty_threshold",
+    ),
+    "fix-pair-unknown-field": (
+        "kinetic",
+        "atomic",
+        "outputs atomplug::kinetic_energy",
+        "",
+        "fix k all pair 1 atomplug kinetic 1",
+        1,
+        r"ERROR: pair_style atomplug has no per-atom output 'kinetic' \(per-atom outputs are the model's outputs "
+        r"listed with the keyword outputs, NAME\[k\] for property k of a multi-property one; here: "
+        r"atomplug::kinetic_energy\)",
+    ),
+    "velocities-on-several-ranks-without-comm-vel": (
+        "kinetic",
+        "atomic",
+        "",
+        "velocity all create 300 12345",
+        "",
+        2,
+        r"ERROR: pair_style atomplug: the model 'kinetic-toy' needs velocities \(input velocities\), also of "
+        r"ghost atoms \(atoms of other ranks, on 2 MPI ranks\), which LAMMPS communicates only with 'comm_modify "
+        r"vel yes': add that command",
+    ),
+    "per-structure-output-on-several-ranks": (
+        "uncertain",
+        "atomic",
+        "outputs energy_uncertainty",
+        "",
+        "",
+        2,
+        r"ERROR: pair_style atomplug: outputs: the model declares 'energy_uncertainty' per structure only, which "
+        r"cannot be split among 2 MPI ranks: run on one rank, or export the model with "
+        r"ModelOutput\(per_atom=True\) for it",
+    ),
+    "per-structure-uncertainty-on-several-ranks": (
+        "uncertain",
+        "atomic",
+        "uncertainty_threshold 1",
+        "",
+        "",
+        2,
+        r"ERROR: pair_style atomplug: uncertainty_threshold: the model declares 'energy_uncertainty' per "
+        r"structure only, which cannot be split among 2 MPI ranks: run on one rank, or drop "
+        r"uncertainty_threshold",
+    ),
+}
+
+# BATTERY_DRIVER on every rank of one mpiexec (each rank writes what it caught)
+INPUT_DRIVER = """
+import json
+from lammps import lammps
+
+with open("cases.json") as handle:
+    cases = json.load(handle)
+results = {}
+rank = 0
+for case, commands in cases.items():
+    lmp = lammps(cmdargs=["-log", "none", "-screen", "none"])
+    rank = lmp.extract_setting("world_rank")
+    try:
+        lmp.commands_string(commands)
+        results[case] = None
+    except Exception as error:  # LAMMPS' own error, raised into Python on every rank
+        results[case] = str(error)
+    lmp.close()
+with open(f"results-{rank}.json", "w") as handle:
+    json.dump(results, handle)
+"""
+
+INPUT_ELEMENTS = {"coulomb": "Na Cl", "charge_spin": "C O", "kinetic": "Ar O", "lj": "Ar Ar", "two_heads": "Ar Ar"}
+INPUT_ELEMENTS["uncertain"] = "Ar Ar"
+
+
+@pytest.fixture(scope="module")
+def input_errors(tmp_path_factory, plugin, lj_model_path):
+    """Each case in a fresh LAMMPS instance of one Python session (one rank), or of one session
+    under `mpiexec -n 2` for the cases that need several ranks."""
+    import subprocess
+    import sys
+
+    from lammps_harness import MPIEXEC, environment
+    from test_lammps_inputs import export_two_heads
+
+    from atomplug.examples.coulomb import export_coulomb
+    from atomplug.examples.inputs import export_charge_spin, export_kinetic
+
+    directory = tmp_path_factory.mktemp("lammps-input-errors")
+    models = {"lj": lj_model_path}
+    for name, export_model in (
+        ("coulomb", export_coulomb),
+        ("charge_spin", export_charge_spin),
+        ("kinetic", export_kinetic),
+        ("two_heads", export_two_heads),
+        ("uncertain", lambda path: export_two_heads(path, uncertainty=False, scale=0.1)),
+    ):
+        models[name] = str(directory / f"{name}.pt")
+        export_model(models[name])
+    results = {}
+    for ranks in (1, 2):
+        cases = {
+            case: INPUT_BOX.format(
+                atom_style=atom_style,
+                before=before,
+                model=models[model],
+                keywords=keywords,
+                elements=INPUT_ELEMENTS[model],
+                after=after,
+            )
+            for case, (model, atom_style, keywords, before, after, case_ranks, _) in INPUT_CASES.items()
+            if case_ranks == ranks
+        }
+        workdir = directory / f"ranks-{ranks}"
+        workdir.mkdir()
+        with open(workdir / "cases.json", "w") as handle:
+            json.dump(cases, handle)
+        with open(workdir / "driver.py", "w") as handle:
+            handle.write(INPUT_DRIVER)
+        command = [sys.executable, "driver.py"]
+        if ranks > 1:
+            command = [MPIEXEC, "-n", str(ranks)] + command
+        run = subprocess.run(command, cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        with open(workdir / "results-0.json") as handle:
+            results.update(json.load(handle))
+    return results
+
+
+@pytest.mark.parametrize("case", list(INPUT_CASES))
+def test_input_variant_and_output_errors(input_errors, case):
+    message = input_errors[case]
+    assert message is not None, f"LAMMPS accepted {case}"
+    assert re.search(INPUT_CASES[case][-1], " ".join(message.split())), message

@@ -43,6 +43,7 @@ LAMMPS_ORDER = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]  # xx yy zz xy x
 # LAMMPS' Coulomb constants (force.cpp qqr2e): units metal in eV*A/e^2, units real in kcal/mol*A/e^2
 QQR2E = {"metal": 14.399645, "real": 332.06371}
 CUTOFF = 6.0
+FAST = {"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"}  # short runs: skip TorchScript's profiling passes
 
 
 # ---- charges: the Coulomb example vs LAMMPS coul/cut ---------------------------------------------
@@ -116,7 +117,7 @@ def coulomb_runs(tmp_path_factory, plugin):
         coulomb_block(f"native-{units}-{box}", units, f"{box}.data", f"coul/cut {CUTOFF}", "* *")
         for units, box in cases
     )
-    run_lmp(directory, native, 1, name="in.native")
+    run_lmp(directory, native, 1, name="in.native", env=FAST)
     for nprocs in (1, 2, 4):
         text = "".join(
             coulomb_block(
@@ -124,7 +125,7 @@ def coulomb_runs(tmp_path_factory, plugin):
             )
             for units, box in cases
         )
-        run_lmp(directory, text, nprocs, name=f"in.model-{nprocs}")
+        run_lmp(directory, text, nprocs, name=f"in.model-{nprocs}", env=FAST)
     return directory, read_values(directory / "values.txt")
 
 
@@ -182,7 +183,7 @@ run 0
 undump d
 print "{name} pe=$(pe:%.17g) vol=$(vol:%.17g) pxx=$(c_pv[1]:%.17g) pyy=$(c_pv[2]:%.17g) pzz=$(c_pv[3]:%.17g) pxy=$(c_pv[4]:%.17g) pxz=$(c_pv[5]:%.17g) pyz=$(c_pv[6]:%.17g)" append values.txt screen no
 """
-        run_lmp(directory, text, nprocs, name=f"in.charge-spin-{nprocs}")
+        run_lmp(directory, text, nprocs, name=f"in.charge-spin-{nprocs}", env=FAST)
     return directory, model, read_values(directory / "values.txt")
 
 
@@ -243,11 +244,13 @@ def kinetic_runs(tmp_path_factory, plugin):
     directory = tmp_path_factory.mktemp("lammps-kinetic")
     model = str(directory / "kinetic.pt")
     export_kinetic(model)
-    for units in ("metal", "real"):
-        for nprocs in (1, 2):
+    for nprocs in (1, 2):
+        text = ""
+        for units in ("metal", "real"):
             label = f"{units}-{nprocs}"
             # two types of different mass, so that masses per type are read per atom
-            text = f"""
+            text += f"""
+clear
 units {units}
 lattice fcc 5.26
 region box block 0 2 0 2 0 2
@@ -270,7 +273,7 @@ dump_modify d sort id format float %.17g
 run 0
 print "{label} ke=$(c_ke:%.17g) pair=$(c_pair[1]:%.17g)" append values.txt screen no
 """
-            run_lmp(directory, text, nprocs, name=f"in.kinetic-{label}")
+        run_lmp(directory, text, nprocs, name=f"in.kinetic-{nprocs}", env=FAST)
     mvv2e = dict(line.split() for line in run_python(directory, MVV2E_DRIVER).stdout.split("\n") if line.strip())
     return directory, read_values(directory / "values.txt"), {k: float(v) for k, v in mvv2e.items()}
 
@@ -308,8 +311,9 @@ def test_kinetic_energy_from_masses_and_velocities(kinetic_runs, units, nprocs):
 
 
 class TwoHeads(torch.nn.Module):
-    """eps_head (1 - r/rc)^2 per pair for each head (energy, energy/alt), half to each atom;
-    optionally an energy_uncertainty = scale * |energy| (per atom, or per structure only)."""
+    """eps_head (1 - r/rc)^2 per pair for each head (energy, energy/alt), half to each atom; a
+    3-property output test::triple (and its variant test::triple/alt) = (1, 2, 3) x that head's
+    energy; optionally an energy_uncertainty = scale * energy (per atom, or per structure only)."""
 
     def __init__(self, strengths: Dict[str, float], uncertainty_scale: float = 0.0):
         super().__init__()
@@ -336,6 +340,10 @@ class TwoHeads(torch.nn.Module):
         for name, strength in self.strengths.items():
             if name in outputs:
                 results[name] = self._shaped(atomics, strength, outputs[name].per_atom)
+            triple = "test::triple" + name[len("energy") :]
+            if triple in outputs:
+                single = self._shaped(atomics, strength, outputs[triple].per_atom)
+                results[triple] = torch.cat([single, 2.0 * single, 3.0 * single], dim=1)
         if "energy_uncertainty" in outputs:
             strength = self.uncertainty_scale * self.strengths["energy"]
             results["energy_uncertainty"] = self._shaped(atomics, strength, outputs["energy_uncertainty"].per_atom)
@@ -353,6 +361,8 @@ def export_two_heads(path: str, uncertainty: Optional[bool] = None, scale: float
     outputs = {
         "energy": ModelOutput(quantity="energy", unit="eV", per_atom=True),
         "energy/alt": ModelOutput(quantity="energy", unit="eV", per_atom=True),
+        "test::triple": ModelOutput(quantity="energy", unit="eV", per_atom=True, properties=["a", "b", "c"]),
+        "test::triple/alt": ModelOutput(quantity="energy", unit="eV", per_atom=True, properties=["a", "b", "c"]),
     }
     if uncertainty is not None:
         outputs["energy_uncertainty"] = ModelOutput(quantity="energy", unit="eV", per_atom=uncertainty)
@@ -374,32 +384,55 @@ displace_atoms all random 0.1 0.1 0.1 4185
 """
 
 
-def test_variant_gives_the_variant_energy_and_forces(tmp_path, plugin):
-    model = str(tmp_path / "two-heads.pt")
+@pytest.fixture(scope="module")
+def variant_runs(tmp_path_factory, plugin):
+    """The two-headed model without and with `variant alt`, with its 3-property output, on 2 ranks."""
+    directory = tmp_path_factory.mktemp("lammps-variant")
+    model = str(directory / "two-heads.pt")
     export_two_heads(model)
     text = ""
     for label, keywords in (("plain", ""), ("alt", "variant alt")):
         text += f"""
 clear
 {ARGON}
-pair_style atomplug {model} {keywords}
+pair_style atomplug {model} {keywords} outputs test::triple
 pair_coeff * * Ar
 compute pv all pressure NULL virial
-dump d all custom 1 {label}.dump id fx fy fz
+compute pe all pe/atom
+compute triple all pair atomplug
+fix triple all pair 1 atomplug test::triple[1] 1 test::triple[2] 1 test::triple[3] 1
+dump d all custom 1 {label}.dump id fx fy fz c_pe f_triple[1] f_triple[2] f_triple[3]
 dump_modify d sort id format float %.17g
 run 0
-print "{label} pe=$(pe:%.17g) pxx=$(c_pv[1]:%.17g) pxy=$(c_pv[4]:%.17g)" append values.txt screen no
+print "{label} pe=$(pe:%.17g) pxx=$(c_pv[1]:%.17g) pxy=$(c_pv[4]:%.17g) t1=$(c_triple[1]:%.17g) t2=$(c_triple[2]:%.17g) t3=$(c_triple[3]:%.17g)" append values.txt screen no
 """
-    result = run_lmp(tmp_path, text)
-    assert "variant alt: energy from 'energy/alt'" in result.stdout
-    values = read_values(tmp_path / "values.txt")
+    result = run_lmp(directory, text, 2, env=FAST)
+    dumps = {label: read_dump(directory / f"{label}.dump") for label in ("plain", "alt")}
+    return result.stdout, read_values(directory / "values.txt"), dumps
+
+
+def test_variant_gives_the_variant_energy_and_forces(variant_runs):
+    stdout, values, dumps = variant_runs
+    assert "variant alt: energy from 'energy/alt'" in stdout
+    assert "output 'test::triple/alt': compute pair vector entries 1-3, per atom with fix pair" in stdout
     ratio = 0.7 / 0.3
     assert values["plain"]["pe"] > 1.0
     for key in ("pe", "pxx", "pxy"):
         assert abs(values["alt"][key] - ratio * values["plain"][key]) <= 1e-12 * abs(values["alt"][key])
-    forces = [read_dump(tmp_path / f"{label}.dump") for label in ("plain", "alt")]
-    forces = [np.stack([d[c] for c in ("fx", "fy", "fz")], axis=1) for d in forces]
+    forces = [np.stack([dumps[label][c] for c in ("fx", "fy", "fz")], axis=1) for label in ("plain", "alt")]
     assert relative_difference(forces[1], ratio * forces[0]) <= 1e-12
+    assert relative_difference(dumps["alt"]["c_pe"], ratio * dumps["plain"]["c_pe"]) <= 1e-12
+
+
+@pytest.mark.parametrize("label", ["plain", "alt"])
+def test_multi_property_output_per_atom_and_summed(variant_runs, label):
+    """test::triple = (1, 2, 3) x the head's per-atom energy: fix pair's three fields and compute
+    pair's three entries (summed over 2 ranks), in the chosen variant."""
+    _, values, dumps = variant_runs
+    dump = dumps[label]
+    for k in (1, 2, 3):
+        assert relative_difference(dump[f"f_triple[{k}]"], k * dump["c_pe"]) <= 1e-12
+        assert abs(values[label][f"t{k}"] - k * values[label]["pe"]) <= 1e-12 * abs(values[label]["pe"])
 
 
 # ---- uncertainty_threshold ----------------------------------------------------------------------
@@ -434,7 +467,7 @@ def test_uncertainty_threshold_warns_once_per_step(tmp_path, plugin):
     model = str(tmp_path / "uncertain.pt")
     export_two_heads(model, uncertainty=False, scale=0.1)
     text = uncertainty_input(model, "outputs energy_uncertainty uncertainty_threshold 0.01", 3)
-    result = run_lmp(tmp_path, text)
+    result = run_lmp(tmp_path, text, env=FAST)
     output = " ".join(result.stdout.split())  # LAMMPS wraps long lines
     warnings = WARNING.findall(output)
     assert [int(w[2]) for w in warnings] == [0, 1, 2, 3], result.stdout[-3000:]
@@ -454,8 +487,10 @@ def test_uncertainty_threshold_stop_ends_the_run_at_the_step(tmp_path, plugin):
     value and the atom with the largest share."""
     model = str(tmp_path / "uncertain.pt")
     export_two_heads(model, uncertainty=True, scale=0.1)
-    steps = 12
-    first = run_lmp(tmp_path, uncertainty_input(model, "outputs energy_uncertainty", steps), 2, name="in.values")
+    steps = 6
+    first = run_lmp(
+        tmp_path, uncertainty_input(model, "outputs energy_uncertainty", steps), 2, name="in.values", env=FAST
+    )
     series = [
         float(line.split()[2]) for line in first.stdout.splitlines() if re.match(r"^\s+\d+\s+\S+\s+\S+\s*$", line)
     ]
@@ -463,7 +498,7 @@ def test_uncertainty_threshold_stop_ends_the_run_at_the_step(tmp_path, plugin):
     stop_at = next(k for k in range(1, steps + 1) if series[k] > max(series[:k]) * (1 + 1e-6))
     threshold = 0.5 * (max(series[:stop_at]) + series[stop_at])
     text = uncertainty_input(model, f"uncertainty_threshold {threshold!r} stop", steps)
-    result = run_lmp(tmp_path, text, 2, name="in.stop", check=False)
+    result = run_lmp(tmp_path, text, 2, name="in.stop", check=False, env=FAST)
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1, output[-3000:]
     assert re.search(
@@ -474,3 +509,34 @@ def test_uncertainty_threshold_stop_ends_the_run_at_the_step(tmp_path, plugin):
     ), output[-3000:]
     value = float(re.search(r"energy uncertainty (\S+) eV exceeds", output).group(1))
     assert value == pytest.approx(series[stop_at], rel=1e-3)
+
+
+# ---- atomplug crosscheck's LAMMPS single point: inputs from the Atoms -------------------------------
+
+
+@pytest.mark.parametrize("kind", ["charges", "charge-spin", "masses-velocities"])
+def test_single_point_reads_the_inputs_from_the_atoms(tmp_path, plugin, kind):
+    """`evaluate_with_lammps` (crosscheck) on 2 ranks, a rotated cell (LAMMPS' orientation and back)
+    vs `ModelRunner` on the same Atoms: charges, info["charge"]/["spin"], masses and velocities."""
+    from atomplug.examples.coulomb import export_coulomb
+    from atomplug.examples.inputs import export_charge_spin, export_kinetic
+    from atomplug.lammps_plugin.single_point import evaluate_with_lammps
+
+    model = str(tmp_path / "model.pt")
+    if kind == "charges":
+        export_coulomb(model, cutoff=CUTOFF, coulomb_constant=QQR2E["metal"])
+        atoms = rock_salt(triclinic=True)
+    else:
+        (export_charge_spin if kind == "charge-spin" else export_kinetic)(model)
+        atoms = hco_liquid(n_molecules=12, seed=41)
+        atoms.info.update(charge=-1.0, spin=2.0)
+        atoms.set_velocities(np.random.default_rng(2).normal(scale=0.02, size=(len(atoms), 3)))  # A/asetime
+    atoms.rotate(25, "z", rotate_cell=True)
+    atoms.rotate(10, "x", rotate_cell=True)
+    result = evaluate_with_lammps(model, atoms, str(tmp_path), ranks=2)
+    reference = ModelRunner(model).run([atoms], ["energy"], forces=True, virial=True, use_cache=False)
+    energy = reference["energy"][0, 0]
+    assert abs(result["energy"] - energy) <= TOLERANCE * abs(energy)
+    assert relative_difference(result["forces"], reference["forces"]) <= TOLERANCE
+    # the virial comes back through LAMMPS' printed pressure: its nktv2p (asked from LAMMPS) undoes it
+    assert relative_difference(result["virial"], reference["virial"][0]) <= TOLERANCE
