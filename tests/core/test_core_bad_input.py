@@ -45,6 +45,8 @@ from atomplug.core import (
     export,
     load_model,
 )
+from atomplug.core.runner import Structure
+from atomplug.core.units import engine_quantity_units
 
 
 def one_line(message: str) -> None:
@@ -457,3 +459,377 @@ def test_fragile_model_message_is_the_models(tmp_path):
     message = str(caught.value)
     one_line(message)
     assert message.startswith(f"the model's own code raised RuntimeError: {FRAGILE_MESSAGE} (the model refuses")
+
+
+# ---- model inputs and variants (issue 15) ---------------------------------------------------------
+
+
+class InputModel(torch.nn.Module):
+    """Requests `requested` (name -> ModelOutput) and returns energy = sum of the input `read`."""
+
+    def __init__(self, requested, read: str = "charges"):
+        super().__init__()
+        self.requested = requested
+        self.read = read
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+        return []
+
+    def requested_inputs(self):
+        return self.requested
+
+    def forward(
+        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+    ) -> Dict[str, Tensor]:
+        return {
+            "energy": torch.stack([s.get_input(self.read).sum() + 0.0 * s.positions.sum() for s in systems]).reshape(
+                -1, 1
+            )
+        }
+
+
+def export_input_model(path, requested, read="charges", inputs=None, outputs=None):
+    capabilities = ModelCapabilities(
+        outputs=outputs or {"energy": ModelOutput("energy", "eV")},
+        atomic_types=[1, 8],
+        interaction_range=0.0,
+        inputs=inputs or {},
+    )
+    export(InputModel(requested, read), str(path), capabilities, ModelMetadata(name="inputs"))
+    return str(path)
+
+
+CHARGES = {"charges": ModelOutput("charge", "e", True)}
+EXPORTS = {
+    # case: (keyword arguments of export_input_model, problem, fix)
+    "unknown-input-name": (
+        dict(requested={"charge": ModelOutput("charge", "e", True)}),
+        r"requested input 'charge' is unknown: models may request masses, velocities, charges, total_charge, "
+        r"spin_multiplicity",
+        r"fix the model's requested_inputs\(\)",
+    ),
+    "wrong-input-quantity": (
+        dict(requested={"charges": ModelOutput("energy", "eV", True)}),
+        r"requested input 'charges' has quantity 'charge', not 'energy'",
+        r"declare ModelOutput\(quantity='charge', unit=\.\.\.\)",
+    ),
+    "per-structure-input-declared-per-atom": (
+        dict(requested={"total_charge": ModelOutput("charge", "e", True)}, read="total_charge"),
+        r"requested input 'total_charge' is per structure",
+        r"declare it with per_atom=False",
+    ),
+    "per-atom-input-declared-per-structure": (
+        dict(requested={"charges": ModelOutput("charge", "e", False)}),
+        r"requested input 'charges' is per atom",
+        r"declare it with per_atom=True",
+    ),
+    "charges-in-eV": (
+        dict(requested={"charges": ModelOutput("charge", "eV", True)}),
+        r"requested input 'charges': unit 'eV' is not a charge unit \(it is energy\)",
+        r"declare the charge unit of the values the model wants, e\.g\. 'e'",
+    ),
+    "velocities-in-Angstrom": (
+        dict(requested={"velocities": ModelOutput("velocity", "Angstrom", True)}, read="velocities"),
+        r"requested input 'velocities': unit 'Angstrom' is not a velocity unit \(it is length\)",
+        r"e\.g\. 'Angstrom/fs'",
+    ),
+    "input-properties": (
+        dict(requested={"velocities": ModelOutput("velocity", "Angstrom/fs", True, ["a"])}, read="velocities"),
+        r"requested input 'velocities' has the properties \['x', 'y', 'z'\], not \['a'\]",
+        r"leave properties out",
+    ),
+    "not-a-model-output": (
+        dict(requested={"charges": ("charge", "e", True)}),
+        r"requested_inputs\(\) must map names to ModelOutput objects, got tuple for 'charges'",
+        r"ModelOutput",
+    ),
+    "capabilities-disagree-with-requested-inputs": (
+        dict(requested=CHARGES, inputs={"charges": ModelOutput("charge", "C", True)}),
+        r"ModelCapabilities\.inputs and the module's requested_inputs\(\) disagree",
+        r"declare the inputs in one place",
+    ),
+    "input-not-requested": (
+        dict(requested=CHARGES, read="masses"),
+        r"the model did not request the input 'masses' \(it requested: charges\)",
+        r"add it to the model's requested_inputs\(\) and export it again",
+    ),
+    "empty-variant": (
+        dict(requested={}, read="charges", outputs={"energy/": ModelOutput("energy", "eV")}),
+        r"output name 'energy/': an empty variant after '/'",
+        r"name variants '<output>/<variant>', e\.g\. 'energy/ccsdt'",
+    ),
+    "two-variants": (
+        dict(requested={}, outputs={"energy/a/b": ModelOutput("energy", "eV")}),
+        r"output name 'energy/a/b': more than one '/'",
+        r"name variants '<output>/<variant>'",
+    ),
+    "per-atom-as-variant": (
+        dict(requested={}, outputs={"energy/per_atom": ModelOutput("energy", "eV")}),
+        r"output name 'energy/per_atom': 'per_atom' is not a variant name",
+        r"name variants '<output>/<variant>'",
+    ),
+    "variant-with-a-space": (
+        dict(requested={}, outputs={"energy/a b": ModelOutput("energy", "eV")}),
+        r"output name 'energy/a b': characters other than letters, digits and _ - \. \+",
+        r"name variants '<output>/<variant>'",
+    ),
+    "variant-without-a-name": (
+        dict(requested={}, outputs={"/a": ModelOutput("energy", "eV")}),
+        r"output name '/a' is neither standard \(energy, .*\) nor namespaced",
+        r"call it '<vendor>::<name>' \(variants: '<output>/<variant>'\)",
+    ),
+    "energy-variant-of-another-quantity": (
+        dict(requested={}, outputs={"energy/x": ModelOutput("length", "Angstrom")}),
+        r"output 'energy/x' must have quantity 'energy', not 'length'",
+        r"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPORTS))
+def test_bad_inputs_and_variants_at_export(case, tmp_path):
+    arguments, problem, fix = EXPORTS[case]
+    with pytest.raises(ValueError) as caught:
+        export_input_model(tmp_path / "m.pt", **arguments)
+    message = str(caught.value)
+    one_line(message)
+    assert re.search(problem, message) and re.search(fix, message), message
+    assert os.listdir(tmp_path) == [], "a failed export wrote something"
+
+
+ALL_INPUTS = {
+    "masses": ModelOutput("mass", "amu", True),
+    "velocities": ModelOutput("velocity", "Angstrom/fs", True),
+    "charges": ModelOutput("charge", "e", True),
+    "total_charge": ModelOutput("charge", "e", False),
+    "spin_multiplicity": ModelOutput("", "", False),
+}
+
+
+@pytest.fixture(scope="module")
+def all_inputs_model(tmp_path_factory):
+    return load_model(export_input_model(tmp_path_factory.mktemp("inputs") / "all.pt", ALL_INPUTS))
+
+
+def water_with_inputs() -> Atoms:
+    atoms = Atoms("OH2", positions=[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    atoms.set_initial_charges([-0.8, 0.4, 0.4])
+    atoms.set_velocities([[0.01, 0.0, 0.0], [0.0, 0.02, 0.0], [0.0, 0.0, 0.03]])
+    atoms.info["charge"] = 0.0
+    atoms.info["spin"] = 1.0
+    return atoms
+
+
+def good_inputs(atoms: Atoms) -> Dict[str, Tensor]:
+    return {
+        "masses": torch.tensor(atoms.get_masses()),
+        "velocities": torch.tensor(atoms.get_velocities()),
+        "charges": torch.tensor(atoms.get_initial_charges()),
+        "total_charge": torch.tensor([0.0], dtype=torch.float64),
+        "spin_multiplicity": torch.tensor([1.0], dtype=torch.float64),
+    }
+
+
+def nan_at(values: Tensor, index: int) -> Tensor:
+    values = values.clone()
+    values.view(-1)[index] = float("nan")
+    return values
+
+
+ENTRY_INPUTS = {
+    # case: (inputs from good ones (None: none at all), quantity_units from ASE's, problem, fix)
+    "no-inputs-at-all": (
+        lambda good: None,
+        lambda units: units,
+        r"the model needs the input '\w+', which the engine did not give",
+        r"see the engine's documentation for how to supply it",
+    ),
+    "missing-charges": (
+        lambda good: {k: v for k, v in good.items() if k != "charges"},
+        lambda units: units,
+        r"the model needs the input 'charges', which the engine did not give",
+        r"see the engine's documentation",
+    ),
+    "charges-with-two-columns": (
+        lambda good: dict(good, charges=torch.zeros((3, 2), dtype=torch.float64)),
+        lambda units: units,
+        r"the input 'charges' has shape \[3, 2\], expected \[3, 1\] \(per atom\)",
+        r"",
+    ),
+    "charges-of-another-atom-count": (
+        lambda good: dict(good, charges=torch.zeros(4, dtype=torch.float64)),
+        lambda units: units,
+        r"the input 'charges' has shape \[4, 1\], expected \[3, 1\] \(per atom\)",
+        r"",
+    ),
+    "velocities-flat": (
+        lambda good: dict(good, velocities=torch.zeros(3, dtype=torch.float64)),
+        lambda units: units,
+        r"the input 'velocities' has shape \[3\], expected \[3, 3\] \(per atom\)",
+        r"",
+    ),
+    "total-charge-per-atom": (
+        lambda good: dict(good, total_charge=torch.zeros(3, dtype=torch.float64)),
+        lambda units: units,
+        r"the input 'total_charge' has shape \[3, 1\], expected \[1, 1\] \(per structure\)",
+        r"",
+    ),
+    "nan-charge": (
+        lambda good: dict(good, charges=nan_at(good["charges"], 1)),
+        lambda units: units,
+        r"the input 'charges' holds NaN or infinite values",
+        r"give finite values",
+    ),
+    "infinite-velocity": (
+        lambda good: dict(good, velocities=good["velocities"] / 0.0),
+        lambda units: units,
+        r"the input 'velocities' holds NaN or infinite values",
+        r"give finite values",
+    ),
+    "nan-spin": (
+        lambda good: dict(good, spin_multiplicity=torch.tensor([float("nan")], dtype=torch.float64)),
+        lambda units: units,
+        r"the input 'spin_multiplicity' holds NaN or infinite values",
+        r"give finite values",
+    ),
+    "no-quantity-units": (
+        lambda good: good,
+        lambda units: None,
+        r"the engine gave no unit of (mass|velocity|charge) \(quantity_units\) for the input '\w+'",
+        r"",
+    ),
+    "no-charge-unit": (
+        lambda good: good,
+        lambda units: {k: v for k, v in units.items() if k != "charge"},
+        r"the engine gave no unit of charge \(quantity_units\) for the input 'charges'",
+        r"",
+    ),
+    "charge-unit-of-energy": (
+        lambda good: good,
+        lambda units: dict(units, charge="eV"),
+        r"cannot convert 'eV' \(energy\) to 'e' \(charge\)",
+        r"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_INPUTS))
+def test_bad_inputs_at_the_entry_point(case, all_inputs_model):
+    """What C++ engines rely on: the archive itself checks the inputs it is given."""
+    make_inputs, make_units, problem, fix = ENTRY_INPUTS[case]
+    atoms = water_with_inputs()
+    with pytest.raises(torch.jit.Error) as caught:
+        all_inputs_model.module(
+            torch.tensor(atoms.positions),
+            torch.tensor(atoms.numbers, dtype=torch.int32),
+            torch.zeros((1, 3, 3), dtype=torch.float64),
+            torch.zeros((1, 3), dtype=torch.bool),
+            torch.tensor([len(atoms)]),
+            [],
+            [],
+            ["energy"],
+            None,
+            "energy",
+            True,
+            False,
+            False,
+            "Angstrom",
+            "eV",
+            False,
+            make_inputs(good_inputs(atoms)),
+            make_units(engine_quantity_units("ase")),
+        )
+    message = str(caught.value).strip().splitlines()[-1]
+    assert message.startswith("builtins.ValueError: ")
+    assert re.search(problem, message) and re.search(fix, message), message
+
+
+def without(atoms: Atoms, what: str) -> Atoms:
+    atoms = atoms.copy()
+    if what == "charges":
+        atoms.arrays.pop("initial_charges")
+    else:
+        atoms.info.pop(what)
+    return atoms
+
+
+def with_info(atoms: Atoms, **info) -> Atoms:
+    atoms.info.update(info)
+    return atoms
+
+
+RUNNER_INPUTS = {
+    # case: (structures, problem, fix)
+    "atoms-without-charges": (
+        lambda: [without(water_with_inputs(), "charges")],
+        r"the model needs per-atom charges and these atoms have none",
+        r"set them with atoms\.get_initial_charges\(\) \(set with atoms\.set_initial_charges",
+    ),
+    "atoms-without-total-charge": (
+        lambda: [without(water_with_inputs(), "charge")],
+        r"the model needs the total charge and atoms\.info has no 'charge'",
+        r'set atoms\.info\["charge"\]',
+    ),
+    "atoms-without-spin": (
+        lambda: [without(water_with_inputs(), "spin")],
+        r"the model needs the spin multiplicity and atoms\.info has no 'spin'",
+        r'set atoms\.info\["spin"\] \(the spin multiplicity 2S\+1: 1 for a singlet\)',
+    ),
+    "spin-that-is-not-a-number": (
+        lambda: [with_info(water_with_inputs(), spin="triplet")],
+        r'atoms\.info\["spin"\] = \'triplet\' is not a number',
+        r"",
+    ),
+    "structure-without-an-input": (
+        lambda: [water_with_inputs(), Structure([8, 1, 1], water_with_inputs().positions, np.zeros((3, 3)), False)],
+        r"the model needs the input '\w+', which structure 1 does not have",
+        r"",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RUNNER_INPUTS))
+def test_bad_inputs_through_model_runner(case, all_inputs_model):
+    make, problem, fix = RUNNER_INPUTS[case]
+    with pytest.raises(ValueError) as caught:
+        ModelRunner(all_inputs_model).run(make(), ["energy"])
+    message = str(caught.value)
+    one_line(message)
+    assert re.search(problem, message) and re.search(fix, message), message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: a Structure input of the wrong size reaches numpy's reshape in "
+    "ModelRunner._input_tensors ('cannot reshape array of size 5 into shape (3,newaxis)')",
+)
+def test_structure_input_of_the_wrong_size_is_named(all_inputs_model):
+    atoms = water_with_inputs()
+    inputs = {name: values.numpy() for name, values in good_inputs(atoms).items()}
+    inputs["charges"] = np.zeros(5)
+    structure = Structure(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, inputs)
+    with pytest.raises(ValueError, match=r"input 'charges'.*5 values for 3 atoms"):
+        ModelRunner(all_inputs_model).run([structure], ["energy"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: inputs declared in ModelCapabilities.inputs alone (no requested_inputs()) keep "
+    "properties=[], so the entry point expects [n, 0] (with_requested_inputs does not normalise them)",
+)
+def test_inputs_declared_in_capabilities_alone(tmp_path):
+    class Reader(torch.nn.Module):
+        def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+            return []
+
+        def forward(
+            self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
+        ) -> Dict[str, Tensor]:
+            return {"energy": torch.stack([s.get_input("charges").sum() for s in systems]).reshape(-1, 1)}
+
+    capabilities = ModelCapabilities(
+        outputs={"energy": ModelOutput("energy", "eV")}, atomic_types=[1, 8], interaction_range=0.0, inputs=CHARGES
+    )
+    export(Reader(), str(tmp_path / "m.pt"), capabilities)
+    result = ModelRunner(str(tmp_path / "m.pt")).run([water_with_inputs()], ["energy"])
+    assert result["energy"][0, 0] == pytest.approx(0.0, abs=1e-15)
