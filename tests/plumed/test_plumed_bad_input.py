@@ -315,3 +315,21 @@ def test_charges_missing_under_plumed_driver(plugin, models_with_inputs, tmp_pat
         "charges (cmd setCharges); with `plumed driver`, give them with --mc FILE (the format DUMPMASSCHARGE writes)"
         in output
     ), output[-3000:]
+
+
+def test_single_point_inputs(models_with_inputs, tmp_path):
+    """evaluate_with_plumed (`atomplug crosscheck`): a model that needs velocities is skipped with the
+    reason; Atoms without the charges or the total charge a model needs are refused, saying where to
+    put them."""
+    from ase import Atoms
+
+    from atomplug.plumed_cv.single_point import evaluate_with_plumed
+
+    atoms = Atoms(numbers=[1, 8, 1], positions=[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    result = evaluate_with_plumed(models_with_inputs["kinetic"], atoms, str(tmp_path))
+    assert result == {"skipped": "the model needs velocities, which PLUMED does not receive from the MD engine"}
+    with pytest.raises(ValueError, match=r"the model needs per-atom charges and these atoms have none: set them"):
+        evaluate_with_plumed(models_with_inputs["coulomb"], atoms, str(tmp_path))
+    atoms.info["spin"] = 1
+    with pytest.raises(ValueError, match=r"the model needs the total charge and atoms.info has no 'charge'"):
+        evaluate_with_plumed(models_with_inputs["charge_spin"], atoms, str(tmp_path))

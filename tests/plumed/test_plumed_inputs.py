@@ -336,3 +336,21 @@ def test_output_variants(tmp_path, plugin, input_models):
     assert colvar["plain"][0] == pytest.approx(per_nm * distance, rel=RTOL, abs=0.0)
     assert colvar["f"][0] == pytest.approx(2.0 * distance, rel=RTOL, abs=0.0)
     assert_close(runs["e"][1], 3.0 * per_nm * runs["ref"][1], rtol=RTOL, what="forces")
+
+
+def test_single_point_variant(tmp_path, plugin, input_models):
+    """evaluate_with_plumed(variant=...) (`atomplug crosscheck --variant`): the energy of that variant,
+    and the archive's error for an unknown one."""
+    rng = np.random.default_rng(6)
+    atoms = Atoms(numbers=[6, 8, 1], positions=rng.uniform(0.0, 6.0, (3, 3)))
+    vector = atoms.positions[1] - atoms.positions[0]
+    distance = float(np.linalg.norm(vector))
+    (tmp_path / "ccsdt").mkdir()
+    result = evaluate_with_plumed(input_models["variants"], atoms, str(tmp_path / "ccsdt"), variant="ccsdt")
+    assert result["energy"] == pytest.approx(3.0 * distance, rel=RTOL, abs=0.0)
+    expected = np.zeros((3, 3))
+    expected[0], expected[1] = 3.0 * vector / distance, -3.0 * vector / distance
+    assert_close(result["forces"], expected, rtol=RTOL, what="forces")
+    (tmp_path / "pbe").mkdir()
+    with pytest.raises(RuntimeError, match=r"the model has no variant 'pbe' of 'energy' \(available: ccsdt\)"):
+        evaluate_with_plumed(input_models["variants"], atoms, str(tmp_path / "pbe"), variant="pbe")
