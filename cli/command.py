@@ -50,6 +50,18 @@ def command_info(args: argparse.Namespace) -> None:
         per_atom = ", per atom" if output.per_atom else ""
         properties = f", {len(output.properties)} properties" if output.properties else ""
         print(f"  {name:<22} {quantity}{unit}{per_atom}{properties}")
+    variants = caps.variants()
+    if variants:
+        print("variants       (choose one with variant= / --variant / OUTPUT=<name>/<variant>)")
+        for name, names in variants.items():
+            print(f"  {name}: {', '.join(names)}")
+    print("inputs")
+    if not caps.inputs:
+        print("  (none: positions, types and cell only)")
+    for name, value in caps.inputs.items():
+        unit = f" [{value.unit}]" if value.unit else ""
+        quantity = value.quantity or "(no unit)"
+        print(f"  {name:<22} {quantity}{unit}, {'per atom' if value.per_atom else 'per structure'}")
     print("neighbor lists")
     requests = model.neighbor_requests(caps.length_unit)
     if not requests:
@@ -104,20 +116,25 @@ def command_eval(args: argparse.Namespace) -> None:
         runner = ModelRunner(model, device=args.device)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    try:
+        energy = runner.output_name("energy", args.variant)
+    except ValueError as error:
+        raise CommandError(f"--variant: {error}") from None
+    _set_total_charge_and_spin(frames, runner.input_names, args.charge, args.spin)
     progress = tqdm(total=len(frames), unit="structure", disable=args.quiet or None, file=sys.stderr)
     results = []
     try:
         for start in range(0, len(frames), args.batch_size):
             batch = frames[start : start + args.batch_size]
             try:
-                output = runner.run(batch, ["energy"], forces=True, virial=True)
+                output = runner.run(batch, [energy], forces=True, virial=True, gradient_output=energy)
             except ValueError as error:
-                raise CommandError(_first_failure(runner, batch, start, error)) from None
+                raise CommandError(_first_failure(runner, batch, start, error, energy)) from None
             offset = 0
             for index, atoms in enumerate(batch):
                 n_atoms = len(atoms)
                 result = {
-                    "energy": float(output["energy"][index, 0]),
+                    "energy": float(output[energy][index, 0]),
                     "forces": output["forces"][offset : offset + n_atoms].copy(),
                 }
                 if atoms.pbc.all():
@@ -151,12 +168,30 @@ def command_eval(args: argparse.Namespace) -> None:
     )
 
 
-def _first_failure(runner, batch: list, start: int, error: ValueError) -> str:
+def _set_total_charge_and_spin(frames: list, input_names, charge, spin) -> None:
+    """--charge / --spin into every frame's info (where ASE and the model's runner read them);
+    refused when the model does not read them, so that a flag never silently does nothing."""
+    for value, key, name, flag in (
+        (charge, "charge", "total_charge", "--charge"),
+        (spin, "spin", "spin_multiplicity", "--spin"),
+    ):
+        if value is None:
+            continue
+        if name not in input_names:
+            raise CommandError(
+                f"{flag} is for models that request {name}, and this one requests "
+                f"{', '.join(input_names) or 'no inputs'}: leave {flag} out"
+            )
+        for atoms in frames:
+            atoms.info[key] = value
+
+
+def _first_failure(runner, batch: list, start: int, error: ValueError, energy: str = "energy") -> str:
     """Which structure of a failed batch fails, and why: each alone, for a message naming it."""
     if len(batch) > 1:
         for index, atoms in enumerate(batch):
             try:
-                runner.run([atoms], ["energy"], forces=True, virial=True, use_cache=False)
+                runner.run([atoms], [energy], forces=True, virial=True, gradient_output=energy, use_cache=False)
             except ValueError as single:
                 return f"structure {start + index}: {single}"
     return f"structure {start}: {error}" if len(batch) == 1 else f"structures {start}-{start + len(batch) - 1}: {error}"
@@ -176,6 +211,18 @@ def _export_named_example(name: str, path: str, source: Optional[str]) -> None:
         from atomplug.examples.message_passing import export_message_passing
 
         export_message_passing(path)
+    elif name == "coulomb":
+        from atomplug.examples.coulomb import export_coulomb
+
+        export_coulomb(path)
+    elif name == "charge-spin":
+        from atomplug.examples.inputs import export_charge_spin
+
+        export_charge_spin(path)
+    elif name == "kinetic":
+        from atomplug.examples.inputs import export_kinetic
+
+        export_kinetic(path)
     else:
         if source is None:
             raise CommandError(
@@ -241,7 +288,7 @@ def command_crosscheck(args: argparse.Namespace) -> None:
 
     from .crosscheck import ENGINES, crosscheck, format_report, plot_report
 
-    _load(args.model)  # a missing or foreign model is bad input, reported before any engine starts
+    model = _load(args.model)  # a missing or foreign model is bad input, reported before any engine starts
     if not os.path.exists(args.structure):
         raise CommandError(f"structure file {args.structure!r} does not exist")
     try:
@@ -250,6 +297,11 @@ def command_crosscheck(args: argparse.Namespace) -> None:
         raise CommandError(f"could not read {args.structure!r} with ASE: {error}") from None
     if isinstance(atoms, list):
         raise CommandError(f"--index {args.index!r} selects {len(atoms)} frames; crosscheck takes one (e.g. --index 0)")
+    try:
+        model.variant_output("energy", args.variant)
+    except ValueError as error:
+        raise CommandError(f"--variant: {error}") from None
+    _set_total_charge_and_spin([atoms], model.input_names, args.charge, args.spin)
     engines = [name.strip() for name in args.engines.split(",") if name.strip()]
     unknown = [name for name in engines if name not in ENGINES]
     if unknown:
@@ -276,6 +328,7 @@ def command_crosscheck(args: argparse.Namespace) -> None:
             models=models,
             structure_name=os.path.basename(args.structure),
             progress=progress,
+            variant=args.variant,
         )
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
@@ -299,6 +352,28 @@ def command_doctor(args: argparse.Namespace) -> None:
         raise CommandError("some checks failed (see above)")
 
 
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="the model's output variant, e.g. ccsdt for energy/ccsdt (see `atomplug info`)",
+    )
+    parser.add_argument(
+        "--charge",
+        type=float,
+        default=None,
+        help="total charge (e) of every structure, for a model that requests total_charge (default: each "
+        "structure's charge= from the extxyz comment line)",
+    )
+    parser.add_argument(
+        "--spin",
+        type=float,
+        default=None,
+        help="spin multiplicity 2S+1 of every structure, for a model that requests spin_multiplicity (default: "
+        "each structure's spin= from the extxyz comment line)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atomplug",
@@ -318,10 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_input_options(evaluate)
     evaluate.set_defaults(handler=command_eval)
 
     example = commands.add_parser("export-example", help="export a bundled example model")
-    example.add_argument("name", choices=["lj", "ani1x", "message-passing", "mace"])
+    example.add_argument(
+        "name",
+        choices=["lj", "ani1x", "message-passing", "coulomb", "charge-spin", "kinetic", "mace"],
+        help="lj, ani1x, message-passing; coulomb (cut Coulomb from per-atom charges), charge-spin (reads the "
+        "total charge and spin multiplicity), kinetic (reads masses and velocities); mace (wraps --from MODEL)",
+    )
     example.add_argument("path")
     example.add_argument(
         "--from", dest="source", metavar="MODEL", help="mace: the MACE model file (.model) to wrap into PATH"
@@ -366,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", help="keep the engines' input and output files here (default: a temporary directory)"
     )
     check.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    _add_input_options(check)
     check.set_defaults(handler=command_crosscheck)
 
     doctor = commands.add_parser("doctor", help="check torch, vesin, i-PI, LAMMPS and PLUMED and their plugins")

@@ -71,6 +71,8 @@ class Report:
     tolerance: float
     reference: EngineResult
     comparisons: List[Comparison] = field(default_factory=list)
+    variant: str = ""
+    inputs: List[str] = field(default_factory=list)  # the model's inputs, read from the structure
 
     @property
     def compared(self) -> List[Comparison]:
@@ -127,9 +129,10 @@ def compare(reference: EngineResult, result: EngineResult, tolerance: float) -> 
     return comparison
 
 
-def reference_with_ase(model_path: str, atoms, device: Optional[str] = None) -> EngineResult:
+def reference_with_ase(model_path: str, atoms, device: Optional[str] = None, variant: str = "") -> EngineResult:
     """The AtomplugCalculator's energy, forces and virial (from the stress when periodic, else
-    W = sum_i r_i (x) F_i, which equals the pair virial for an isolated structure)."""
+    W = sum_i r_i (x) F_i, which equals the pair virial for an isolated structure), with the
+    model's inputs read from `atoms` (ASE's conventions) and the energy of `variant`."""
     from ase.stress import voigt_6_to_full_3x3_stress
 
     from atomplug.ase_calculator import AtomplugCalculator
@@ -138,7 +141,7 @@ def reference_with_ase(model_path: str, atoms, device: Optional[str] = None) -> 
     start = time.perf_counter()
     result = EngineResult("ASE")
     try:
-        calculator = AtomplugCalculator(model_path, device=device)
+        calculator = AtomplugCalculator(model_path, device=device, variant=variant)
         atoms = atoms.copy()
         atoms.calc = calculator
         result.energy = float(atoms.get_potential_energy())
@@ -175,16 +178,18 @@ def _as_result(label: str, evaluate: Callable[..., dict], **options) -> EngineRu
     return run
 
 
-def engine_runners(ranks: Sequence[int]) -> Dict[str, EngineRunner]:
-    """label -> runner(model_path, atoms, workdir) for every engine but the ASE reference."""
+def engine_runners(ranks: Sequence[int], variant: str = "") -> Dict[str, EngineRunner]:
+    """label -> runner(model_path, atoms, workdir) for every engine but the ASE reference. Each
+    engine reads the model's inputs from `atoms` by ASE's conventions and uses `variant`."""
     from atomplug.ipi_driver.single_point import evaluate_with_ipi
     from atomplug.lammps_plugin.single_point import evaluate_with_lammps
     from atomplug.plumed_cv.single_point import evaluate_with_plumed
 
-    runners: Dict[str, EngineRunner] = {"ipi": _as_result("ipi", evaluate_with_ipi)}
+    options = {"variant": variant} if variant else {}  # no variant: the engines' calls as before
+    runners: Dict[str, EngineRunner] = {"ipi": _as_result("ipi", evaluate_with_ipi, **options)}
     for count in ranks:
-        runners[f"lammps:{count}"] = _as_result(f"lammps:{count}", evaluate_with_lammps, ranks=count)
-    runners["plumed"] = _as_result("plumed", evaluate_with_plumed)
+        runners[f"lammps:{count}"] = _as_result(f"lammps:{count}", evaluate_with_lammps, ranks=count, **options)
+    runners["plumed"] = _as_result("plumed", evaluate_with_plumed, **options)
     return runners
 
 
@@ -199,8 +204,13 @@ def crosscheck(
     models: Optional[Dict[str, str]] = None,
     structure_name: str = "",
     progress: Optional[Callable[[str], None]] = None,
+    variant: str = "",
 ) -> Report:
     """Evaluate `atoms` with `model_path` in every engine and compare with ASE.
+
+    The model's requested inputs come from `atoms` as ASE reads them (initial charges, masses,
+    velocities, info["charge"], info["spin"]) and go to every engine; `variant` picks the model's
+    output variant in every engine.
 
     `models` may give another model file for one engine (key 'ipi', 'lammps' or 'plumed'): the
     way to check that a re-export, a float32 version or a modified model computes the same.
@@ -224,15 +234,17 @@ def crosscheck(
     say = progress or (lambda text: None)
 
     say("ASE (reference)")
-    reference = reference_with_ase(model_path, atoms)
+    reference = reference_with_ase(model_path, atoms, variant=variant)
     report = Report(os.path.abspath(model_path), structure_name, len(atoms), dtype, tolerance, reference)
+    report.variant = variant
+    report.inputs = list(header["capabilities"].get("inputs", {}))
     if reference.error:
         return report
 
     own_workdir = workdir is None
     workdir = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="atomplug-crosscheck-")
     try:
-        for label, runner in engine_runners(ranks).items():
+        for label, runner in engine_runners(ranks, variant).items():
             engine = label.split(":")[0]
             if engine not in engines:
                 continue
@@ -260,9 +272,11 @@ def format_report(report: Report) -> str:
     """The table a user reads: one row per engine, differences relative to ASE, and a verdict."""
     reference = report.reference
     lines = [
-        f"model      {report.model} ({report.dtype})",
+        f"model      {report.model} ({report.dtype})" + (f", variant {report.variant}" if report.variant else ""),
         f"structure  {report.structure or '(given)'}: {report.n_atoms} atoms",
     ]
+    if report.inputs:
+        lines.append(f"inputs     {', '.join(report.inputs)} (from the structure, as ASE reads them)")
     if reference.error:
         lines.append(f"reference (ASE) FAILED: {reference.error}")
         lines.append("verdict: FAIL (the reference could not be computed)")

@@ -105,3 +105,134 @@ def test_errors_exit_2_with_message_and_write_nothing(lj_model_path, tmp_path, m
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out.xyz").exists()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".atomplug-eval-")]
+
+
+# ---- inputs and variants --------------------------------------------------------------------------
+
+
+def ase_input_models():
+    """tests/ase/test_ase_inputs.py, where the variant model (energy, energy/alt) is written."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase", "test_ase_inputs.py")
+    spec = importlib.util.spec_from_file_location("atomplug_test_ase_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def input_models(tmp_path_factory):
+    """The three input examples through `atomplug export-example`, and the variant model."""
+    directory = tmp_path_factory.mktemp("input_models")
+    paths = {}
+    for name in ("coulomb", "charge-spin", "kinetic"):
+        paths[name] = str(directory / f"{name}.pt")
+        assert main(["export-example", name, paths[name]]) == 0
+    paths["variant"] = str(directory / "variant.pt")
+    ase_input_models().export_variant_model(paths["variant"])
+    return paths
+
+
+def test_info_shows_inputs_and_variants(input_models, lj_model_path, capsys):
+    expected = {
+        "coulomb": [r"charges\s+charge \[e\], per atom"],
+        "charge-spin": [
+            r"total_charge\s+charge \[e\], per structure",
+            r"spin_multiplicity\s+\(no unit\), per structure",
+        ],
+        "kinetic": [r"masses\s+mass \[amu\], per atom", r"velocities\s+velocity \[Angstrom/fs\], per atom"],
+        "variant": [
+            r"variants\s+\(choose one",
+            r"\n  energy: alt\n",
+            r"\n  energy_uncertainty: alt\n",
+            r"inputs\n  \(none",
+        ],
+    }
+    import re
+
+    for name, patterns in expected.items():
+        assert main(["info", input_models[name]]) == 0
+        text = capsys.readouterr().out
+        for pattern in patterns:
+            assert re.search(pattern, text), (name, pattern, text)
+    assert main(["info", lj_model_path]) == 0
+    text = capsys.readouterr().out
+    assert "variants" not in text and "inputs\n  (none: positions, types and cell only)" in text
+
+
+def test_eval_variant_charges_and_spin(input_models, tmp_path):
+    from atomplug.ase_calculator import AtomplugCalculator
+
+    frames = []
+    for seed in range(2):
+        atoms = molecule_with_charges(seed)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "in.extxyz", frames)  # the charges in an initial_charges column
+    frames = ase.io.read(tmp_path / "in.extxyz", ":")  # as eval reads them (8 decimals)
+    assert frames[0].has("initial_charges")
+    cases = {
+        "variant": (["--variant", "alt"], dict(variant="alt"), {}),
+        "coulomb": ([], {}, {}),
+        "charge-spin": (["--charge", "1", "--spin", "2"], {}, {"charge": 1.0, "spin": 2.0}),
+    }
+    for name, (options, calculator_options, info) in cases.items():
+        target = tmp_path / f"{name}.extxyz"
+        assert main(["eval", input_models[name], str(tmp_path / "in.extxyz"), "-o", str(target), "-q", *options]) == 0
+        calculator = AtomplugCalculator(input_models[name], **calculator_options)
+        for written, original in zip(ase.io.read(target, ":"), frames):
+            atoms = original.copy()
+            atoms.info.update(info)
+            atoms.calc = calculator
+            # extxyz keeps 8 decimals in its text, hence the absolute tolerances
+            assert written.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), rel=1e-10, abs=1e-8)
+            np.testing.assert_allclose(written.get_forces(), atoms.get_forces(), atol=1e-8)
+            for key, value in info.items():
+                assert written.info[key] == value  # the flags are written with the results
+
+
+def molecule_with_charges(seed: int):
+    from ase.build import molecule
+
+    atoms = molecule("H2O") + molecule("H2O")  # a water dimer: H and O, known to every input example
+    atoms.positions[3:] += [2.9, 0.3, 0.1]
+    atoms.rattle(0.05, seed=seed)
+    atoms.set_initial_charges(np.random.default_rng(seed).uniform(-0.5, 0.5, len(atoms)))
+    return atoms
+
+
+@pytest.mark.parametrize(
+    "model, options, message",
+    [
+        ("variant", ["--variant", "ccsdt"], "--variant: the model has no variant 'ccsdt' of 'energy' (available: alt)"),
+        ("coulomb", ["--variant", "alt"], "--variant: the model has no variant 'alt' of 'energy' (available: none)"),
+        ("charge-spin", ["--spin", "1"], "the model needs the total charge and atoms.info has no 'charge'"),
+        ("charge-spin", ["--charge", "0"], "the model needs the spin multiplicity and atoms.info has no 'spin'"),
+        (
+            "coulomb",
+            ["--charge", "1"],
+            "--charge is for models that request total_charge, and this one requests charges: leave --charge out",
+        ),
+        ("coulomb", [], "the model needs per-atom charges and these atoms have none"),
+    ],
+)
+def test_input_and_variant_errors_exit_2(input_models, tmp_path, capsys, model, options, message):
+    from ase.build import molecule
+
+    ase.io.write(tmp_path / "in.xyz", molecule("H2O"))
+    status = main(["eval", input_models[model], str(tmp_path / "in.xyz"), "-o", str(tmp_path / "out.xyz"), *options])
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert error.startswith("atomplug: error:") and message in error, error
+    assert error.count("\n") == 1
+    assert not (tmp_path / "out.xyz").exists()
+
+
+def test_crosscheck_refuses_an_unknown_variant_before_any_engine(input_models, tmp_path, capsys):
+    from ase.build import molecule
+
+    ase.io.write(tmp_path / "in.xyz", molecule("CH3OH"))
+    status = main(["crosscheck", input_models["variant"], str(tmp_path / "in.xyz"), "--variant", "ccsdt", "-q"])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "atomplug: error: --variant: the model has no variant 'ccsdt' of 'energy' (available: alt)" in error

@@ -236,3 +236,66 @@ def test_float32_model_agrees_within_its_documented_bound(argon, tmp_path):
     assert report.passed, format_report(report)
     worst = max(max(c.energy, c.forces, c.virial) for c in report.compared)
     assert 1e-10 < worst < 1e-4
+
+
+# ---- inputs and variants --------------------------------------------------------------------------
+
+
+def ase_input_models():
+    """tests/ase/test_ase_inputs.py, where the variant model (energy, energy/alt) is written."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase", "test_ase_inputs.py")
+    spec = importlib.util.spec_from_file_location("atomplug_test_ase_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_coulomb_charges_agree_in_every_engine(tmp_path):
+    """Per-atom charges read from the structure (ASE's initial charges) reach every engine."""
+    from ase.build import bulk
+
+    from atomplug.examples.coulomb import export_coulomb
+
+    model = str(tmp_path / "coulomb.pt")
+    export_coulomb(model)
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.1, seed=3)
+    atoms.set_initial_charges(np.where(atoms.numbers == 11, 0.8, -0.8))
+    report = crosscheck(model, atoms, ranks=(1, 2), workdir=str(tmp_path / "work"))
+    print("\n" + format_report(report))
+    assert report.passed, format_report(report)
+    assert report.inputs == ["charges"] and "inputs     charges" in format_report(report)
+    assert [c.engine for c in report.comparisons] == ["ipi", "lammps:1", "lammps:2", "plumed"]
+
+
+def test_charge_and_spin_from_the_command_line(tmp_path):
+    """`atomplug crosscheck --charge --spin`: the total charge and multiplicity in every engine."""
+    from atomplug.examples.inputs import export_charge_spin
+
+    model = str(tmp_path / "charge_spin.pt")
+    export_charge_spin(model)
+    ase.io.write(tmp_path / "methanol.xyz", molecule("CH3OH"))
+    run = atomplug_cli(
+        "crosscheck", model, str(tmp_path / "methanol.xyz"), "--charge", "-1", "--spin", "3", "--ranks", "1", "-q"
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verdict: PASS: 3 engine run(s) agree with ASE" in run.stdout
+    # E = sum_i a_t Q^2 + b_t (S - 1) + pair term: Q = -1, S = 3 (examples/inputs.py's a_t, b_t)
+    assert "inputs     spin_multiplicity, total_charge" in run.stdout
+
+
+def test_variant_agrees_in_every_engine(tmp_path):
+    model = str(tmp_path / "variant.pt")
+    ase_input_models().export_variant_model(model)
+    atoms = water_box(4, seed=5)
+    report = crosscheck(model, atoms, ranks=(2,), workdir=str(tmp_path / "work"), variant="alt")
+    print("\n" + format_report(report))
+    assert report.passed, format_report(report)
+    assert "variant alt" in format_report(report).splitlines()[0]
+    assert [c.engine for c in report.comparisons] == ["ipi", "lammps:2", "plumed"]
+    # every engine took energy/alt (7/3 of the plain energy here), not energy
+    plain = reference_with_ase(model, atoms).energy
+    for comparison in report.comparisons:
+        assert comparison.engine_energy == pytest.approx(7.0 / 3.0 * plain, rel=1e-12), comparison
