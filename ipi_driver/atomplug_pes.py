@@ -70,6 +70,7 @@ class AtomplugDriver(Dummy_driver):
                 charge=charge,
                 spin=spin,
                 variant=str(variant or ""),
+                input_flags=("charge=", "spin="),
             )
         except DriverError as error:
             raise ValueError(f"atomplug: {error}") from None

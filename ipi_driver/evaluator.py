@@ -93,7 +93,12 @@ VELOCITIES_REFUSED = (
 
 
 def model_inputs(
-    names: Sequence[str], template, structure: str, charge: Optional[float], spin: Optional[float]
+    names: Sequence[str],
+    template,
+    structure: str,
+    charge: Optional[float],
+    spin: Optional[float],
+    flags: Tuple[str, str] = ("--charge", "--spin"),
 ) -> dict:
     """The model's requested inputs for the whole run, in i-PI's input units (amu, e): masses
     and per-atom charges from the structure file, total charge and spin multiplicity from
@@ -114,7 +119,7 @@ def model_inputs(
                 )
             inputs[name] = np.asarray(template.get_initial_charges(), dtype=np.float64)
         elif name in ("total_charge", "spin_multiplicity"):
-            key, flag = ("charge", "--charge") if name == "total_charge" else ("spin", "--spin")
+            key, flag = ("charge", flags[0]) if name == "total_charge" else ("spin", flags[1])
             value = charge if name == "total_charge" else spin
             if value is None and key in template.info:
                 value = template.info[key]
@@ -166,6 +171,7 @@ class IPIEvaluator:
         charge: Optional[float] = None,
         spin: Optional[float] = None,
         variant: str = "",
+        input_flags: Tuple[str, str] = ("--charge", "--spin"),
     ):
         from atomplug.core.archive import load_model
 
@@ -200,8 +206,10 @@ class IPIEvaluator:
         try:
             self.energy = self.runner.output_name("energy", self.variant)
         except ValueError as error:
-            raise DriverError(f"--variant: {error}") from None
-        self.inputs = model_inputs(self.runner.input_names, self.template, os.fspath(structure), charge, spin)
+            raise DriverError(f"{'--variant' if input_flags[0] == '--charge' else 'variant'}: {error}") from None
+        self.inputs = model_inputs(
+            self.runner.input_names, self.template, os.fspath(structure), charge, spin, input_flags
+        )
         try:
             self.runner.check_types(Structure(self.types, np.zeros((self.n_atoms, 3)), np.zeros((3, 3)), self.pbc))
         except ValueError as error:
