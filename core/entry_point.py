@@ -163,8 +163,10 @@ class AtomisticModel(torch.nn.Module):
                 plain = True
             elif known.startswith(name + "/"):
                 variants.append(known[len(name) + 1 :])
+        if not plain and len(variants) == 0:
+            return request  # not an output of this model: the caller's own check names it
         if variant == "":
-            if plain or len(variants) == 0:
+            if plain:
                 return request
             raise ValueError(
                 "the model has no plain '"
@@ -836,7 +838,9 @@ def with_requested_inputs(module: torch.nn.Module, capabilities: ModelCapabiliti
     checked against the vocabulary. Declaring them in ModelCapabilities.inputs instead is the same,
     but the two must then agree."""
     if not hasattr(module, "requested_inputs"):
-        return capabilities
+        if not capabilities.inputs:
+            return capabilities
+        return dataclasses.replace(capabilities, inputs=check_inputs_declaration(capabilities.inputs))
     try:
         requested = dict(module.requested_inputs())
     except Exception as error:
@@ -844,11 +848,12 @@ def with_requested_inputs(module: torch.nn.Module, capabilities: ModelCapabiliti
     inputs = check_inputs_declaration(requested)
     if capabilities.inputs:
         declared = check_inputs_declaration(capabilities.inputs)
-        if {k: (v.quantity, v.unit) for k, v in declared.items()} != {
-            k: (v.quantity, v.unit) for k, v in inputs.items()
-        }:
+        described = {k: (v.quantity, v.unit) for k, v in declared.items()}
+        requested_described = {k: (v.quantity, v.unit) for k, v in inputs.items()}
+        if described != requested_described:
             raise ValueError(
-                "ModelCapabilities.inputs and the module's requested_inputs() disagree: declare the inputs in one place"
+                f"ModelCapabilities.inputs {described} and the module's requested_inputs() {requested_described} "
+                "disagree: declare the inputs in one place"
             )
     return dataclasses.replace(capabilities, inputs=inputs)
 

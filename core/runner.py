@@ -62,9 +62,9 @@ class Structure:
 # Where an ase.Atoms keeps each input (ASE's units: amu, Angstrom/ASE time, e). Total charge and
 # spin multiplicity live in atoms.info under the names fairchem and MACE users already use.
 ATOMS_INPUTS = {
-    "masses": "atoms.get_masses() (set with atoms.set_masses(...))",
-    "velocities": "atoms.get_velocities() (set with atoms.set_velocities(...) or MaxwellBoltzmannDistribution)",
-    "charges": "atoms.get_initial_charges() (set with atoms.set_initial_charges(...), or an extxyz 'initial_charges' column)",
+    "masses": "atoms.set_masses(...)",
+    "velocities": "atoms.set_velocities(...) (or MaxwellBoltzmannDistribution)",
+    "charges": "atoms.set_initial_charges(...) (or an extxyz 'initial_charges' column)",
     "total_charge": 'atoms.info["charge"]',
     "spin_multiplicity": 'atoms.info["spin"] (the spin multiplicity 2S+1: 1 for a singlet)',
 }
@@ -95,7 +95,9 @@ def inputs_from_atoms(atoms: Any, names: Sequence[str]) -> Dict[str, np.ndarray]
             try:
                 value = float(atoms.info[key])
             except (TypeError, ValueError):
-                raise ValueError(f'atoms.info["{key}"] = {atoms.info[key]!r} is not a number') from None
+                raise ValueError(
+                    f'atoms.info["{key}"] = {atoms.info[key]!r} is not a number: set {ATOMS_INPUTS[name]} to a number'
+                ) from None
             inputs[name] = np.array([value], dtype=np.float64)
         else:
             raise ValueError(f"unknown input {name!r}")
@@ -206,6 +208,15 @@ class ModelRunner:
                     where = f"structure {index}" if len(batch) > 1 else "the structure"
                     raise ValueError(f"the model needs the input {name!r}, which {where} does not have")
                 value = np.asarray(structure.inputs[name], dtype=np.float64)
+                rows = len(structure) if per_atom else 1
+                width = len(self.model.capabilities.inputs[name].properties)
+                if value.size != rows * width:
+                    where = f"structure {index}" if len(batch) > 1 else "the structure"
+                    counted = f"{len(structure)} atoms" if per_atom else "1 structure"
+                    raise ValueError(
+                        f"the input {name!r} of {where} has {value.size} values for {counted}, expected "
+                        f"{rows * width} ({width} per {'atom' if per_atom else 'structure'})"
+                    )
                 if per_atom:
                     value = value.reshape(len(structure), -1)
                     parts.append(value)

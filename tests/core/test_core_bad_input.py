@@ -545,7 +545,8 @@ EXPORTS = {
     ),
     "capabilities-disagree-with-requested-inputs": (
         dict(requested=CHARGES, inputs={"charges": ModelOutput("charge", "C", True)}),
-        r"ModelCapabilities\.inputs and the module's requested_inputs\(\) disagree",
+        r"ModelCapabilities\.inputs \{'charges': \('charge', 'C'\)\} and the module's requested_inputs\(\) "
+        r"\{'charges': \('charge', 'e'\)\} disagree",
         r"declare the inputs in one place",
     ),
     "input-not-requested": (
@@ -763,7 +764,7 @@ RUNNER_INPUTS = {
     "atoms-without-charges": (
         lambda: [without(water_with_inputs(), "charges")],
         r"the model needs per-atom charges and these atoms have none",
-        r"set them with atoms\.get_initial_charges\(\) \(set with atoms\.set_initial_charges",
+        r"set them with atoms\.set_initial_charges\(\.\.\.\) \(or an extxyz 'initial_charges' column\)",
     ),
     "atoms-without-total-charge": (
         lambda: [without(water_with_inputs(), "charge")],
@@ -798,11 +799,6 @@ def test_bad_inputs_through_model_runner(case, all_inputs_model):
     assert re.search(problem, message) and re.search(fix, message), message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a Structure input of the wrong size reaches numpy's reshape in "
-    "ModelRunner._input_tensors ('cannot reshape array of size 5 into shape (3,newaxis)')",
-)
 def test_structure_input_of_the_wrong_size_is_named(all_inputs_model):
     atoms = water_with_inputs()
     inputs = {name: values.numpy() for name, values in good_inputs(atoms).items()}
@@ -812,11 +808,6 @@ def test_structure_input_of_the_wrong_size_is_named(all_inputs_model):
         ModelRunner(all_inputs_model).run([structure], ["energy"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: inputs declared in ModelCapabilities.inputs alone (no requested_inputs()) keep "
-    "properties=[], so the entry point expects [n, 0] (with_requested_inputs does not normalise them)",
-)
 def test_inputs_declared_in_capabilities_alone(tmp_path):
     class Reader(torch.nn.Module):
         def requested_neighbor_lists(self) -> List[NeighborListOptions]:
