@@ -9,7 +9,7 @@ A model's inputs come from the Atoms as everywhere in atomplug (`atomplug.core.r
 masses (`get_masses()`) and charges (`get_initial_charges()`) go to `plumed driver --mc`, the total
 charge (`info["charge"]`) and the spin multiplicity (`info["spin"]`) to CHARGE= and SPIN=. A model
 that needs velocities is skipped (PLUMED does not receive velocities). A variant is chosen with
-OUTPUT=energy/<variant>; the action asks the archive's variant rule what is wrong with a bad one.
+OUTPUT=<the archive's variant_output("energy", variant)>, i.e. energy/<variant>.
 """
 
 from __future__ import annotations
@@ -91,7 +91,11 @@ def evaluate_with_plumed(model_path: str, atoms, workdir: str, variant: str = ""
         keywords += f" CHARGE={float(inputs['total_charge'][0]) * _quantity_factor('charge'):.17g}"
     if "spin_multiplicity" in inputs:
         keywords += f" SPIN={float(inputs['spin_multiplicity'][0]):.17g}"
-    output = "energy" + (f"/{variant}" if variant else "")
+    output = "energy"
+    if variant:  # the archive's own rule names the output (and refuses an unknown variant)
+        from atomplug.core.archive import load_model
+
+        output = load_model(model_path).variant_output("energy", variant)
     with open(os.path.join(workdir, "plumed.dat"), "w") as handle:
         handle.write(
             f"LOAD FILE={plugin_path()}\n"

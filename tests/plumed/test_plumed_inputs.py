@@ -352,5 +352,5 @@ def test_single_point_variant(tmp_path, plugin, input_models):
     expected[0], expected[1] = 3.0 * vector / distance, -3.0 * vector / distance
     assert_close(result["forces"], expected, rtol=RTOL, what="forces")
     (tmp_path / "pbe").mkdir()
-    with pytest.raises(RuntimeError, match=r"the model has no variant 'pbe' of 'energy' \(available: ccsdt\)"):
+    with pytest.raises(ValueError, match=r"the model has no variant 'pbe' of 'energy' \(available: ccsdt\)"):
         evaluate_with_plumed(input_models["variants"], atoms, str(tmp_path / "pbe"), variant="pbe")
