@@ -204,9 +204,15 @@ def _export_named_example(name: str, path: str, source: Optional[str]) -> None:
 
         export_lj(path)
     elif name == "ani1x":
-        from atomplug.examples.ani1x import export_ani1x
+        from atomplug.examples import ani1x
 
-        export_ani1x(path)
+        ccsdt = source
+        if source == "auto":
+            ccsdt = ani1x.find_ani1ccx_resources()
+            if ccsdt is None:
+                candidates = " or ".join(ani1x.ani1ccx_resource_candidates())
+                raise CommandError(f"no complete ANI-1ccx files in {candidates}: {ani1x.ANI1CCX_HINT}")
+        ani1x.export_ani1x(path, ccsdt)
     elif name == "message-passing":
         from atomplug.examples.message_passing import export_message_passing
 
@@ -234,8 +240,11 @@ def _export_named_example(name: str, path: str, source: Optional[str]) -> None:
 
 
 def command_export_example(args: argparse.Namespace) -> None:
-    if args.source is not None and args.name != "mace":
-        raise CommandError(f"--from is for the mace example (a MACE model file to wrap), not for {args.name!r}")
+    if args.source is not None and args.name not in ("mace", "ani1x"):
+        raise CommandError(
+            f"--from is for the mace example (a MACE model file to wrap) and ani1x (the ANI-1ccx files for the "
+            f"variant ccsdt), not for {args.name!r}"
+        )
     try:
         _export_named_example(args.name, args.path, args.source)
     except (ImportError, OSError, FileNotFoundError, ValueError) as error:
@@ -405,7 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     example.add_argument("path")
     example.add_argument(
-        "--from", dest="source", metavar="MODEL", help="mace: the MACE model file (.model) to wrap into PATH"
+        "--from",
+        dest="source",
+        metavar="MODEL",
+        help="mace: the MACE model file (.model) to wrap into PATH; ani1x: the directory of ANI-1ccx's NeuroChem "
+        "files (or 'auto': where torchani keeps them) to add the variant energy/ccsdt",
     )
     example.set_defaults(handler=command_export_example)
 

@@ -80,6 +80,10 @@ def test_export_example_mace_needs_a_model_file(tmp_path):
     assert "export-example mace needs the MACE model file: --from MODEL" in run.stderr
     run = atomplug("export-example", "lj", str(tmp_path / "lj.pt"), "--from", "x.model")
     assert run.returncode == 2 and "--from is for the mace example" in run.stderr
+    # the ANI-1ccx variant needs its files, which the torchani wheel ships empty: named, nothing downloaded
+    run = atomplug("export-example", "ani1x", str(tmp_path / "ani.pt"), "--from", "auto")
+    assert run.returncode == 2 and "no complete ANI-1ccx files in" in run.stderr, run.stderr
+    assert not (tmp_path / "ani.pt").exists()
 
 
 @pytest.mark.parametrize(
