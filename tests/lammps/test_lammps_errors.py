@@ -33,7 +33,8 @@ CASES = {
     "too-few": ("pair_style atomplug {lj}\npair_coeff * * Ar", "2 type(s), got 1 entry"),
     "unknown-keyword": (
         "pair_style atomplug {lj} colour blue",
-        "unknown keyword 'colour': expected device, check_consistency or non_conservative",
+        "unknown keyword 'colour': expected device, check_consistency, non_conservative, variant, charge, spin, "
+        "outputs or uncertainty_threshold",
     ),
     "bad-device": ("pair_style atomplug {lj} device tpu", "device must be cpu or cuda"),
     "missing-value": ("pair_style atomplug {lj} device", "keyword 'device' needs a value"),
