@@ -74,14 +74,16 @@ ENGINE_UNITS: Dict[str, Tuple[str, str]] = {
 # masses and charges arrive in these; outputs of these quantities are returned in them). ASE's
 # velocities are in Angstrom per ASE time unit (Angstrom*sqrt(amu/eV), about 10.18 fs); i-PI's
 # driver reads masses and charges from the structure file (ASE's amu and e); PLUMED's defaults
-# are amu and e; LAMMPS styles follow the `units` command documentation.
+# are amu and e; LAMMPS styles follow the `units` command documentation, except `electron`
+# velocities: its page says Bohr per atomic time unit, but LAMMPS' constants for that style
+# (mvv2e = 1.06657236 Hartree per amu Bohr^2/fs^2, femtosecond = 1) are for Bohr/fs.
 ENGINE_QUANTITY_UNITS: Dict[str, Dict[str, str]] = {
     "ase": {"mass": "amu", "velocity": "Angstrom/asetime", "charge": "e"},
     "ipi": {"mass": "amu", "velocity": "Bohr/aut", "charge": "e"},
     "plumed": {"mass": "amu", "velocity": "nm/ps", "charge": "e"},
     "lammps:metal": {"mass": "g/mol", "velocity": "Angstrom/ps", "charge": "e"},
     "lammps:real": {"mass": "g/mol", "velocity": "Angstrom/fs", "charge": "e"},
-    "lammps:electron": {"mass": "amu", "velocity": "Bohr/aut", "charge": "e"},
+    "lammps:electron": {"mass": "amu", "velocity": "Bohr/fs", "charge": "e"},
     "lammps:si": {"mass": "kg", "velocity": "m/s", "charge": "C"},
     "lammps:cgs": {"mass": "g", "velocity": "cm/s", "charge": "statcoulomb"},
     "lammps:micro": {"mass": "picogram", "velocity": "micrometer/microsecond", "charge": "picocoulomb"},
