@@ -549,7 +549,8 @@ def test_engine_quantity_units_table():
     assert engine_quantity_units("lammps:real")["velocity"] == "Angstrom/fs"
     assert engine_quantity_units("lammps:si") == {"mass": "kg", "velocity": "m/s", "charge": "C"}
     assert engine_quantity_units("lammps:cgs") == {"mass": "g", "velocity": "cm/s", "charge": "statcoulomb"}
-    assert engine_quantity_units("lammps:electron")["velocity"] == "Bohr/fs"  # LAMMPS' constants, not its docs: test_lammps_units
+    # LAMMPS' constants, not its docs: see test_lammps_units
+    assert engine_quantity_units("lammps:electron")["velocity"] == "Bohr/fs"
     assert engine_quantity_units("lammps:micro")["charge"] == "picocoulomb"
     # a fresh dict each time: a caller's edit does not change the table
     engine_quantity_units("ase")["mass"] = "kg"
