@@ -175,6 +175,7 @@ class Atomplug : public Colvar {
   torch::jit::Module model_;
   torch::Device device_ = torch::kCPU;
   std::string output_;
+  std::string output_quantity_;    // its quantity ("", "energy", "charge", ...)
   std::string length_unit_;
   std::string energy_unit_;
   std::vector<Request> requests_;
@@ -334,6 +335,7 @@ std::vector<std::string> Atomplug::choose_output(const atomplug_core::Declaratio
   parse("OUTPUT", output_);
   const atomplug_core::Output *output = declared.output(output_);
   if (output == nullptr) error(unknown_output(declared));
+  output_quantity_ = output->quantity;
   n_properties_ = output->properties.empty() ? 1 : static_cast<unsigned>(output->properties.size());
   log.printf("  output '%s'%s%s, %u propert%s\n", output_.c_str(),
              output->quantity.empty() ? "" : (" (" + output->quantity + ")").c_str(),
@@ -520,8 +522,12 @@ void Atomplug::read_units_and_lists(double skin)
   length_unit_ = unit_expression(units.getLength(), atomplug_plumed_units::LENGTH);
   energy_unit_ = unit_expression(units.getEnergy(), atomplug_plumed_units::ENERGY);
   // PLUMED's units of mass, charge and velocity (length / time), for the model's inputs and for
-  // outputs of those quantities: given to archives that take them
-  const bool quantities = atomplug_core::entry_point_accepts(model_, "quantity_units");
+  // an output of those quantities: given only then (a model without them is called as before;
+  // archives exported before inputs existed do not take them)
+  const bool in_these_units = output_quantity_ == "mass" || output_quantity_ == "velocity" ||
+      output_quantity_ == "charge" || output_quantity_ == "dipole";
+  const bool quantities =
+      atomplug_core::entry_point_accepts(model_, "quantity_units") && (has_model_inputs_ || in_these_units);
   c10::Dict<std::string, std::string> quantity_units;
   quantity_units.insert("mass", unit_expression(units.getMass(), atomplug_plumed_units::MASS));
   quantity_units.insert("charge", unit_expression(units.getCharge(), atomplug_plumed_units::CHARGE));
