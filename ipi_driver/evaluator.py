@@ -22,7 +22,7 @@ import numpy as np
 
 from atomplug.core.contract import PER_ATOM_SUFFIX
 from atomplug.core.neighbors import NeighborListCache
-from atomplug.core.runner import ModelRunner, Structure, describe_types
+from atomplug.core.runner import ATOMS_INPUTS, ModelRunner, Structure, describe_types, inputs_from_atoms
 from atomplug.core.units import engine_quantity_units
 
 ENGINE_LENGTH = "Bohr"
@@ -104,41 +104,40 @@ def model_inputs(
     and per-atom charges from the structure file, total charge and spin multiplicity from
     --charge / --spin (or charge= / spin= in an extxyz comment line). Anything missing is an
     error naming where to give it."""
-    inputs = {}
     for name in names:
         if name == "velocities":
             raise DriverError(VELOCITIES_REFUSED)
-        if name == "masses":
-            inputs[name] = np.asarray(template.get_masses(), dtype=np.float64)
-        elif name == "charges":
-            if not template.has("initial_charges"):
-                raise DriverError(
-                    f"the model needs per-atom charges and the structure file {structure!r} has none: give an "
-                    "extxyz file with an 'initial_charges' column (ASE: atoms.set_initial_charges(q); "
-                    "ase.io.write('init.extxyz', atoms))"
-                )
-            inputs[name] = np.asarray(template.get_initial_charges(), dtype=np.float64)
-        elif name in ("total_charge", "spin_multiplicity"):
-            key, flag = ("charge", flags[0]) if name == "total_charge" else ("spin", flags[1])
-            value = charge if name == "total_charge" else spin
-            if value is None and key in template.info:
-                value = template.info[key]
-            what = "total charge (e)" if key == "charge" else "spin multiplicity 2S+1 (1 for a singlet)"
-            if value is None:
-                raise DriverError(
-                    f"the model needs the {what} and none was given: give {flag} (or {key}=... in the extxyz "
-                    f"comment line of {structure!r})"
-                )
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise DriverError(f"{flag} {value!r} is not a number: give the {what}") from None
-            if not np.isfinite(number):
-                raise DriverError(f"{flag} {value!r} is not a finite number: give the {what}")
-            inputs[name] = np.array([number], dtype=np.float64)
-        else:
+        if name not in ATOMS_INPUTS:
             raise DriverError(f"the model requests the input {name!r}, which atomplug-ipi does not know")
-    return inputs
+    atoms = template.copy()
+    for name, key, flag, value in (
+        ("total_charge", "charge", flags[0], charge),
+        ("spin_multiplicity", "spin", flags[1], spin),
+    ):
+        if name not in names:
+            continue
+        if value is None and key in template.info:
+            value = template.info[key]
+        what = "total charge (e)" if key == "charge" else "spin multiplicity 2S+1 (1 for a singlet)"
+        if value is None:
+            raise DriverError(
+                f"the model needs the {what} and none was given: give {flag} (or {key}=... in the extxyz "
+                f"comment line of {structure!r})"
+            )
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DriverError(f"{flag} {value!r} is not a number: give the {what}") from None
+        if not np.isfinite(number):
+            raise DriverError(f"{flag} {value!r} is not a finite number: give the {what}")
+        atoms.info[key] = number
+    if "charges" in names and not template.has("initial_charges"):
+        raise DriverError(
+            f"the model needs per-atom charges and the structure file {structure!r} has none: give an "
+            "extxyz file with an 'initial_charges' column (ASE: atoms.set_initial_charges(q); "
+            "ase.io.write('init.extxyz', atoms))"
+        )
+    return inputs_from_atoms(atoms, names)  # read the ASE way, as every Python engine does
 
 
 def _describe_input(name: str, value: np.ndarray) -> str:

@@ -4,20 +4,17 @@ velocities) and with output variants, against closed forms computed here in nump
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_stress
 from ase.md import velocitydistribution
-from torch import Tensor
+from variant_model import export_variant_model
 
 from atomplug.ase_calculator import AtomplugCalculator
-from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
 from atomplug.examples.coulomb import LAMMPS_METAL_COULOMB_CONSTANT, coulomb_reference, export_coulomb
 from atomplug.examples.inputs import KINETIC_ENERGY, export_charge_spin, export_kinetic
 
@@ -36,57 +33,6 @@ thermalize = (
 def relative(actual, expected) -> float:
     actual, expected = np.asarray(actual, dtype=float), np.asarray(expected, dtype=float)
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
-# ---- a tiny model with variants: energy and energy/alt ------------------------------------------
-
-VARIANT_STRENGTHS = {"energy": 0.3, "energy/alt": 0.7, "energy_uncertainty": 0.01, "energy_uncertainty/alt": 0.02}
-
-
-class VariantPairs(torch.nn.Module):
-    """eps (1 - r/rc)^2 over a half list, eps by output (VARIANT_STRENGTHS); atomplug::n_pairs (no
-    variant) counts the pairs."""
-
-    def __init__(self):
-        super().__init__()
-        self.cutoff = 4.0
-
-    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
-        return [NeighborListOptions(self.cutoff, False, True)]
-
-    def forward(
-        self, systems: List[System], outputs: Dict[str, ModelOutput], selected_atoms: Optional[Tensor]
-    ) -> Dict[str, Tensor]:
-        options = NeighborListOptions(self.cutoff, False, True)
-        strengths = {"energy": 0.3, "energy/alt": 0.7, "energy_uncertainty": 0.01, "energy_uncertainty/alt": 0.02}
-        results: Dict[str, Tensor] = {}
-        for name, output in outputs.items():
-            values: List[Tensor] = []
-            for system in systems:
-                neighbors = system.get_neighbor_list(options)
-                if name == "atomplug::n_pairs":
-                    values.append(torch.full((1,), float(neighbors.pairs.shape[0]), dtype=system.positions.dtype))
-                    continue
-                reduced = 1.0 - neighbors.distances() / self.cutoff
-                pair = strengths[name] * reduced * reduced
-                if output.per_atom:
-                    atomic = torch.zeros(len(system), dtype=system.positions.dtype, device=system.positions.device)
-                    atomic = atomic.index_add(0, neighbors.pairs[:, 0], 0.5 * pair)
-                    values.append(atomic.index_add(0, neighbors.pairs[:, 1], 0.5 * pair))
-                else:
-                    values.append(pair.sum().reshape(1))
-            results[name] = torch.cat(values).reshape(-1, 1)
-        return results
-
-
-def export_variant_model(path: str, types=(1, 6, 8, 11, 17, 18)) -> None:
-    """energy, energy/alt, energy_uncertainty, energy_uncertainty/alt and atomplug::n_pairs."""
-    outputs = {name: ModelOutput(quantity="energy", unit="eV", per_atom=True) for name in VARIANT_STRENGTHS}
-    outputs["atomplug::n_pairs"] = ModelOutput(quantity="", unit="", per_atom=False)
-    capabilities = ModelCapabilities(
-        outputs=outputs, atomic_types=list(types), interaction_range=4.0, supported_devices=["cpu", "cuda"]
-    )
-    export(VariantPairs(), path, capabilities, ModelMetadata(name="variant-pairs", description="two variants"))
 
 
 def pair_term(atoms: Atoms, strength: float, cutoff: float) -> tuple:

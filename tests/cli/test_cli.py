@@ -11,6 +11,7 @@ import pytest
 from ase.build import bulk
 from lj_reference import lennard_jones_reference
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
+from variant_model import export_variant_model
 
 from atomplug.cli import main
 from atomplug.core import ModelRunner
@@ -114,17 +115,6 @@ def test_errors_exit_2_with_message_and_write_nothing(lj_model_path, tmp_path, m
 # ---- inputs and variants --------------------------------------------------------------------------
 
 
-def ase_input_models():
-    """tests/ase/test_ase_inputs.py, where the variant model (energy, energy/alt) is written."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase", "test_ase_inputs.py")
-    spec = importlib.util.spec_from_file_location("atomplug_test_ase_inputs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def input_models(tmp_path_factory):
     """The three input examples through `atomplug export-example`, and the variant model."""
@@ -134,7 +124,7 @@ def input_models(tmp_path_factory):
         paths[name] = str(directory / f"{name}.pt")
         assert main(["export-example", name, paths[name]]) == 0
     paths["variant"] = str(directory / "variant.pt")
-    ase_input_models().export_variant_model(paths["variant"])
+    export_variant_model(paths["variant"])
     return paths
 
 

@@ -20,6 +20,7 @@ import torch
 from ase.build import molecule
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon, water_box
 from torch import Tensor
+from variant_model import export_variant_model
 
 from atomplug.cli.crosscheck import crosscheck, format_report, reference_with_ase
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
@@ -241,17 +242,6 @@ def test_float32_model_agrees_within_its_documented_bound(argon, tmp_path):
 # ---- inputs and variants --------------------------------------------------------------------------
 
 
-def ase_input_models():
-    """tests/ase/test_ase_inputs.py, where the variant model (energy, energy/alt) is written."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase", "test_ase_inputs.py")
-    spec = importlib.util.spec_from_file_location("atomplug_test_ase_inputs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_coulomb_charges_agree_in_every_engine(tmp_path):
     """Per-atom charges read from the structure (ASE's initial charges) reach every engine."""
     from ase.build import bulk
@@ -288,7 +278,7 @@ def test_charge_and_spin_from_the_command_line(tmp_path):
 
 def test_variant_agrees_in_every_engine(tmp_path):
     model = str(tmp_path / "variant.pt")
-    ase_input_models().export_variant_model(model)
+    export_variant_model(model)
     atoms = water_box(4, seed=5)
     report = crosscheck(model, atoms, ranks=(2,), workdir=str(tmp_path / "work"), variant="alt")
     print("\n" + format_report(report))

@@ -202,7 +202,7 @@ def test_atoms_far_outside_the_cell(procs, lj_model_path, tmp_path):
 
 @pytest.fixture(scope="module")
 def input_models(tmp_path_factory):
-    from test_ipi_inputs import ase_input_models
+    from variant_model import export_variant_model
 
     from atomplug.examples.coulomb import export_coulomb
     from atomplug.examples.inputs import export_charge_spin, export_kinetic
@@ -212,7 +212,7 @@ def input_models(tmp_path_factory):
     export_coulomb(paths["coulomb"])
     export_charge_spin(paths["charge_spin"])
     export_kinetic(paths["kinetic"])
-    ase_input_models().export_variant_model(paths["variant"])
+    export_variant_model(paths["variant"])
     return paths
 
 

@@ -5,7 +5,6 @@ file (the cut Coulomb model against the numpy reference), total charge and spin 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 
@@ -24,6 +23,7 @@ from ipi_harness import (
     unique_socket_name,
     wait,
 )
+from variant_model import export_variant_model
 
 from atomplug.ase_calculator import AtomplugCalculator
 from atomplug.core import ModelRunner
@@ -34,15 +34,6 @@ from atomplug.examples.inputs import export_charge_spin
 # i-PI writes its records with 17 digits and the frames go in at full precision: what is left is
 # the summation order of two float64 codes (1e-13) and the atomic-unit round trip (1e-15)
 TOLERANCE = 1e-10
-
-
-def ase_input_models():
-    """tests/ase/test_ase_inputs.py, where the variant model (energy, energy/alt) is written."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ase", "test_ase_inputs.py")
-    spec = importlib.util.spec_from_file_location("atomplug_test_ase_inputs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def nacl_frames(n_frames: int, seed: int = 3):
@@ -137,7 +128,7 @@ def test_charge_and_spin_from_the_command_line(procs, tmp_path):
 
 def test_variant(procs, tmp_path):
     model = str(tmp_path / "variant.pt")
-    ase_input_models().export_variant_model(model)
+    export_variant_model(model)
     base = bulk("NaCl", "rocksalt", a=4.2, cubic=True).repeat((2, 1, 1))
     base.set_cell(cellpar_to_cell(base.cell.cellpar()), scale_atoms=True)
     rng = np.random.default_rng(4)
