@@ -323,7 +323,7 @@ class ModelRunner:
         elif non_conservative:
             arguments.append(True)
         try:
-            raw = self.model.module(*arguments)
+            raw = self.model.forward(*arguments)
         except torch.jit.Error as error:
             raise ValueError(describe_model_error(error)) from None
         result = {key: value.cpu().numpy() for key, value in raw.items()}

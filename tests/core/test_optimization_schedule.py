@@ -1,0 +1,66 @@
+"""When TorchScript optimises a loaded model (core/archive.py UNOPTIMIZED_CALLS): forward runs
+unoptimised for the first calls, then optimised on a fresh copy of the module, with the same
+results; setup methods never are."""
+
+import numpy as np
+import torch
+
+from atomplug.core import ModelRunner, load_model
+from atomplug.core.archive import UNOPTIMIZED_CALLS, LoadedModel
+
+AROUND_THE_SWITCH = UNOPTIMIZED_CALLS + 4
+
+
+def structures(atoms, count: int):
+    """`count` slightly different copies of `atoms`."""
+    moved = []
+    for step in range(count):
+        copy = atoms.copy()
+        copy.positions += 0.01 * np.sin(np.arange(copy.positions.size) + step).reshape(-1, 3)
+        moved.append(copy)
+    return moved
+
+
+def run_each(runner: ModelRunner, frames, stay_unoptimised: bool = False):
+    results, flags = [], []
+    for frame in frames:
+        if stay_unoptimised:
+            runner.model.forward_calls = 0
+        results.append(runner.run([frame], ["energy"], forces=True, virial=True))
+        flags.append(runner.model.optimized)
+    return results, flags
+
+
+def test_forward_switches_to_an_optimised_copy_after_the_unoptimised_calls(lj_model_path, argon_box):
+    frames = structures(argon_box, AROUND_THE_SWITCH)
+    runner = ModelRunner(lj_model_path)
+    first_module = runner.model.module
+    results, flags = run_each(runner, frames)
+    assert flags == [False] * UNOPTIMIZED_CALLS + [True] * (AROUND_THE_SWITCH - UNOPTIMIZED_CALLS)
+    assert runner.model.module is not first_module, "the optimised calls must run on a fresh copy"
+    expected, never = run_each(ModelRunner(lj_model_path), frames, stay_unoptimised=True)
+    assert not any(never)
+    for step, (got, want) in enumerate(zip(results, expected)):
+        for key in ("energy", "forces", "virial"):
+            scale = max(float(np.abs(want[key]).max()), 1e-300)
+            assert float(np.abs(got[key] - want[key]).max()) / scale < 1e-12, (step, key)
+
+
+def test_setup_methods_still_work_after_the_switch(lj_model_path, argon_box):
+    fresh = load_model(lj_model_path)
+    runner = ModelRunner(lj_model_path)
+    run_each(runner, structures(argon_box, AROUND_THE_SWITCH))
+    assert runner.model.optimized
+    assert runner.model.unit_conversion("eV", "kcal/mol") == fresh.unit_conversion("eV", "kcal/mol")
+    assert runner.model.neighbor_requests("nm") == fresh.neighbor_requests("nm")
+    assert torch._C._get_graph_executor_optimize() is True  # the flag is restored after every call
+
+
+def test_a_model_without_its_bytes_never_switches(lj_model_path, argon_box):
+    """LoadedModel built around a module alone (no archive bytes to load a fresh copy from) stays
+    unoptimised: optimising the module whose forward already ran unoptimised is what goes wrong."""
+    loaded = load_model(lj_model_path)
+    header = {"format_version": 1, "capabilities": loaded.capabilities.to_dict(), "metadata": loaded.metadata.to_dict()}
+    bare = LoadedModel(loaded.module, header, lj_model_path)
+    run_each(ModelRunner(bare), structures(argon_box, AROUND_THE_SWITCH))
+    assert not bare.optimized and bare.module is loaded.module
