@@ -31,9 +31,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from report import Aim, BenchRow  # benchmarks/report.py: the rows run.py writes to results.md
 
+from atomplug.core.archive import UNOPTIMIZED_CALLS
+
 INSTALL_METATOMIC = "pip install metatomic-torch==0.1.19 metatomic-ase==0.1.4"
 EPSILON, SIGMA, CUTOFF = 0.0104, 3.40, 8.5
-WARMUP_STEPS = 4  # TorchScript specialises during the first calls of each kind
+# past the first calls and the switch to TorchScript's optimised forward (core/archive.py UNOPTIMIZED_CALLS)
+WARMUP_STEPS = UNOPTIMIZED_CALLS + 5
 
 
 def trajectory(base: np.ndarray, n_frames: int, seed: int = 7) -> np.ndarray:

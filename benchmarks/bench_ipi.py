@@ -294,7 +294,7 @@ def main(argv=None) -> List[BenchRow]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[108, 1000])
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3, help="clients take turns this many times; fastest kept")
     args = parser.parse_args(argv)
 

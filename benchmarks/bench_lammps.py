@@ -156,7 +156,7 @@ read_data {data}
 velocity all create 40.0 4928459 loop geom
 fix nve all nve
 thermo {steps}
-run 10
+run 30
 run {steps}
 """
 
@@ -170,7 +170,7 @@ velocity all create 300.0 4928459 loop geom
 fix nve all nve
 timestep 0.0005
 thermo {steps}
-run 3
+run 24
 run {steps}
 """
 
