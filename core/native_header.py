@@ -7,7 +7,8 @@
 with core's tables put in place of its GENERATED marker:
 
 - the format constants of `archive` (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, MAX_METADATA_BYTES,
-  MAX_METADATA_DEPTH, ENTRY_POINT_METHODS);
+  MAX_METADATA_DEPTH, ENTRY_POINT_METHODS) and UNOPTIMIZED_CALLS, the forward calls run unoptimised
+  before `Model::forward` switches to an optimised fresh copy (as `archive.LoadedModel.forward`);
 - the messages: `archive.MODEL_FILE_MESSAGES` as MODEL_FILE_<FAULT>, `errors.MODEL_ERROR_MESSAGES`
   as MODEL_ERROR_<NAME>, the same str.format templates, filled in by the C++ `format()`;
 - the entry point's arguments: `EntryPointArguments` with one field per argument of
@@ -153,6 +154,7 @@ def generated_tables() -> str:
         f"constexpr long long MAX_METADATA_BYTES = {int(archive.MAX_METADATA_BYTES)};",
         f"constexpr long MAX_METADATA_DEPTH = {int(archive.MAX_METADATA_DEPTH)};",
         f"constexpr const char *ENTRY_POINT_METHODS[] = {{{methods}}};",
+        f"constexpr long long UNOPTIMIZED_CALLS = {int(archive.UNOPTIMIZED_CALLS)};",
         f"constexpr const char *ATOMPLUG_ERROR_KIND = {cpp_string(errors.ATOMPLUG_ERROR_KIND)};",
         "",
     ]

@@ -172,7 +172,7 @@ class Atomplug : public Colvar {
     std::vector<int64_t> selected;
   };
 
-  torch::jit::Module model_;
+  atomplug_core::Model model_;    // forward: see atomplug_core::Model
   torch::Device device_ = torch::kCPU;
   std::string output_;
   std::string output_quantity_;    // its quantity ("", "energy", "charge", ...)
@@ -354,7 +354,7 @@ std::string Atomplug::unknown_output(const atomplug_core::Declaration &declared)
   const std::string per_atom = "/per_atom";
   const bool asks_per_atom = output_.size() >= per_atom.size() &&
       output_.compare(output_.size() - per_atom.size(), per_atom.size(), per_atom) == 0;
-  if (asks_per_atom || !model_.find_method("variant_output")) return generic;
+  if (asks_per_atom || !model_.has_method("variant_output")) return generic;
   const size_t slash = output_.find('/');
   const std::string name = output_.substr(0, slash);
   const std::string variant = slash == std::string::npos ? std::string() : output_.substr(slash + 1);
@@ -449,7 +449,7 @@ void Atomplug::read_model_inputs()
   double spin = unset;
   parse("CHARGE", charge);
   parse("SPIN", spin);
-  if (atomplug_core::entry_point_accepts(model_, "quantity_units") && model_.find_method("input_names")) {
+  if (atomplug_core::entry_point_accepts(model_, "quantity_units") && model_.has_method("input_names")) {
     try {
       for (const auto &item : model_.run_method("input_names").toList()) {
         input_names_.push_back(item.get().toStringRef());

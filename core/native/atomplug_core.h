@@ -7,6 +7,8 @@
 // point's arguments in the order of AtomisticModel.forward. The functions here follow
 // read_header / load_model (atomplug/core/archive.py) and first_line / describe_model_error
 // (atomplug/core/errors.py) step by step, so that a fault gets the same words in every engine.
+// `Model` runs the loaded model as archive.LoadedModel does: forward unoptimised for its first
+// UNOPTIMIZED_CALLS calls, then optimised on a fresh copy; setup methods always unoptimised.
 //
 // Errors are ModelFileError with core's message; each plugin turns it into its engine's error.
 
@@ -15,6 +17,7 @@
 #include <caffe2/serialize/inline_container.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include <sys/stat.h>
@@ -26,6 +29,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -404,36 +408,118 @@ inline Json read_header(const std::string &path)
   return header;
 }
 
-// ---- its code (core: archive.load_model) -----------------------------------------------------
+// ---- its code (core: archive.load_model and LoadedModel) -------------------------------------
+
+// A loaded model (core: archive.LoadedModel). TorchScript's graph executor optimises a method on its
+// first calls (a profiling run, then passes over the inlined graph: 0.1-1 s once, for 0-15% faster
+// calls later), which short jobs never earn back. So, as in every engine (archive.UNOPTIMIZED_CALLS):
+// forward runs unoptimised for its first UNOPTIMIZED_CALLS calls, and from the next one on
+// optimised, on a fresh copy of the module loaded from the file's bytes kept since load (torch
+// 2.13 goes wrong optimising a method that already ran unoptimised); setup methods (run_method)
+// always run unoptimised. The count lives with the loaded model: a model loaded again starts at 0.
+// Each call sets the executor's flag (thread-local in torch) and restores it after.
+class Model {
+ public:
+  Model() = default;
+  Model(torch::jit::Module module, std::string archive, const c10::Device &device) :
+      module_(std::move(module)), archive_(std::move(archive)), device_(device)
+  {
+  }
+
+  // the TorchScript module, for what runs none of its code (find_method, schemas)
+  const torch::jit::Module &module() const { return module_; }
+  bool has_method(const std::string &name) const { return module_.find_method(name).has_value(); }
+
+  // a setup method (format_version, neighbor_requests, unit_conversion, ...): always unoptimised
+  template <typename... Types>
+  torch::jit::IValue run_method(const std::string &name, Types &&...arguments)
+  {
+    torch::jit::GraphOptimizerEnabledGuard unoptimized(false);
+    return module_.run_method(name, std::forward<Types>(arguments)...);
+  }
+
+  // one call of the entry point (core: LoadedModel.forward)
+  torch::jit::IValue forward(std::vector<torch::jit::IValue> stack)
+  {
+    ++forward_calls_;
+    if (forward_calls_ > UNOPTIMIZED_CALLS && !archive_.empty()) {
+      std::string archive;
+      archive.swap(archive_);    // dropped at the switch, whatever happens
+      torch::jit::Module fresh = load(archive, device_);
+      fresh.eval();
+      module_ = std::move(fresh);
+      optimized_ = true;
+    }
+    torch::jit::GraphOptimizerEnabledGuard guard(optimized_);
+    return module_.forward(std::move(stack));
+  }
+
+  long long forward_calls() const { return forward_calls_; }
+  bool optimized() const { return optimized_; }    // whether forward runs optimised, on the copy
+
+  // the module held in `archive` (a model file's bytes), on `device`
+  static torch::jit::Module load(const std::string &archive, const c10::Device &device)
+  {
+    std::istringstream stream(archive);
+    return torch::jit::load(stream, device);
+  }
+
+ private:
+  torch::jit::Module module_;
+  std::string archive_;    // the file's bytes, until the switch
+  c10::Device device_ = c10::Device(c10::kCPU);
+  long long forward_calls_ = 0;
+  bool optimized_ = false;
+};
+
+namespace detail {
+
+// the whole file, as bytes (read_header already found it a readable archive)
+inline std::string file_bytes(const std::string &path)
+{
+  std::unique_ptr<std::FILE, int (*)(std::FILE *)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!file) throw std::runtime_error(std::strerror(errno));
+  std::string bytes;
+  char buffer[1 << 16];
+  size_t read;
+  while ((read = std::fread(buffer, 1, sizeof(buffer), file.get())) > 0) bytes.append(buffer, read);
+  if (std::ferror(file.get())) throw std::runtime_error(std::strerror(errno));
+  return bytes;
+}
+
+}    // namespace detail
 
 // The archive's TorchScript code on `device`, after read_header(path) gave `header`: its entry
 // point present, and declaring what its metadata says. Throws ModelFileError with core's words.
-inline torch::jit::Module load_model(const std::string &path, const c10::Device &device, const Json &header)
+inline Model load_model(const std::string &path, const c10::Device &device, const Json &header)
 {
+  std::string archive;
   torch::jit::Module module;
   try {
-    module = torch::jit::load(path, device);
+    archive = detail::file_bytes(path);
+    module = Model::load(archive, device);
   } catch (const std::exception &error) {
     refuse(MODEL_FILE_NOT_LOADABLE, path, {{"reason", first_line(error_text(error))}});
   }
   for (const char *method : ENTRY_POINT_METHODS)
     if (!module.find_method(method)) refuse(MODEL_FILE_NO_ENTRY_POINT, path, {{"method", method}});
-  if (module.run_method("format_version").toInt() != header["format_version"].get<long long>())
+  module.eval();
+  Model model(std::move(module), std::move(archive), device);
+  if (model.run_method("format_version").toInt() != header["format_version"].get<long long>())
     refuse(MODEL_FILE_VERSION_DISAGREES, path);
   // the entry point converts units and checks outputs with what was compiled into the archive;
   // metadata claiming anything else (an edited or spliced file) would mislead the engine
-  const auto compiled = nlohmann::json::parse(module.run_method("capabilities_json").toStringRef());
+  const auto compiled = nlohmann::json::parse(model.run_method("capabilities_json").toStringRef());
   if (compiled != nlohmann::json::parse(header["capabilities"].dump()))
     refuse(MODEL_FILE_CAPABILITIES_DISAGREE, path);
-  module.eval();
-  return module;
+  return model;
 }
 
 // Whether the archive's entry point takes `argument` (archives exported before an argument with a
 // default existed lack it; entry_point_stack() leaves such arguments out unless they are set)
-inline bool entry_point_accepts(torch::jit::Module &module, const std::string &argument)
+inline bool entry_point_accepts(const Model &model, const std::string &argument)
 {
-  for (const auto &known : module.get_method("forward").function().getSchema().arguments())
+  for (const auto &known : model.module().get_method("forward").function().getSchema().arguments())
     if (known.name() == argument) return true;
   return false;
 }

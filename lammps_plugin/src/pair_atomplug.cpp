@@ -42,7 +42,6 @@
 #include "variable.h"
 
 #include <ATen/Parallel.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -83,7 +82,7 @@ class PairAtomplug : public Pair {
   bool non_conservative = false;
 
   // the model and what it declared
-  std::unique_ptr<torch::jit::Module> model;
+  std::unique_ptr<atomplug_core::Model> model;    // forward: see atomplug_core::Model
   torch::Device device = torch::Device(torch::kCPU);
   std::string model_name;
   std::string model_length_unit;
@@ -427,7 +426,7 @@ void PairAtomplug::load_model()
   choose_device(declared.supported_devices);
   start_torch();
   try {
-    model = std::make_unique<torch::jit::Module>(atomplug_core::load_model(model_path, device, header));
+    model = std::make_unique<atomplug_core::Model>(atomplug_core::load_model(model_path, device, header));
   } catch (atomplug_core::ModelFileError &e) {
     FAIL_ALL(e.what());
   } catch (std::exception &e) {
@@ -473,10 +472,8 @@ void PairAtomplug::start_torch()
   // torch runs with LAMMPS' OpenMP threads per rank (1 unless OMP_NUM_THREADS or -pk omp say
   // otherwise), not with every core of the node under each MPI rank
   at::set_num_threads(std::max(1, comm->nthreads));
-  // TorchScript's profiling executor spends ~0.5 s on the first two calls specializing the graph,
-  // which then runs ~20% faster (ANI-1x). ATOMPLUG_TORCHSCRIPT_OPTIMIZE=0 skips that: for short runs.
-  const char *optimize = std::getenv("ATOMPLUG_TORCHSCRIPT_OPTIMIZE");
-  torch::jit::setGraphExecutorOptimize(!(optimize && std::string(optimize) == "0"));
+  // TorchScript's graph optimisation: atomplug_core::Model (forward unoptimised for its first
+  // calls, then optimised on a fresh copy of the module; setup methods never optimised)
 }
 
 // what LAMMPS needs of the model's declaration (its metadata, equal to its code's)
@@ -517,7 +514,7 @@ void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
 // (variant_output), whose error (an unknown variant, listing the available ones) is the user's
 std::string PairAtomplug::resolve_output(const std::string &request)
 {
-  if (!model->find_method("variant_output")) {
+  if (!model->has_method("variant_output")) {
     if (!variant.empty())
       FAIL_ALL("variant " + variant +
                ": this model file was exported before output variants existed; export it again with "
@@ -537,7 +534,7 @@ std::string PairAtomplug::resolve_output(const std::string &request)
 void PairAtomplug::read_inputs()
 {
   input_names.clear();
-  if (model->find_method("input_names")) {
+  if (model->has_method("input_names")) {
     try {
       for (const auto &name : model->run_method("input_names").toList())
         input_names.push_back(name.get().toStringRef());
@@ -1585,10 +1582,14 @@ void PairAtomplug::finish()
     utils::logmesg(lmp,
                    "atomplug timing (rank 0, ms per call, {} calls): atom mapping {:.4f}, pairs "
                    "{:.4f}, tensors in {:.4f}, entry point (model) {:.4f}, results out {:.4f}; "
-                   "model atoms {:.0f} (local {:.0f}), pairs {:.0f}\n",
+                   "model atoms {:.0f} (local {:.0f}), pairs {:.0f}; entry point calls since pair_style "
+                   "{}, {}\n",
                    timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale, timing[3] * scale,
                    timing[4] * scale, timing_atoms / timing_calls, timing_local / timing_calls,
-                   timing_pairs / timing_calls);
+                   timing_pairs / timing_calls, model->forward_calls(),
+                   model->optimized()
+                       ? fmt::format("optimised from call {}", atomplug_core::UNOPTIMIZED_CALLS + 1)
+                       : std::string("unoptimised so far"));
   }
   for (double &t : timing) t = 0.0;
   timing_calls = 0;

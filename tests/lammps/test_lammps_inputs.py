@@ -43,7 +43,6 @@ LAMMPS_ORDER = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]  # xx yy zz xy x
 # LAMMPS' Coulomb constants (force.cpp qqr2e): units metal in eV*A/e^2, units real in kcal/mol*A/e^2
 QQR2E = {"metal": 14.399645, "real": 332.06371}
 CUTOFF = 6.0
-FAST = {"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"}  # short runs: skip TorchScript's profiling passes
 
 
 # ---- charges: the Coulomb example vs LAMMPS coul/cut ---------------------------------------------
@@ -117,7 +116,7 @@ def coulomb_runs(tmp_path_factory, plugin):
         coulomb_block(f"native-{units}-{box}", units, f"{box}.data", f"coul/cut {CUTOFF}", "* *")
         for units, box in cases
     )
-    run_lmp(directory, native, 1, name="in.native", env=FAST)
+    run_lmp(directory, native, 1, name="in.native")
     for nprocs in (1, 2, 4):
         text = "".join(
             coulomb_block(
@@ -125,7 +124,7 @@ def coulomb_runs(tmp_path_factory, plugin):
             )
             for units, box in cases
         )
-        run_lmp(directory, text, nprocs, name=f"in.model-{nprocs}", env=FAST)
+        run_lmp(directory, text, nprocs, name=f"in.model-{nprocs}")
     return directory, read_values(directory / "values.txt")
 
 
@@ -183,7 +182,7 @@ run 0
 undump d
 print "{name} pe=$(pe:%.17g) vol=$(vol:%.17g) pxx=$(c_pv[1]:%.17g) pyy=$(c_pv[2]:%.17g) pzz=$(c_pv[3]:%.17g) pxy=$(c_pv[4]:%.17g) pxz=$(c_pv[5]:%.17g) pyz=$(c_pv[6]:%.17g)" append values.txt screen no
 """
-        run_lmp(directory, text, nprocs, name=f"in.charge-spin-{nprocs}", env=FAST)
+        run_lmp(directory, text, nprocs, name=f"in.charge-spin-{nprocs}")
     return directory, model, read_values(directory / "values.txt")
 
 
@@ -273,7 +272,7 @@ dump_modify d sort id format float %.17g
 run 0
 print "{label} ke=$(c_ke:%.17g) pair=$(c_pair[1]:%.17g)" append values.txt screen no
 """
-        run_lmp(directory, text, nprocs, name=f"in.kinetic-{nprocs}", env=FAST)
+        run_lmp(directory, text, nprocs, name=f"in.kinetic-{nprocs}")
     mvv2e = dict(line.split() for line in run_python(directory, MVV2E_DRIVER).stdout.split("\n") if line.strip())
     return directory, read_values(directory / "values.txt"), {k: float(v) for k, v in mvv2e.items()}
 
@@ -406,7 +405,7 @@ dump_modify d sort id format float %.17g
 run 0
 print "{label} pe=$(pe:%.17g) pxx=$(c_pv[1]:%.17g) pxy=$(c_pv[4]:%.17g) t1=$(c_triple[1]:%.17g) t2=$(c_triple[2]:%.17g) t3=$(c_triple[3]:%.17g)" append values.txt screen no
 """
-    result = run_lmp(directory, text, 2, env=FAST)
+    result = run_lmp(directory, text, 2)
     dumps = {label: read_dump(directory / f"{label}.dump") for label in ("plain", "alt")}
     return result.stdout, read_values(directory / "values.txt"), dumps
 
@@ -467,7 +466,7 @@ def test_uncertainty_threshold_warns_once_per_step(tmp_path, plugin):
     model = str(tmp_path / "uncertain.pt")
     export_two_heads(model, uncertainty=False, scale=0.1)
     text = uncertainty_input(model, "outputs energy_uncertainty uncertainty_threshold 0.01", 3)
-    result = run_lmp(tmp_path, text, env=FAST)
+    result = run_lmp(tmp_path, text)
     output = " ".join(result.stdout.split())  # LAMMPS wraps long lines
     warnings = WARNING.findall(output)
     assert [int(w[2]) for w in warnings] == [0, 1, 2, 3], result.stdout[-3000:]
@@ -488,9 +487,7 @@ def test_uncertainty_threshold_stop_ends_the_run_at_the_step(tmp_path, plugin):
     model = str(tmp_path / "uncertain.pt")
     export_two_heads(model, uncertainty=True, scale=0.1)
     steps = 6
-    first = run_lmp(
-        tmp_path, uncertainty_input(model, "outputs energy_uncertainty", steps), 2, name="in.values", env=FAST
-    )
+    first = run_lmp(tmp_path, uncertainty_input(model, "outputs energy_uncertainty", steps), 2, name="in.values")
     series = [
         float(line.split()[2]) for line in first.stdout.splitlines() if re.match(r"^\s+\d+\s+\S+\s+\S+\s*$", line)
     ]
@@ -498,7 +495,7 @@ def test_uncertainty_threshold_stop_ends_the_run_at_the_step(tmp_path, plugin):
     stop_at = next(k for k in range(1, steps + 1) if series[k] > max(series[:k]) * (1 + 1e-6))
     threshold = 0.5 * (max(series[:stop_at]) + series[stop_at])
     text = uncertainty_input(model, f"uncertainty_threshold {threshold!r} stop", steps)
-    result = run_lmp(tmp_path, text, 2, name="in.stop", check=False, env=FAST)
+    result = run_lmp(tmp_path, text, 2, name="in.stop", check=False)
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 1, output[-3000:]
     assert re.search(

@@ -140,13 +140,8 @@ def lj_runs(tmp_path_factory, plugin, lj_model_path, full_list_lj_path):
     write_structures(str(directory))
     runs = {}
     for nprocs in RANKS:
-        # dozens of `run 0` with fresh models: skip TorchScript's warm-up (same numbers, ~0.5 s less each)
         result = run_lmp(
-            directory,
-            lammps_input(nprocs, lj_model_path, full_list_lj_path),
-            nprocs,
-            name=f"in.lj-{nprocs}",
-            env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"},
+            directory, lammps_input(nprocs, lj_model_path, full_list_lj_path), nprocs, name=f"in.lj-{nprocs}"
         )
         assert "atomplug: model 'lennard-jones'" in result.stdout
         runs[nprocs] = str(directory)

@@ -94,7 +94,7 @@ def runs(tmp_path_factory, plugin, message_passing_path):
             for name, (_structure, boundary, ranks, processors) in CONFIGS.items()
             if nprocs in ranks
         )
-        result = run_lmp(directory, text, nprocs, name=f"in.mp-{nprocs}", env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+        result = run_lmp(directory, text, nprocs, name=f"in.mp-{nprocs}")
         results[nprocs] = result.stdout
     return str(directory), results
 
@@ -218,7 +218,7 @@ def mace_runs(tmp_path_factory, plugin, mace_path):
             run_block(name, CONFIGS[name][1], CONFIGS[name][3], mace_path, f"mace-{name}-{nprocs}")
             for name in ("periodic", "isolated")
         )
-        run_lmp(directory, text, nprocs, name=f"in.mace-{nprocs}", env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+        run_lmp(directory, text, nprocs, name=f"in.mace-{nprocs}")
     return str(directory)
 
 

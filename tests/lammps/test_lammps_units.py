@@ -52,7 +52,7 @@ def unit_runs(tmp_path_factory, plugin, lj_model_path):
         scaled.positions = atoms.positions * factor
         ase.io.write(str(directory / f"argon-{style}.data"), scaled, format="lammps-data", masses=True)
     text = "".join(block(style, lj_model_path) for style in STYLES)
-    run_lmp(directory, text, env={"ATOMPLUG_TORCHSCRIPT_OPTIMIZE": "0"})
+    run_lmp(directory, text)
     return directory
 
 

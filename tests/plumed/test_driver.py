@@ -198,3 +198,26 @@ def test_verlet_skin_lists_follow_an_md_trajectory(tmp_path, plugin, plumed_mode
     assert_close(runs["cv"][0]["cv"], runs["cv"][0]["ref"], what="values")
     assert_close(runs["cv"][1], runs["ref"][1], what="forces")
     assert_close(runs["cv"][2], runs["ref"][2], what="virial")
+
+
+def test_coordination_stays_native_across_the_switch_to_optimised_execution(tmp_path, plugin, plumed_models):
+    """The model's forward runs unoptimised for its first UNOPTIMIZED_CALLS calls, then optimised on a
+    fresh copy of the module (atomplug_core::Model): a trajectory well past that switch (one call
+    per frame) keeps the values, forces and virial of native COORDINATION. Without the fresh copy
+    the optimised entry point fails right after the switch."""
+    from atomplug.core.archive import UNOPTIMIZED_CALLS
+
+    n_frames = UNOPTIMIZED_CALLS + 10
+    trajectory = str(tmp_path / "trajectory.xyz")
+    write_xyz(trajectory, random_frames(30, n_frames, 2.4, seed=23), TRICLINIC_BOX)
+    native = f"ref: COORDINATION GROUPA=1-10 GROUPB=11-30 SWITCH={SWITCHES['coordination']}"
+    atomplug = f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1"
+    runs = restrained_runs(str(tmp_path), plugin, trajectory, native, atomplug)
+    colvar = runs["cv"][0]
+    assert len(colvar["cv"]) == n_frames
+    assert np.all(colvar["ref"] > 0.5), "the test structures must have contacts"
+    assert_close(colvar["cv"], colvar["ref"], what="values")
+    assert_close(runs["ref"][0]["cv"], runs["ref"][0]["ref"], what="values, unbiased")
+    assert_close(runs["cv"][1], runs["ref"][1], what="forces")
+    assert_close(runs["cv"][2], runs["ref"][2], what="virial")
+    assert np.max(np.abs(runs["ref"][1])) > 1.0, "the restraint must exert forces"

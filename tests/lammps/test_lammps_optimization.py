@@ -1,0 +1,111 @@
+"""`pair_style atomplug` across TorchScript's switch to optimised execution (archive.UNOPTIMIZED_CALLS).
+
+The model's forward runs unoptimised for its first UNOPTIMIZED_CALLS calls after `pair_style`, then
+optimised on a fresh copy of the module (atomplug_core::Model). Two `run` commands (the count lives
+with the loaded model, not with a run) take an NVE trajectory well past the switch; energy, pressure
+and forces of every step must stay those of LAMMPS' own `lj/cut` (1e-10 relative, as in
+test_lammps_lj). Without the fresh copy the optimised entry point fails right after the switch.
+A second `pair_style` loads the model again: its count starts again at 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import ase.io
+import numpy as np
+import pytest
+from lammps_harness import read_dump, relative_difference, run_lmp
+from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
+
+from atomplug.core.archive import UNOPTIMIZED_CALLS
+
+TOLERANCE = 1e-10
+FIRST_RUN = UNOPTIMIZED_CALLS // 2  # the switch happens during the second run
+SECOND_RUN = UNOPTIMIZED_CALLS + 2  # so that several calls run optimised
+STEPS = FIRST_RUN + SECOND_RUN
+AGAIN = 3  # steps after pair_style is issued again (a new model: unoptimised again)
+
+ATOMPLUG = "pair_style atomplug {model}\npair_coeff * * Ar"
+NATIVE = f"pair_style lj/cut {AR_CUTOFF!r}\npair_coeff * * {AR_EPSILON!r} {AR_SIGMA!r}\npair_modify shift yes"
+
+
+def md_input(pair: str, label: str) -> str:
+    # each `run N` computes forces N + 1 times (its setup, then N steps); a dump file per step
+    return f"""
+units metal
+atom_style atomic
+read_data argon.data
+{pair}
+neighbor 0.5 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 300.0 4928459 loop geom
+fix nve all nve
+thermo 1
+thermo_style custom step pe pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+dump d all custom 1 {label}-*.dump id fx fy fz
+dump_modify d sort id format float %.17g
+run {FIRST_RUN}
+run {SECOND_RUN}
+{pair}
+run {AGAIN}
+"""
+
+
+def thermo_rows(log: str) -> dict:
+    """{step: row} of every thermo table in a run's screen output (later rows of a step win)."""
+    rows = {}
+    table = False
+    for line in log.splitlines():
+        if line.split()[:2] == ["Step", "PotEng"]:
+            table = True
+        elif line.startswith("Loop time"):
+            table = False
+        elif table:
+            values = [float(value) for value in line.split()]
+            rows[int(values[0])] = np.array(values[1:])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory, plugin, lj_model_path):
+    directory = tmp_path_factory.mktemp("lammps-optimization")
+    ase.io.write(str(directory / "argon.data"), displaced_triclinic_argon(), format="lammps-data", masses=True)
+    runs = {}
+    for label, pair in [("native", NATIVE), ("atomplug", ATOMPLUG.format(model=lj_model_path))]:
+        result = run_lmp(directory, md_input(pair, label), name=f"in.{label}", env={"ATOMPLUG_LAMMPS_TIMING": "1"})
+        runs[label] = (str(directory), result.stdout)
+    return runs
+
+
+def test_model_switches_to_optimised_execution(trajectories):
+    """The pair style's own count: unoptimised in the first run, optimised by the end of the second,
+    and a model loaded again by pair_style starts again."""
+    _, log = trajectories["atomplug"]
+    calls = re.findall(r"entry point calls since pair_style (\d+), (unoptimised so far|optimised from call \d+)", log)
+    assert calls == [
+        (str(FIRST_RUN + 1), "unoptimised so far"),
+        (str(STEPS + 2), f"optimised from call {UNOPTIMIZED_CALLS + 1}"),
+        (str(AGAIN + 1), "unoptimised so far"),
+    ], calls
+
+
+def test_results_stay_those_of_lj_cut_across_the_switch(trajectories):
+    directory, native_log = trajectories["native"]
+    _, log = trajectories["atomplug"]
+    native_rows, rows = thermo_rows(native_log), thermo_rows(log)
+    steps = range(STEPS + AGAIN + 1)
+    assert sorted(rows) == sorted(native_rows) == list(steps)
+    for step in steps:
+        # pe, then the pressure tensor (virial and kinetic parts)
+        assert abs(rows[step][0] - native_rows[step][0]) <= TOLERANCE * abs(native_rows[step][0]), step
+        assert relative_difference(rows[step][1:], native_rows[step][1:]) <= TOLERANCE, step
+        ours = read_dump(os.path.join(directory, f"atomplug-{step}.dump"))
+        native = read_dump(os.path.join(directory, f"native-{step}.dump"))
+        assert np.array_equal(ours["id"], native["id"])
+        forces_ours = np.stack([ours[c] for c in ("fx", "fy", "fz")], axis=1)
+        forces_native = np.stack([native[c] for c in ("fx", "fy", "fz")], axis=1)
+        assert np.max(np.abs(forces_native)) > 1e-3, step
+        assert relative_difference(forces_ours, forces_native) <= TOLERANCE, step
