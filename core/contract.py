@@ -28,9 +28,8 @@ class NeighborListOptions:
     def __init__(self, cutoff: float, full_list: bool, strict: bool = True):
         if not (cutoff > 0.0) or cutoff == float("inf"):
             raise ValueError(
-                "neighbor list cutoff must be a positive finite number, got "
-                + str(cutoff)
-                + ": fix the model's requested_neighbor_lists()"
+                f"neighbor list cutoff must be a positive finite number, got {cutoff}: "
+                "fix the model's requested_neighbor_lists()"
             )
         self.cutoff = cutoff
         self.full_list = full_list
@@ -42,7 +41,7 @@ class NeighborListOptions:
     def describe(self) -> str:
         kind = "full" if self.full_list else "half"
         strictness = "strict" if self.strict else "non-strict"
-        return "cutoff=" + str(self.cutoff) + " " + kind + " " + strictness
+        return f"cutoff={self.cutoff} {kind} {strictness}"
 
 
 @torch.jit.script

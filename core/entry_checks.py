@@ -24,39 +24,29 @@ def check_inputs(
     refused with a message that names the fix."""
     n_atoms = positions.shape[0]
     if positions.dim() != 2 or positions.shape[1] != 3:
-        raise ValueError("positions must have shape [n_atoms, 3], got " + str(positions.shape))
+        raise ValueError(f"positions must have shape [n_atoms, 3], got {positions.shape}")
     if not positions.is_floating_point():
         raise ValueError("positions must be floating point")
     if types.shape != (n_atoms,):
-        raise ValueError("types must have shape [n_atoms] = [" + str(n_atoms) + "], got " + str(types.shape))
+        raise ValueError(f"types must have shape [n_atoms] = [{n_atoms}], got {types.shape}")
     n_systems = system_sizes.shape[0]
     if n_systems == 0:
         raise ValueError("no systems to evaluate")
     if cells.shape != (n_systems, 3, 3) or pbcs.shape != (n_systems, 3):
         raise ValueError(
-            "cells must be [n_systems, 3, 3] and pbcs [n_systems, 3] for "
-            + str(n_systems)
-            + " systems, got "
-            + str(cells.shape)
-            + " and "
-            + str(pbcs.shape)
+            f"cells must be [n_systems, 3, 3] and pbcs [n_systems, 3] for {n_systems} systems, "
+            f"got {cells.shape} and {pbcs.shape}"
         )
     if int(system_sizes.sum()) != n_atoms:
-        raise ValueError(
-            "system_sizes add up to " + str(int(system_sizes.sum())) + " atoms, but there are " + str(n_atoms)
-        )
+        raise ValueError(f"system_sizes add up to {int(system_sizes.sum())} atoms, but there are {n_atoms}")
     if bool((system_sizes <= 0).any()):
         raise ValueError("a system has no atoms: every structure needs at least one atom")
     finite = torch.isfinite(positions).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
         raise ValueError(
-            "positions of "
-            + str(bad.shape[0])
-            + " atom(s) are NaN or infinite (first: atom "
-            + str(int(bad[0]))
-            + "): the structure is broken, check the engine's input or a "
-            "diverging simulation (time step too large?)"
+            f"positions of {bad.shape[0]} atom(s) are NaN or infinite (first: atom {int(bad[0])}): "
+            "the structure is broken, check the engine's input or a diverging simulation (time step too large?)"
         )
     if not bool(torch.isfinite(cells).all()):
         raise ValueError("the cell contains NaN or infinite values: check the engine's cell (box) input")
@@ -66,37 +56,24 @@ def check_inputs(
     if not bool(known.all()):
         unknown: List[int] = torch.unique(types[~known]).to(torch.int64).tolist()
         raise ValueError(
-            "atom types "
-            + str(unknown)
-            + " are unknown to this model, which knows "
-            + str(atomic_types)
-            + ": remove those atoms or use a model trained for them"
+            f"atom types {unknown} are unknown to this model, which knows {atomic_types}: "
+            "remove those atoms or use a model trained for them"
         )
     if len(neighbor_pairs) != n_lists or len(neighbor_shifts) != n_lists:
         raise ValueError(
-            "the model needs "
-            + str(n_lists)
-            + " neighbor list(s), got "
-            + str(len(neighbor_pairs))
-            + " pair and "
-            + str(len(neighbor_shifts))
-            + " shift tensors"
+            f"the model needs {n_lists} neighbor list(s), got {len(neighbor_pairs)} pair and "
+            f"{len(neighbor_shifts)} shift tensors"
         )
     for index in range(len(neighbor_pairs)):
         pairs = neighbor_pairs[index]
         shifts = neighbor_shifts[index]
         if pairs.dim() != 2 or pairs.shape[1] != 2 or shifts.shape != (pairs.shape[0], 3):
             raise ValueError(
-                "neighbor list "
-                + str(index)
-                + ": pairs must be [P, 2] and shifts [P, 3], got "
-                + str(pairs.shape)
-                + " and "
-                + str(shifts.shape)
+                f"neighbor list {index}: pairs must be [P, 2] and shifts [P, 3], got {pairs.shape} and {shifts.shape}"
             )
         if pairs.shape[0] > 0:
             if int(pairs.min()) < 0 or int(pairs.max()) >= n_atoms:
-                raise ValueError("neighbor list " + str(index) + " has atom indices outside [0, " + str(n_atoms) + ")")
+                raise ValueError(f"neighbor list {index} has atom indices outside [0, {n_atoms})")
 
 
 def check_periodic_cells(cells: Tensor, pbcs: Tensor):
@@ -120,7 +97,7 @@ def check_periodic_cells(cells: Tensor, pbcs: Tensor):
                 norm = math.sqrt(vector[0] * vector[0] + vector[1] * vector[1] + vector[2] * vector[2])
                 if norm == 0.0:
                     raise ValueError(
-                        structure_prefix(system, n_systems) + "cell vector " + str(axis) + " is zero but the "
+                        f"{structure_prefix(system, n_systems)}cell vector {axis} is zero but the "
                         "system is periodic along it: set a cell vector or make that direction non-periodic"
                     )
                 vectors.append(vector)
@@ -145,7 +122,7 @@ def check_periodic_cells(cells: Tensor, pbcs: Tensor):
             scale = norms[0] * norms[1] * norms[2]
         if measure <= 1e-10 * scale:
             raise ValueError(
-                structure_prefix(system, n_systems) + "the periodic cell vectors are linearly dependent (the "
+                f"{structure_prefix(system, n_systems)}the periodic cell vectors are linearly dependent (the "
                 "cell is flat): give a cell with a non-zero volume in its periodic directions"
             )
 
@@ -189,11 +166,11 @@ def non_finite_message(
     n_atoms = positions.shape[0]
     n_systems = system_sizes.shape[0]
     offsets = torch.cumsum(system_sizes, 0) - system_sizes
-    text = "the model returned NaN or infinite values in '" + name + "'"
+    text = f"the model returned NaN or infinite values in '{name}'"
     if name in pressure_outputs:
         if not bool(pbcs.to(torch.bool).all()):
             return (
-                text + ", a pressure, which has no meaning without a cell periodic in all three "
+                f"{text}, a pressure, which has no meaning without a cell periodic in all three "
                 "directions: ask for it on 3D periodic structures only"
             )
     closest = -1.0
@@ -213,27 +190,16 @@ def non_finite_message(
     if first >= 0 and relative < 0.01:
         system = int(system_of_atom[first])
         offset = int(offsets[system])
+        prefix = structure_prefix(system, n_systems)
+        gap = number_text(closest / length_factor)
+        position = position_text(positions, first)
         return (
-            text
-            + ": "
-            + structure_prefix(system, n_systems)
-            + "atoms "
-            + str(first - offset)
-            + " and "
-            + str(second - offset)
-            + " are only "
-            + number_text(closest / length_factor)
-            + " "
-            + length_unit
-            + " apart (overlapping atoms, at "
-            + position_text(positions, first)
-            + " "
-            + length_unit
-            + "): remove the duplicate atom or move the atoms apart"
+            f"{text}: {prefix}atoms {first - offset} and {second - offset} are only {gap} {length_unit} apart "
+            f"(overlapping atoms, at {position} {length_unit}): remove the duplicate atom or move the atoms apart"
         )
     fix = (
         ": the model cannot handle this structure (atoms too close, or far from its training data?) "
-        + "or is broken; check the structure"
+        "or is broken; check the structure"
     )
     atoms = torch.zeros(0, dtype=torch.int64)
     if name == "forces":  # [N, 3], or [P, N, 3] for several properties
@@ -246,19 +212,11 @@ def non_finite_message(
     if atoms.shape[0] > 0:
         atom = int(atoms[0])
         system = int(system_of_atom[atom])
+        prefix = structure_prefix(system, n_systems)
+        position = position_text(positions, atom)
         return (
-            text
-            + " for "
-            + str(atoms.shape[0])
-            + " atom(s), first "
-            + structure_prefix(system, n_systems)
-            + "atom "
-            + str(atom - int(offsets[system]))
-            + " at "
-            + position_text(positions, atom)
-            + " "
-            + length_unit
-            + fix
+            f"{text} for {atoms.shape[0]} atom(s), first {prefix}atom {atom - int(offsets[system])} "
+            f"at {position} {length_unit}{fix}"
         )
     # a per-structure value ([S, p], or the virial [S, 3, 3] / [P, S, 3, 3])
     if name == "virial":
@@ -267,20 +225,21 @@ def non_finite_message(
         bad = (~torch.isfinite(values.reshape(n_systems, -1))).any(dim=1)
     systems = torch.nonzero(bad).flatten()
     if n_systems > 1 and systems.shape[0] > 0:
-        return text + " for structure " + str(int(systems[0])) + fix
-    return text + fix
+        return f"{text} for structure {int(systems[0])}{fix}"
+    return f"{text}{fix}"
 
 
 def structure_prefix(system: int, n_systems: int) -> str:
     """'structure 3: ' in a batch of several structures, nothing for a single one."""
     if n_systems > 1:
-        return "structure " + str(system) + ": "
+        return f"structure {system}: "
     return ""
 
 
 def position_text(positions: Tensor, atom: int) -> str:
     values: List[float] = positions[atom].detach().to(torch.float64).tolist()
-    return "(" + ", ".join([number_text(value) for value in values]) + ")"
+    texts = [number_text(value) for value in values]
+    return f"({', '.join(texts)})"
 
 
 def number_text(value: float) -> str:
@@ -288,8 +247,10 @@ def number_text(value: float) -> str:
     if not math.isfinite(value) or abs(value) >= 1e12 or (value != 0.0 and abs(value) < 1e-4):
         return str(value)
     scaled = int(round(abs(value) * 10000.0))
-    text = ("-" if value < 0.0 and scaled > 0 else "") + str(scaled // 10000)
+    sign = "-" if value < 0.0 and scaled > 0 else ""
+    text = f"{sign}{scaled // 10000}"
     fraction = scaled % 10000
     if fraction > 0:
-        text = text + "." + ("000" + str(fraction))[-4:].rstrip("0")
+        digits = f"000{fraction}"[-4:].rstrip("0")
+        text = f"{text}.{digits}"
     return text

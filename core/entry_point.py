@@ -186,7 +186,7 @@ class AtomisticModel(torch.nn.Module):
         for known in self._output_names:
             if known == name:
                 plain = True
-            elif known.startswith(name + "/"):
+            elif known.startswith(f"{name}/"):
                 variants.append(known[len(name) + 1 :])
         if not plain and len(variants) == 0:
             return request  # not an output of this model: the caller's own check names it
@@ -194,31 +194,22 @@ class AtomisticModel(torch.nn.Module):
             if plain:
                 return request
             raise ValueError(
-                "the model has no plain '"
-                + name
-                + "', only its variants "
-                + ", ".join(variants)
-                + ": choose one (variant=...)"
+                f"the model has no plain '{name}', only its variants {', '.join(variants)}: choose one (variant=...)"
             )
         if variant in variants:
-            return name + "/" + variant + suffix
+            return f"{name}/{variant}{suffix}"
         if plain and name != "energy":
             return request  # outputs without this variant are the same for every variant
         available = "none" if len(variants) == 0 else ", ".join(variants)
         raise ValueError(
-            "the model has no variant '"
-            + variant
-            + "' of '"
-            + name
-            + "' (available: "
-            + available
-            + "): choose one of those, or no variant"
+            f"the model has no variant '{variant}' of '{name}' (available: {available}): "
+            "choose one of those, or no variant"
         )
 
     @torch.jit.export
     def unit_conversion(self, from_unit: str, to_unit: str) -> float:
         """Factor converting a value in `from_unit` to `to_unit`, from the archive's unit table."""
-        key = from_unit + "\n" + to_unit
+        key = f"{from_unit}\n{to_unit}"
         if key in self._factor_cache:
             return self._factor_cache[key]
         factor = self._converter.forward(from_unit, to_unit)
@@ -248,11 +239,7 @@ class AtomisticModel(torch.nn.Module):
             if known == name:
                 return index
         raise ValueError(
-            "the model has no output '"
-            + name
-            + "' (it declares: "
-            + ", ".join(self._output_names)
-            + "); ask for one of those"
+            f"the model has no output '{name}' (it declares: {', '.join(self._output_names)}); ask for one of those"
         )
 
     def _output_factor(
@@ -260,28 +247,24 @@ class AtomisticModel(torch.nn.Module):
     ) -> float:
         quantity = self._output_quantities[index]
         unit = self._output_units[index]
-        if quantity == "mass" or quantity == "velocity" or quantity == "charge" or quantity == "dipole":
+        if quantity in ["mass", "velocity", "charge", "dipole"]:
             key = "charge" if quantity == "dipole" else quantity
             if quantity_units is None or key not in quantity_units:
                 raise ValueError(
-                    "the engine gave no unit of "
-                    + key
-                    + " (quantity_units) for the output '"
-                    + self._output_names[index]
-                    + "'"
+                    f"the engine gave no unit of {key} (quantity_units) for the output '{self._output_names[index]}'"
                 )
             target = quantity_units[key]
             if quantity == "dipole":
-                target = "(" + target + ")*(" + length_unit + ")"
+                target = f"({target})*({length_unit})"
             return self.unit_conversion(unit, target)
         if quantity == "energy":
             return self.unit_conversion(unit, energy_unit)
         if quantity == "length":
             return self.unit_conversion(unit, length_unit)
         if quantity == "force":
-            return self.unit_conversion(unit, "(" + energy_unit + ")/(" + length_unit + ")")
+            return self.unit_conversion(unit, f"({energy_unit})/({length_unit})")
         if quantity == "pressure":
-            return self.unit_conversion(unit, "(" + energy_unit + ")/(" + length_unit + ")^3")
+            return self.unit_conversion(unit, f"({energy_unit})/({length_unit})^3")
         return 1.0
 
     def forward(
@@ -428,7 +411,7 @@ class AtomisticModel(torch.nn.Module):
 
         final: Dict[str, Tensor] = {}
         for key, value in results.items():
-            if key in returned or key == "forces" or key == "virial" or key == "atomic_virial":
+            if key in returned or key in ["forces", "virial", "atomic_virial"]:
                 final[key] = value.detach().to(torch.float64)
         non_finite = non_finite_output(final, positions.device)
         if non_finite is not None:
@@ -459,7 +442,7 @@ class AtomisticModel(torch.nn.Module):
             return None
         selected = torch.unique(selected_atoms.to(torch.int64))
         if selected.shape[0] > 0 and (int(selected[0]) < 0 or int(selected[-1]) >= n_atoms):
-            raise ValueError("selected_atoms has indices outside [0, " + str(n_atoms) + ")")
+            raise ValueError(f"selected_atoms has indices outside [0, {n_atoms})")
         return selected
 
     def _virial_source(
@@ -475,7 +458,7 @@ class AtomisticModel(torch.nn.Module):
             if index < 0 or not self._output_per_atom[index]:
                 raise ValueError(
                     "non-conservative forces need a per-atom 'non_conservative_forces' output, which this model "
-                    "does not declare (it declares: " + ", ".join(self._output_names) + "): take forces from the "
+                    f"does not declare (it declares: {', '.join(self._output_names)}): take forces from the "
                     "energy gradient instead"
                 )
         if not compute_virial or selected is not None:
@@ -502,16 +485,13 @@ class AtomisticModel(torch.nn.Module):
             capable = self._output_per_atom[index]
             if per_atom and not capable:
                 raise ValueError(
-                    "the model cannot compute '"
-                    + name
-                    + "' per atom (it declares it per structure only): ask for '"
-                    + name
-                    + "' without '/per_atom'"
+                    f"the model cannot compute '{name}' per atom (it declares it per structure only): "
+                    f"ask for '{name}' without '/per_atom'"
                 )
             if selected is not None and not per_atom and not capable and self._output_quantities[index] == "energy":
                 raise ValueError(
                     "this engine evaluates a subset of atoms (e.g. LAMMPS local atoms among ghosts), "
-                    "which needs per-atom '" + name + "'; the model declares it per structure only: "
+                    f"which needs per-atom '{name}'; the model declares it per structure only: "
                     "export it with ModelOutput(per_atom=True)"
                 )
             ask_per_atom = per_atom or (capable and selected is not None)
@@ -567,37 +547,26 @@ class AtomisticModel(torch.nn.Module):
         results: Dict[str, Tensor] = {}
         for name, requested in model_outputs.items():
             if name not in raw:
-                raise ValueError(
-                    "the model did not return the output '" + name + "' it was asked for: fix its forward()"
-                )
+                raise ValueError(f"the model did not return the output '{name}' it was asked for: fix its forward()")
             index = self._output_index(name)
             values = raw[name]
             n_properties = len(self._output_properties[index])
             if values.dim() != 2 or (n_properties > 0 and values.shape[1] != n_properties):
+                columns = str(n_properties) if n_properties > 0 else "n_properties"
                 raise ValueError(
-                    "the model returned '"
-                    + name
-                    + "' with shape "
-                    + str(values.shape)
-                    + ", expected [rows, "
-                    + (str(n_properties) if n_properties > 0 else "n_properties")
-                    + "]: fix its forward()"
+                    f"the model returned '{name}' with shape {values.shape}, expected [rows, {columns}]: "
+                    "fix its forward()"
                 )
             if not values.is_floating_point():
-                raise ValueError("the model returned '" + name + "' as a non-floating point tensor")
+                raise ValueError(f"the model returned '{name}' as a non-floating point tensor")
             factor = self._output_factor(index, length_unit, energy_unit, quantity_units)
             if factor != 1.0:
                 values = values * factor
             if not requested.per_atom:
                 if values.shape[0] != n_systems:
                     raise ValueError(
-                        "the model returned '"
-                        + name
-                        + "' with "
-                        + str(values.shape[0])
-                        + " rows for "
-                        + str(n_systems)
-                        + " systems: fix its forward()"
+                        f"the model returned '{name}' with {values.shape[0]} rows for {n_systems} systems: "
+                        "fix its forward()"
                     )
                 results[name] = values
                 continue
@@ -605,16 +574,12 @@ class AtomisticModel(torch.nn.Module):
                 values = values.index_select(0, selected)
             elif values.shape[0] != (n_atoms if selected is None else selected.shape[0]):
                 raise ValueError(
-                    "the model returned per-atom '"
-                    + name
-                    + "' with "
-                    + str(values.shape[0])
-                    + " rows for "
-                    + str(n_atoms)
-                    + " atoms: fix its forward()"
+                    f"the model returned per-atom '{name}' with {values.shape[0]} rows for {n_atoms} atoms: "
+                    "fix its forward()"
                 )
-            if name + "/per_atom" in requests:
-                results[name + "/per_atom"] = values
+            per_atom_name = f"{name}/per_atom"
+            if per_atom_name in requests:
+                results[per_atom_name] = values
             if name in requests:
                 owners = system_of_atom if selected is None else system_of_atom.index_select(0, selected)
                 summed = torch.zeros((n_systems, values.shape[1]), dtype=values.dtype, device=values.device)
@@ -642,11 +607,7 @@ class AtomisticModel(torch.nn.Module):
         n_targets = target.shape[1]
         if n_targets != 1 and compute_atomic_virial:
             raise ValueError(
-                "the per-atom virial needs a single-valued output, '"
-                + gradient_output
-                + "' has "
-                + str(n_targets)
-                + " properties"
+                f"the per-atom virial needs a single-valued output, '{gradient_output}' has {n_targets} properties"
             )
         inputs: List[Tensor] = []
         if compute_forces:
@@ -736,10 +697,8 @@ class AtomisticModel(torch.nn.Module):
         for index, name in enumerate(self._input_names):
             if inputs is None or name not in inputs:
                 raise ValueError(
-                    "the model needs the input '"
-                    + name
-                    + "', which the engine did not give: "
-                    + "see the engine's documentation for how to supply it"
+                    f"the model needs the input '{name}', which the engine did not give: "
+                    "see the engine's documentation for how to supply it"
                 )
             values = inputs[name].detach()
             per_atom = self._input_per_atom[index]
@@ -748,28 +707,15 @@ class AtomisticModel(torch.nn.Module):
             if values.dim() == 1 and width == 1:
                 values = values.reshape(-1, 1)
             if values.dim() != 2 or values.shape[0] != rows or values.shape[1] != width:
-                raise ValueError(
-                    "the input '"
-                    + name
-                    + "' has shape "
-                    + str(values.shape)
-                    + ", expected ["
-                    + str(rows)
-                    + ", "
-                    + str(width)
-                    + "] ("
-                    + ("per atom" if per_atom else "per structure")
-                    + ")"
-                )
+                layout = "per atom" if per_atom else "per structure"
+                raise ValueError(f"the input '{name}' has shape {values.shape}, expected [{rows}, {width}] ({layout})")
             values = values.to(dtype=dtype, device=device)
             if not bool(torch.isfinite(values).all()):
-                raise ValueError("the input '" + name + "' holds NaN or infinite values: give finite values")
+                raise ValueError(f"the input '{name}' holds NaN or infinite values: give finite values")
             quantity = self._input_quantities[index]
             if quantity != "":
                 if quantity_units is None or quantity not in quantity_units:
-                    raise ValueError(
-                        "the engine gave no unit of " + quantity + " (quantity_units) for the input '" + name + "'"
-                    )
+                    raise ValueError(f"the engine gave no unit of {quantity} (quantity_units) for the input '{name}'")
                 factor = self.unit_conversion(quantity_units[quantity], self._input_units[index])
                 if factor != 1.0:
                     values = values * factor

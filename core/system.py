@@ -52,7 +52,7 @@ class System:
     def add_neighbor_list(self, neighbors: NeighborList):
         for known in self._neighbor_options:
             if known.same_as(neighbors.options):
-                raise ValueError("a neighbor list for " + known.describe() + " was already added")
+                raise ValueError(f"a neighbor list for {known.describe()} was already added")
         self._neighbor_options.append(neighbors.options)
         self._neighbor_lists.append(neighbors)
 
@@ -64,11 +64,8 @@ class System:
         for known in self._neighbor_options:
             available.append(known.describe())
         raise ValueError(
-            "no neighbor list for "
-            + options.describe()
-            + " in this system (available: "
-            + ", ".join(available)
-            + "); a model must list every neighbor list it uses in requested_neighbor_lists()"
+            f"no neighbor list for {options.describe()} in this system (available: {', '.join(available)}); "
+            "a model must list every neighbor list it uses in requested_neighbor_lists()"
         )
 
     def known_neighbor_lists(self) -> List[NeighborListOptions]:
@@ -86,12 +83,10 @@ class System:
         requested: List[str] = []
         for known in self._inputs.keys():
             requested.append(known)
+        listed = ", ".join(requested) if len(requested) > 0 else "none"
         raise ValueError(
-            "the model did not request the input '"
-            + name
-            + "' (it requested: "
-            + (", ".join(requested) if len(requested) > 0 else "none")
-            + "): add it to the model's requested_inputs() and export it again"
+            f"the model did not request the input '{name}' (it requested: {listed}): "
+            "add it to the model's requested_inputs() and export it again"
         )
 
     def known_inputs(self) -> List[str]:

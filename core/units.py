@@ -199,7 +199,7 @@ def dimension_name(dims: List[float]) -> str:
     symbols = ["M", "L", "T", "Q"]
     for k in range(4):
         if dims[k] != 0.0:
-            parts.append(symbols[k] + "^" + str(int(dims[k])))
+            parts.append(f"{symbols[k]}^{int(dims[k])}")
     return " ".join(parts)
 
 
@@ -230,9 +230,9 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
                 while i < n and expression[i] in digits_set:
                     i += 1
             # An exponent only when digits follow, so "2eV" stays number "2" then symbol "eV".
-            if i < n and (expression[i] == "e" or expression[i] == "E"):
+            if i < n and expression[i] in ["e", "E"]:
                 j = i + 1
-                if j < n and (expression[j] == "+" or expression[j] == "-"):
+                if j < n and expression[j] in ["+", "-"]:
                     j += 1
                 if j < n and expression[j] in digits_set:
                     i = j
@@ -248,19 +248,17 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
             kinds.append("sym")
             texts.append(expression[start:i])
             starts.append(start)
-        elif c == "*" or c == "/" or c == "^" or c == "(" or c == ")" or c == "-" or c == "+":
+        elif c in ["*", "/", "^", "(", ")", "-", "+"]:
             kinds.append("op")
             texts.append(c)
             starts.append(i)
             i += 1
         elif c in "!\"#$%&',.:;<=>?@[\\]`{|}~":
-            raise ValueError(
-                "invalid unit expression '" + expression + "': unexpected character '" + c + "' at position " + str(i)
-            )
+            raise ValueError(f"invalid unit expression '{expression}': unexpected character '{c}' at position {i}")
         else:  # a control or non-ASCII character (in TorchScript, one byte of it: not quoted)
             raise ValueError(
-                "invalid unit expression '" + expression + "': unexpected control or non-ASCII character at "
-                "position " + str(i) + " (unit expressions are plain ASCII, e.g. 'eV/Angstrom^3')"
+                f"invalid unit expression '{expression}': unexpected control or non-ASCII character at "
+                f"position {i} (unit expressions are plain ASCII, e.g. 'eV/Angstrom^3')"
             )
     return kinds, texts, starts
 
@@ -268,7 +266,7 @@ def _tokenize(expression: str) -> Tuple[List[str], List[str], List[int]]:
 def _describe(kinds: List[str], texts: List[str], index: int) -> str:
     if index >= len(kinds):
         return "the end of the expression"
-    return "'" + texts[index] + "'"
+    return f"'{texts[index]}'"
 
 
 def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: int) -> Tuple[int, int]:
@@ -276,7 +274,7 @@ def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: i
     n = len(kinds)
     if index >= n or texts[index] != "^" or kinds[index] != "op":
         return 1, index
-    prefix = "invalid unit expression '" + expression + "': "
+    prefix = f"invalid unit expression '{expression}': "
     max_exponent = 64  # powers are computed by repeated multiplication
     i = index + 1
     parenthesized = False
@@ -284,25 +282,25 @@ def _read_exponent(expression: str, kinds: List[str], texts: List[str], index: i
         parenthesized = True
         i += 1
     sign = 1
-    if i < n and kinds[i] == "op" and (texts[i] == "-" or texts[i] == "+"):
+    if i < n and kinds[i] == "op" and texts[i] in ["-", "+"]:
         if texts[i] == "-":
             sign = -1
         i += 1
     if i >= n or kinds[i] != "num":
-        raise ValueError(prefix + "'^' must be followed by an integer exponent, found " + _describe(kinds, texts, i))
+        raise ValueError(f"{prefix}'^' must be followed by an integer exponent, found {_describe(kinds, texts, i)}")
     digits = texts[i]
     if not digits.isdigit():
-        raise ValueError(prefix + "non-integer exponent '" + digits + "' (only integer powers are allowed)")
+        raise ValueError(f"{prefix}non-integer exponent '{digits}' (only integer powers are allowed)")
     significant = digits.lstrip("0")  # "^0000002" is 2; bound the length before int()
     value = int(digits) if len(significant) <= 6 else max_exponent + 1
     if value > max_exponent:
-        raise ValueError(prefix + "exponent '" + digits + "' is too large (at most " + str(max_exponent) + ")")
+        raise ValueError(f"{prefix}exponent '{digits}' is too large (at most {max_exponent})")
     i += 1
     if i < n and kinds[i] == "op" and texts[i] == "^":
-        raise ValueError(prefix + "repeated '^': write a single integer power, e.g. 'x^6' instead of 'x^2^3'")
+        raise ValueError(f"{prefix}repeated '^': write a single integer power, e.g. 'x^6' instead of 'x^2^3'")
     if parenthesized:
         if i >= n or kinds[i] != "op" or texts[i] != ")":
-            raise ValueError(prefix + "unbalanced parenthesis: missing ')' after the exponent")
+            raise ValueError(f"{prefix}unbalanced parenthesis: missing ')' after the exponent")
         i += 1
     return sign * value, i
 
@@ -318,7 +316,7 @@ def _number(text: str, prefix: str) -> float:
     exponent = 0
     cut = -1
     for k in range(len(text)):
-        if text[k] == "e" or text[k] == "E":
+        if text[k] in ["e", "E"]:
             cut = k
     if cut >= 0:
         mantissa = text[:cut]
@@ -344,10 +342,10 @@ def _number(text: str, prefix: str) -> float:
     else:
         significant = fraction.lstrip("0")
         if significant == "":
-            raise ValueError(prefix + "numeric factor '" + text + "' must be finite and non-zero")
+            raise ValueError(f"{prefix}numeric factor '{text}' must be finite and non-zero")
         magnitude = exponent - (len(fraction) - len(significant) + 1)
     if magnitude > 299 or magnitude < -299:
-        raise ValueError(prefix + "numeric factor '" + text + "' is out of range (1e-299 to 1e299)")
+        raise ValueError(f"{prefix}numeric factor '{text}' is out of range (1e-299 to 1e299)")
     return float(text)
 
 
@@ -365,13 +363,13 @@ def _apply(accumulator: List[float], operator: str, operand: List[float], expone
     divide = (operator == "/") != (exponent < 0)
     if not (power >= 1e-300 and power <= 1e300):
         raise ValueError(
-            prefix + "a power of " + str(operand[0]) + " is out of range (units and their "
+            f"{prefix}a power of {operand[0]} is out of range (units and their "
             "powers must lie between 1e-300 and 1e300 SI units)"
         )
     value = accumulator[0] / power if divide else accumulator[0] * power
     if not (value >= 1e-300 and value <= 1e300):
         raise ValueError(
-            prefix + "its value goes out of range (units and their products must lie between 1e-300 and 1e300 SI units)"
+            f"{prefix}its value goes out of range (units and their products must lie between 1e-300 and 1e300 SI units)"
         )
     scale = float(-exponent) if operator == "/" else float(exponent)
     return [
@@ -389,7 +387,7 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
     Raises ValueError for unknown symbols (naming them and listing the known ones) and for
     malformed expressions (quoting the expression and saying what is wrong).
     """
-    prefix = "invalid unit expression '" + expression + "': "
+    prefix = f"invalid unit expression '{expression}': "
     tokens = _tokenize(expression)
     kinds = tokens[0]
     texts = tokens[1]
@@ -419,34 +417,32 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                 if symbol not in table:
                     known = list(table.keys())
                     known.sort()
-                    raise ValueError(
-                        "unknown unit '" + text + "' in '" + expression + "'; known units: " + ", ".join(known)
-                    )
+                    raise ValueError(f"unknown unit '{text}' in '{expression}'; known units: {', '.join(known)}")
                 operand = table[symbol]
             elif text == ")":
                 if i == 0:
-                    raise ValueError(prefix + "unbalanced parenthesis: ')' without a matching '('")
+                    raise ValueError(f"{prefix}unbalanced parenthesis: ')' without a matching '('")
                 if texts[i - 1] == "(" and kinds[i - 1] == "op":
-                    raise ValueError(prefix + "empty parentheses '()'")
-                raise ValueError(prefix + "dangling operator '" + texts[i - 1] + "' before ')'")
+                    raise ValueError(f"{prefix}empty parentheses '()'")
+                raise ValueError(f"{prefix}dangling operator '{texts[i - 1]}' before ')'")
             elif i == 0:
-                raise ValueError(prefix + "expression starts with operator '" + text + "'")
+                raise ValueError(f"{prefix}expression starts with operator '{text}'")
             elif kinds[i - 1] == "op" and texts[i - 1] != "(":
-                raise ValueError(prefix + "dangling operator '" + texts[i - 1] + "' followed by '" + text + "'")
+                raise ValueError(f"{prefix}dangling operator '{texts[i - 1]}' followed by '{text}'")
             else:
-                raise ValueError(prefix + "unexpected operator '" + text + "' after '('")
+                raise ValueError(f"{prefix}unexpected operator '{text}' after '('")
             power = _read_exponent(expression, kinds, texts, i + 1)
             accumulator = _apply(accumulator, operator, operand, power[0], prefix)
             i = power[1]
             expect_operand = False
         else:
-            if kind == "op" and (text == "*" or text == "/"):
+            if kind == "op" and text in ["*", "/"]:
                 operator = text
                 expect_operand = True
                 i += 1
             elif kind == "op" and text == ")":
                 if len(saved_accumulators) == 0:
-                    raise ValueError(prefix + "unbalanced parenthesis: ')' without a matching '('")
+                    raise ValueError(f"{prefix}unbalanced parenthesis: ')' without a matching '('")
                 group = accumulator
                 accumulator = saved_accumulators.pop()
                 operator = saved_operators.pop()
@@ -454,31 +450,24 @@ def parse_unit(expression: str, table: Dict[str, List[float]]) -> List[float]:
                 accumulator = _apply(accumulator, operator, group, power[0], prefix)
                 i = power[1]
             elif kind == "op" and text == "^":
-                raise ValueError(prefix + "'^' must follow a unit, a number or ')' (write a single power)")
+                raise ValueError(f"{prefix}'^' must follow a unit, a number or ')' (write a single power)")
             elif kind == "op":
                 raise ValueError(
-                    prefix
-                    + "unexpected '"
-                    + text
-                    + "' after "
-                    + _describe(kinds, texts, i - 1)
-                    + " (signs are only allowed in exponents, e.g. 'nm^-1')"
+                    f"{prefix}unexpected '{text}' after {_describe(kinds, texts, i - 1)} "
+                    "(signs are only allowed in exponents, e.g. 'nm^-1')"
                 )
             else:
-                raise ValueError(
-                    prefix + "missing operator between '" + texts[i - 1] + "' and '" + text + "' (use '*' or '/')"
-                )
+                raise ValueError(f"{prefix}missing operator between '{texts[i - 1]}' and '{text}' (use '*' or '/')")
     if n > 0 and expect_operand:
         last = texts[n - 1]
         if last == "(":
-            raise ValueError(prefix + "unbalanced parenthesis: '(' is never closed")
-        raise ValueError(prefix + "dangling operator '" + last + "' at the end")
+            raise ValueError(f"{prefix}unbalanced parenthesis: '(' is never closed")
+        raise ValueError(f"{prefix}dangling operator '{last}' at the end")
     if len(saved_accumulators) > 0:
-        raise ValueError(prefix + "unbalanced parenthesis: " + str(len(saved_accumulators)) + " '(' never closed")
+        raise ValueError(f"{prefix}unbalanced parenthesis: {len(saved_accumulators)} '(' never closed")
     if not (accumulator[0] >= 1e-300 and accumulator[0] <= 1e300):
         raise ValueError(
-            prefix + "its value " + str(accumulator[0]) + " is out of range (a unit must lie between "
-            "1e-300 and 1e300 SI units)"
+            f"{prefix}its value {accumulator[0]} is out of range (a unit must lie between 1e-300 and 1e300 SI units)"
         )
     return accumulator
 
@@ -492,28 +481,15 @@ def conversion_factor_with_table(from_unit: str, to_unit: str, table: Dict[str, 
     target = parse_unit(to_unit, table)
     if source[1] != target[1] or source[2] != target[2] or source[3] != target[3] or source[4] != target[4]:
         raise ValueError(
-            "cannot convert '"
-            + from_unit
-            + "' ("
-            + dimension_name(source[1:])
-            + ") to '"
-            + to_unit
-            + "' ("
-            + dimension_name(target[1:])
-            + ")"
+            f"cannot convert '{from_unit}' ({dimension_name(source[1:])}) to '{to_unit}' ({dimension_name(target[1:])})"
         )
     if from_unit == to_unit:
         return 1.0
     factor = source[0] / target[0]
     if factor == 0.0 or not math.isfinite(factor):
         raise ValueError(
-            "the conversion factor from '"
-            + from_unit
-            + "' to '"
-            + to_unit
-            + "' ("
-            + str(factor)
-            + ") is not a finite, non-zero number: the two units are too far apart in scale"
+            f"the conversion factor from '{from_unit}' to '{to_unit}' ({factor}) is not a finite, non-zero number: "
+            "the two units are too far apart in scale"
         )
     return factor
 
@@ -525,11 +501,9 @@ def check_dimension(expression: str, expected: List[float], what: str, table: Di
         return
     name = dimension_name(expected)
     first = name[0]
-    article = "an " if first == "a" or first == "e" or first == "i" or first == "o" or first == "u" else "a "
-    lead = "" if what == "" else what + ": "
-    raise ValueError(
-        lead + "unit '" + expression + "' is not " + article + name + " unit (it is " + dimension_name(dims) + ")"
-    )
+    article = "an " if first in ["a", "e", "i", "o", "u"] else "a "
+    lead = "" if what == "" else f"{what}: "
+    raise ValueError(f"{lead}unit '{expression}' is not {article}{name} unit (it is {dimension_name(dims)})")
 
 
 _TABLE: Optional[Dict[str, List[float]]] = None

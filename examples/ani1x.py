@@ -322,12 +322,12 @@ class ANIEnsemble(torch.nn.Module):
         """([n_members, n_atoms] atomic energies incl. self energies, [n_atoms] system index) of
         the main ensemble or of `variant`, for the selected atoms only when `selected_atoms`
         (sorted global indices) is given."""
-        suffix = "/" + variant if variant != "" else ""
+        suffix = f"/{variant}" if variant != "" else ""
         species, owners, atoms_of_species, aevs_of_species = self._features(systems, selected_atoms)
         for index, head in enumerate(self.heads):
             if self.suffixes[index] == suffix:
                 return head(species, atoms_of_species, aevs_of_species), owners
-        raise ValueError("no ensemble for the variant '" + variant + "'")
+        raise ValueError(f"no ensemble for the variant '{variant}'")
 
     def forward(
         self,
@@ -340,9 +340,9 @@ class ANIEnsemble(torch.nn.Module):
         results: Dict[str, Tensor] = {}
         for index, head in enumerate(self.heads):
             suffix = self.suffixes[index]
-            energy = "energy" + suffix
-            ensemble = "energy_ensemble" + suffix
-            uncertainty = "energy_uncertainty" + suffix
+            energy = f"energy{suffix}"
+            ensemble = f"energy_ensemble{suffix}"
+            uncertainty = f"energy_uncertainty{suffix}"
             if energy in outputs or ensemble in outputs or uncertainty in outputs:  # else this ensemble does not run
                 member_energies = head(species, atoms_of_species, aevs_of_species)
                 if energy in outputs:

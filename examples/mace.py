@@ -138,7 +138,7 @@ class MACEWrapper(torch.nn.Module):
             systems,
             NeighborListOptions(self.cutoff, True, True),
             self.species_of_number,
-            "this MACE model knows only the atomic numbers " + str(self.atomic_numbers),
+            f"this MACE model knows only the atomic numbers {self.atomic_numbers}",
         )
         dtype = vectors.dtype
         device = vectors.device

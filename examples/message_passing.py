@@ -164,7 +164,7 @@ class MessagePassingModel(torch.nn.Module):
             systems,
             NeighborListOptions(self.cutoff, True, True),
             self.species_of_type,
-            "this message-passing model knows only the atom types " + str(self.types),
+            f"this message-passing model knows only the atom types {self.types}",
         )
 
         # a non-strict list may hold pairs beyond the cutoff: they would carry a zero envelope,
