@@ -42,6 +42,10 @@ class System:
         self.positions = positions
         self.cell = cell
         self.pbc = pbc
+        # Never mutated in place: add_* build new containers. When this __init__ runs as a
+        # function of its own (not inlined into its caller), TorchScript's constant propagation
+        # (torch 2.13) folds these empty literals into constants shared by every System, so an
+        # append here would reach all later Systems ("a neighbor list ... was already added").
         self._neighbor_options: List[NeighborListOptions] = []
         self._neighbor_lists: List[NeighborList] = []
         self._inputs: Dict[str, Tensor] = {}
@@ -53,8 +57,8 @@ class System:
         for known in self._neighbor_options:
             if known.same_as(neighbors.options):
                 raise ValueError(f"a neighbor list for {known.describe()} was already added")
-        self._neighbor_options.append(neighbors.options)
-        self._neighbor_lists.append(neighbors)
+        self._neighbor_options = self._neighbor_options + [neighbors.options]
+        self._neighbor_lists = self._neighbor_lists + [neighbors]
 
     def get_neighbor_list(self, options: NeighborListOptions) -> NeighborList:
         for index, known in enumerate(self._neighbor_options):
@@ -73,7 +77,9 @@ class System:
 
     def add_input(self, name: str, values: Tensor):
         """Set by the entry point: one requested input, in the unit the model declared."""
-        self._inputs[name] = values
+        inputs = self._inputs.copy()  # a new dict: see __init__
+        inputs[name] = values
+        self._inputs = inputs
 
     def get_input(self, name: str) -> Tensor:
         """A requested input in the unit the model declared: [n_atoms, P] per atom (masses,

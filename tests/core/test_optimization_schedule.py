@@ -64,3 +64,32 @@ def test_a_model_without_its_bytes_never_switches(lj_model_path, argon_box):
     bare = LoadedModel(loaded.module, header, lj_model_path)
     run_each(ModelRunner(bare), structures(argon_box, AROUND_THE_SWITCH))
     assert not bare.optimized and bare.module is loaded.module
+
+
+def test_systems_share_no_containers_when_the_module_is_optimised_after_unoptimised_calls(tmp_path):
+    """The same module run unoptimised and then optimised (a user calling `.module` directly after
+    ModelRunner): TorchScript then compiles System.__init__ on its own and folds its empty lists
+    and dict into constants shared by every System. System never mutates them, so each structure
+    of a batch keeps its own neighbor list and inputs."""
+    from ase.build import molecule
+
+    from atomplug.examples.inputs import export_charge_spin
+
+    path = str(tmp_path / "charge-spin.pt")
+    export_charge_spin(path)
+    frames = []
+    for charge, spin in ((0.0, 1.0), (1.0, 2.0), (-1.0, 3.0)):
+        atoms = molecule("CH3CH2OH")
+        atoms.info.update(charge=charge, spin=spin)
+        frames.append(atoms)
+    separately = ModelRunner(path)
+    expected = [separately.run([atoms], ["energy"], forces=True)["energy"][0, 0] for atoms in frames]
+    runner = ModelRunner(path)
+    runner.run(frames, ["energy"], forces=True)  # unoptimised (the first calls)
+    runner.model.forward_calls = 0
+    runner.model._archive = None  # no fresh copy: this module itself is optimised below
+    with torch.jit.optimized_execution(True):
+        for _ in range(4):  # profiling run, optimisation, then the optimised plan
+            runner.model.optimized = True
+            got = runner.run(frames, ["energy"], forces=True)["energy"][:, 0]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
