@@ -31,10 +31,12 @@ MAX_METADATA_BYTES = 16 << 20  # real metadata is a few kB; this bounds what a h
 # switch happens at the same call on every run, so results are reproducible.
 #
 # The optimised calls run on a second copy of the module, loaded from the same bytes at the
-# switch (~0.05 s): a method whose executor has run unoptimised and is then optimised can go
-# wrong in torch 2.13 (the entry point's System objects kept neighbor lists from an earlier
-# call: "a neighbor list ... was already added"), while a fresh module optimised from its first
-# call is TorchScript's ordinary path.
+# switch (~0.1 s): optimising a module whose forward already ran unoptimised goes wrong in torch
+# 2.13. The executor then compiles the constructors of TorchScript classes on their own, and its
+# constant propagation folds empty list and dict literals there into constants shared by every
+# object: a model class that appends to a list made in its __init__ would see earlier calls' items.
+# (atomplug's own System no longer mutates such containers; model code may still.) A fresh module
+# optimised from its first call is TorchScript's ordinary path, which inlines those constructors.
 UNOPTIMIZED_CALLS = 20
 
 
