@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from atomplug.core.contract import PER_ATOM_SUFFIX
-from atomplug.core.neighbors import NeighborListCache
+from atomplug.core.neighbors import TrajectoryCaches
 from atomplug.core.runner import ATOMS_INPUTS, ModelRunner, Structure, describe_types, inputs_from_atoms
 from atomplug.core.units import engine_quantity_units
 
@@ -253,11 +253,13 @@ class IPIEvaluator:
             name for name in dict.fromkeys(self._extra_outputs.values()) if name not in self.outputs
         ]
         self.name = name
-        self._skin = float(self.runner.cache.skin)
-        self._move_limit = (0.5 * self._skin) ** 2  # a cache rebuilds once an atom moved more than skin/2
-        self._max_caches = max(1, min(16, 200_000 // max(self.n_atoms, 1)))
-        self._caches: List[NeighborListCache] = []  # most recently used first
+        # one Verlet-skin cache per trajectory (bead) this client serves; i-PI wraps atoms back into
+        # the box, which the caches do not count as moves
+        self.runner.cache = TrajectoryCaches(
+            self.runner.requests, skin=skin_bohr, max_caches=min(16, 200_000 // max(self.n_atoms, 1))
+        )
         self._zero_cell = np.zeros((3, 3))
+        self._periodic = bool(self.pbc.any())
         self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc, self.inputs)
         self.reset_statistics()
 
@@ -295,7 +297,7 @@ class IPIEvaluator:
                 break
             except ValueError:
                 continue
-        self._caches = []
+        self.runner.cache.reset()
         self.reset_statistics()
         return time.perf_counter() - start
 
@@ -312,37 +314,9 @@ class IPIEvaluator:
 
     def _cell(self, h: np.ndarray) -> np.ndarray:
         """atomplug's cell (lattice vectors as rows) from i-PI's h (lattice vectors as columns)."""
-        if not self.pbc.any():
+        if not self._periodic:
             return self._zero_cell
-        return np.ascontiguousarray(np.asarray(h, dtype=np.float64).reshape(3, 3).T)
-
-    def _select_cache(self, positions: np.ndarray, cell: np.ndarray) -> None:
-        """Use the neighbor-list cache of the trajectory this structure continues.
-
-        One client usually serves several beads of a path integral in turn, so a few caches are
-        kept, one per trajectory: a structure continues the trajectory whose last configuration
-        is closest (the core's cache measures that modulo lattice vectors, since i-PI wraps
-        atoms back into the box); the cache itself decides when to rebuild.
-        """
-        best, best_move = None, np.inf
-        for cache in self._caches:  # most recently used first
-            move = cache.distance_squared(positions, cell, self.pbc)
-            if move < best_move:
-                best, best_move = cache, move
-            if move <= 0.01 * self._move_limit:  # clearly the same trajectory
-                break
-        if best is None or best_move > self._move_limit:
-            if len(self._caches) < self._max_caches:
-                best = NeighborListCache(self.runner.cache.requests, skin=self._skin)
-            else:
-                best = self._caches.pop()  # the least recently used
-        elif best is self._caches[0]:
-            self.runner.cache = best
-            return
-        else:
-            self._caches.remove(best)
-        self._caches.insert(0, best)
-        self.runner.cache = best
+        return np.asarray(h, dtype=np.float64).reshape(3, 3).T.copy()  # C-ordered
 
     def batch(self, hs: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> List[Result]:
         cells = [self._cell(h) for h in hs]
@@ -352,7 +326,6 @@ class IPIEvaluator:
             # one Structure reused for single requests (MD): its fields are already the right
             # arrays, so the per-step validation of a new Structure is skipped
             structure = self._single
-            self._select_cache(coordinates[0], cells[0])
             structure.positions = coordinates[0]
             structure.cell = cells[0]
             structures = [structure]
@@ -377,12 +350,15 @@ class IPIEvaluator:
         self.n_calls += 1
         self.n_structures += len(structures)
 
+        if single:  # MD: as below, without the loop
+            virial = raw["virial"][0].T.copy()
+            return [(float(raw[self.energy][0, 0]), raw["forces"], virial, self._extras(raw, 0, 0, self.n_atoms))]
         energies = raw[self.energy][:, 0]
         all_forces = raw["forces"]
         results: List[Result] = []
         for index in range(len(structures)):
             begin, end = index * self.n_atoms, (index + 1) * self.n_atoms
-            forces = all_forces if single else all_forces[begin:end]
+            forces = all_forces[begin:end]
             virial = raw["virial"][index].T.copy()  # i-PI's convention: the transpose, C-ordered
             results.append((float(energies[index]), forces, virial, self._extras(raw, index, begin, end)))
         return results

@@ -28,6 +28,8 @@ import numpy as np
 HEADER_LENGTH = 12
 MAX_INIT_BYTES = 1 << 20
 MAX_BATCH = 4096
+_INT32 = struct.Struct("=i")
+_ENERGY_ATOMS = struct.Struct("=di")  # FORCEREADY's energy and atom count (one structure)
 
 
 def message(text: str) -> bytes:
@@ -325,8 +327,7 @@ class Client:
             raise ServerLost(f"lost the i-PI server while answering it ({error.strerror or error})") from None
 
     def _int32(self) -> int:
-        offset = self._take(4)
-        return int(np.frombuffer(self._buffer, dtype=np.int32, count=1, offset=offset)[0])
+        return _INT32.unpack_from(self._buffer, self._take(4))[0]
 
     def _float64(self, count: int) -> np.ndarray:
         """`count` float64 values, copied out of the buffer."""
@@ -401,12 +402,15 @@ class Client:
         self.pending = None
 
     def _posdata(self) -> None:
-        cells = self._float64(18)
-        n_atoms = self._int32()
+        offset = self._take(18 * 8 + 4)  # h, its inverse (unused), natoms
+        h = np.frombuffer(self._buffer, dtype=np.float64, count=9, offset=offset).reshape(3, 3).copy()
+        n_atoms = _INT32.unpack_from(self._buffer, offset + 18 * 8)[0]
         self._check_atoms(n_atoms)
         positions = self._float64(3 * n_atoms).reshape(n_atoms, 3)
-        self._read_ahead()
-        results = self.compute([cells[:9].reshape(3, 3)], [positions])
+        if self._end - self._start < HEADER_LENGTH:
+            # else i-PI sent GETFORCE with POSDATA and waits for the answer: nothing more is queued
+            self._read_ahead()
+        results = self.compute([h], [positions])
         self.pending = self._pack(results, n_atoms, batched=False)
 
     def _posdata_batch(self) -> None:
@@ -426,6 +430,8 @@ class Client:
         expected = self.batch_size if batched else 1
         if len(results) != expected:
             raise RuntimeError(f"the evaluator returned {len(results)} results for {expected} structures")
+        if not batched:
+            return self._pack_one(results[0], n_atoms)
         forces = [np.ascontiguousarray(r[1], dtype=np.float64) for r in results]
         virials = [np.ascontiguousarray(r[2], dtype=np.float64) for r in results]
         if any(f.size != 3 * n_atoms for f in forces) or any(v.size != 9 for v in virials):
@@ -445,3 +451,19 @@ class Client:
         self.n_requests += 1
         self.n_structures += len(results)
         return parts
+
+    def _pack_one(self, result: Result, n_atoms: int) -> List[bytes]:
+        """`_pack` for one structure (MD's every step), in three buffers: the same bytes."""
+        energy, forces, virial, extras = result
+        forces = np.ascontiguousarray(forces, dtype=np.float64)
+        virial = np.ascontiguousarray(virial, dtype=np.float64)
+        if forces.size != 3 * n_atoms or virial.size != 9:
+            raise RuntimeError("the evaluator returned forces or a virial of the wrong size")
+        text = extras.encode("utf-8") if extras else b""
+        self.n_requests += 1
+        self.n_structures += 1
+        return [
+            FORCEREADY + _ENERGY_ATOMS.pack(float(energy), n_atoms),
+            memoryview(forces).cast("B"),
+            virial.tobytes() + _INT32.pack(len(text)) + text,
+        ]

@@ -5,7 +5,7 @@ import pytest
 from ase.build import bulk, molecule
 from ase.neighborlist import primitive_neighbor_list
 
-from atomplug.core.neighbors import NeighborListCache, compute_pairs, pair_distances
+from atomplug.core.neighbors import NeighborListCache, TrajectoryCaches, compute_pairs, pair_distances
 
 
 def ase_pairs(positions, cell, pbc, cutoff):
@@ -180,3 +180,38 @@ def test_verlet_cache_survives_atoms_wrapped_back_into_the_box():
             assert as_set(pairs, shifts) == as_set(*compute_pairs(wrapped, cell, True, cutoff, full_list=full))
     assert cache.n_builds == 1
     assert cache.distance_squared(wrapped, cell * 1.01, True) == np.inf
+
+
+def test_trajectory_caches_serve_interleaved_beads_with_one_check_each(monkeypatch):
+    # i-PI's beads, wrapped into the box and served in turn: one cache per bead, exact lists, and
+    # between rebuilds a single displacement check per structure (the cache that came next last time)
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(3)
+    cell, cutoff = atoms.cell.array, 6.0
+    rng = np.random.default_rng(7)
+    beads = [atoms.positions + rng.normal(scale=0.3, size=atoms.positions.shape) for _ in range(3)]
+    velocities = rng.normal(scale=0.01, size=atoms.positions.shape)
+    caches = TrajectoryCaches([(cutoff, False, True), (cutoff, True, False)], skin=1.0)
+    checks = []
+    moved = NeighborListCache._moved
+    monkeypatch.setattr(NeighborListCache, "_moved", lambda self, *a, **k: checks.append(1) or moved(self, *a, **k))
+    for step in range(30):
+        for bead in range(3):
+            beads[bead] = beads[bead] + velocities
+            wrapped = np.mod(beads[bead] @ np.linalg.inv(cell), 1.0) @ cell
+            builds, checks[:] = caches.n_builds, []
+            (strict_pairs, strict_shifts), (loose_pairs, loose_shifts) = caches.get(wrapped, cell, True)
+            assert as_set(strict_pairs, strict_shifts) == as_set(*compute_pairs(wrapped, cell, True, cutoff, False))
+            assert ase_pairs(wrapped, cell, [True] * 3, cutoff) <= as_set(loose_pairs, loose_shifts)
+            if step > 1 and caches.n_builds == builds:  # (the second round learns the order)
+                assert len(checks) == 1
+    assert len(caches.caches) == 3
+    assert caches.n_builds < 3 * 10
+
+
+def test_trajectory_caches_take_over_the_least_recently_used():
+    atoms = molecule("CH3CH2OH")
+    caches = TrajectoryCaches([(3.0, True, True)], skin=0.5, max_caches=2)
+    for shift in (0.0, 10.0, 20.0, 0.0):  # three trajectories far apart; the first one comes back
+        caches.get(atoms.positions + shift, np.zeros((3, 3)), False)
+    assert len(caches.caches) == 2 and caches.n_builds == 4
+    assert TrajectoryCaches([(3.0, True, True)], skin=0.0).max_caches == 1  # no skin: rebuilt every call

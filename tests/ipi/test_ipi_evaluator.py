@@ -42,7 +42,7 @@ def test_wrapped_interleaved_beads_match_fresh_evaluations(lj_model_path, tmp_pa
                 np.abs(virial - fresh["virial"][0].T).max() / np.abs(fresh["virial"]).max(),
             )
     assert worst < 1e-12, worst
-    caches = evaluator._caches
+    caches = evaluator.runner.cache.caches
     assert len(caches) == 4  # one per bead
     builds = sum(cache.n_builds for cache in caches)
     assert builds < 30  # far fewer than the 120 evaluations: wrapping did not force rebuilds
