@@ -270,8 +270,9 @@ class IPIEvaluator:
         self.model_cpu_seconds = 0.0  # CPU time of this thread in there
 
     def warm_up(self, calls: int = 3) -> float:
-        """Run the model a few times on the template structure: TorchScript optimizes during the
-        first calls, which would otherwise slow down i-PI's first steps. Returns the seconds spent;
+        """Run the model a few times on the template structure: the first calls build TorchScript's
+        execution plans and vesin's buffers, which would otherwise slow down i-PI's first steps (the
+        forward is optimised later, from call UNOPTIMIZED_CALLS + 1: core/archive.py). Returns the seconds spent;
         a template that cannot be evaluated (e.g. an i-PI file whose cell ASE does not read) is
         simply skipped."""
         from ase.units import Bohr
