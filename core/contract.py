@@ -198,6 +198,9 @@ class ModelCapabilities:
     # what the model requests besides positions, types and cell (from its requested_inputs(),
     # filled in by export): name in INPUTS -> ModelOutput(quantity, unit the model wants, ...)
     inputs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # a message-passing model that calls system.exchange_ghosts(features) after each layer: engines
+    # with ghost atoms (LAMMPS on several ranks) need them only out to the largest cutoff
+    ghost_exchange: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the problem and the fix for an inconsistent declaration."""
@@ -231,6 +234,8 @@ class ModelCapabilities:
             )
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.ghost_exchange, bool):
+            raise ValueError(f"ghost_exchange must be True or False, got {self.ghost_exchange!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -252,6 +257,7 @@ class ModelCapabilities:
                 name: {"quantity": value.quantity, "unit": value.unit, "per_atom": bool(value.per_atom)}
                 for name, value in self.inputs.items()
             },
+            "ghost_exchange": bool(self.ghost_exchange),
         }
 
     @classmethod
@@ -281,6 +287,7 @@ class ModelCapabilities:
                 )
                 for name, value in data.get("inputs", {}).items()
             },
+            ghost_exchange=data.get("ghost_exchange", False),  # validate() refuses a non-boolean
         )
 
     def variants(self) -> Dict[str, List[str]]:

@@ -19,9 +19,11 @@ def check_inputs(
     known_types: Tensor,
     atomic_types: List[int],
     n_lists: int,
+    allow_empty: bool = False,
 ):
     """Shapes, finiteness, cells, atom types and neighbor-list tensors of the engine's input, each
-    refused with a message that names the fix."""
+    refused with a message that names the fix. `allow_empty`: a system may have no atoms (a rank
+    of a domain decomposition, which takes part in the ghost exchanges all the same)."""
     n_atoms = positions.shape[0]
     if positions.dim() != 2 or positions.shape[1] != 3:
         raise ValueError(f"positions must have shape [n_atoms, 3], got {positions.shape}")
@@ -39,7 +41,7 @@ def check_inputs(
         )
     if int(system_sizes.sum()) != n_atoms:
         raise ValueError(f"system_sizes add up to {int(system_sizes.sum())} atoms, but there are {n_atoms}")
-    if bool((system_sizes <= 0).any()):
+    if bool((system_sizes < 0).any()) or (not allow_empty and bool((system_sizes == 0).any())):
         raise ValueError("a system has no atoms: every structure needs at least one atom")
     finite = torch.isfinite(positions).all(dim=1)
     if not bool(finite.all()):

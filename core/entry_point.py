@@ -21,7 +21,7 @@ from .contract import (
     check_inputs_declaration,
 )
 from .entry_checks import check_inputs, non_finite_message, non_finite_output
-from .system import NeighborList, System
+from .system import GhostExchange, NeighborList, System
 from .units import conversion_factor_with_table, unit_table
 from .virial import atomic_virial_from_pairs, pair_vectors, strained
 
@@ -64,7 +64,9 @@ class AtomisticModel(torch.nn.Module):
             the model's non_conservative_forces / non_conservative_stress, see _virial_source,
             inputs: the model's requested inputs {name: [N, P] per atom or [S, P] per structure}
             in the engine's units, quantity_units: the engine's units of mass, velocity and charge
-            {"mass": "amu", ...}, for inputs and for outputs of those quantities)
+            {"mass": "amu", ...}, for inputs and for outputs of those quantities), ghost_exchange:
+            the engine's exchange for a single structure with ghost atoms (System.exchange_ghosts;
+            LAMMPS on several ranks), None without ghosts)
       -> {name: values, "forces": [N,3], "virial": [S,3,3], "atomic_virial": [N,3,3]}
     (forces [P,N,3] and virial [P,S,3,3] when gradient_output has P > 1 properties: one
     derivative per property, e.g. for PLUMED collective variables with several components)
@@ -287,6 +289,7 @@ class AtomisticModel(torch.nn.Module):
         non_conservative: bool = False,
         inputs: Optional[Dict[str, Tensor]] = None,
         quantity_units: Optional[Dict[str, str]] = None,
+        ghost_exchange: Optional[GhostExchange] = None,
     ) -> Dict[str, Tensor]:
         check_inputs(
             positions,
@@ -299,6 +302,7 @@ class AtomisticModel(torch.nn.Module):
             self._known_types,
             self._atomic_types,
             len(self._cutoffs),
+            ghost_exchange is not None,
         )
         n_atoms = positions.shape[0]
         n_systems = system_sizes.shape[0]
@@ -368,6 +372,10 @@ class AtomisticModel(torch.nn.Module):
             system_of_atom,
             n_systems,
         )
+        if ghost_exchange is not None:
+            if n_systems != 1:
+                raise ValueError(f"a ghost exchange needs a single structure, got {n_systems}")
+            systems[0].set_ghost_exchange(ghost_exchange)
         raw = self.module(systems, model_outputs, selected)
         results = self._collect_outputs(
             raw,

@@ -3,7 +3,7 @@
 TorchScript-scriptable; a model's `forward` calls `batch_systems` on the systems it is given.
 """
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -54,3 +54,22 @@ def batch_systems(
     return BatchedSystems(
         torch.cat(species_parts), torch.cat(pair_parts), torch.cat(vector_parts), torch.cat(owner_parts), sizes
     )
+
+
+def exchange_ghosts(systems: List[System], features: Tensor, offsets: Optional[List[int]] = None) -> Tensor:
+    """`System.exchange_ghosts` for the features of a batch (`batch_systems`' atom order, with its
+    `offsets`): each system's rows exchanged by its own system. Without ghosts (every engine but
+    LAMMPS on several ranks, which always passes one system) it returns `features` as they are."""
+    if len(systems) == 1:
+        return systems[0].exchange_ghosts(features)
+    any_ghosts = False
+    for system in systems:
+        any_ghosts = any_ghosts or system.has_ghosts()
+    if not any_ghosts:
+        return features
+    if offsets is None:
+        raise ValueError("exchange_ghosts over several systems with ghosts needs the batch's offsets")
+    parts: List[Tensor] = []
+    for index, system in enumerate(systems):
+        parts.append(system.exchange_ghosts(features[offsets[index] : offsets[index + 1]]))
+    return torch.cat(parts)

@@ -41,6 +41,7 @@ _CPP_TYPES = {
     "Optional[Tensor]": "std::optional<torch::Tensor>",
     "Optional[Dict[str, Tensor]]": "std::optional<c10::Dict<std::string, at::Tensor>>",
     "Optional[Dict[str, str]]": "std::optional<c10::Dict<std::string, std::string>>",
+    "Optional[GhostExchange]": "std::optional<torch::jit::IValue>",
     "str": "std::string",
     "bool": "bool",
     "float": "double",

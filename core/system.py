@@ -5,7 +5,7 @@ The engine entry point builds these from plain tensors; model authors only read 
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -31,6 +31,31 @@ class NeighborList:
         return torch.linalg.vector_norm(self.vectors, dim=1)
 
 
+@torch.jit.interface
+class GhostExchange(object):
+    """What an engine with ghost atoms gives `System.exchange_ghosts` (LAMMPS on several ranks:
+    its forward and reverse communication). `exchange(features)` returns `features` [n_atoms, ...]
+    with every ghost atom's rows replaced by its owner's current rows; its backward adds the ghost
+    rows' gradients onto their owners (and gives the ghost rows none)."""
+
+    def exchange(self, features: Tensor) -> Tensor:
+        pass
+
+
+@torch.jit.script
+class LocalGhostExchange:
+    """A `GhostExchange` for ghosts whose owners are atoms of the same system: ghost atom g takes
+    the rows of atom `sources[g]` (`sources[i] = i` for an atom that is not a ghost). The reference
+    implementation of the exchange's meaning (one index_select, whose backward is the index_add
+    onto owners), used by tests and by anyone who builds explicit ghost atoms in Python."""
+
+    def __init__(self, sources: Tensor):
+        self.sources = sources
+
+    def exchange(self, features: Tensor) -> Tensor:
+        return features.index_select(0, self.sources.to(features.device))
+
+
 @torch.jit.script
 class System:
     """One structure: `types` [n] int32, `positions` [n, 3], `cell` [3, 3] (rows are lattice
@@ -49,6 +74,7 @@ class System:
         self._neighbor_options: List[NeighborListOptions] = []
         self._neighbor_lists: List[NeighborList] = []
         self._inputs: Dict[str, Tensor] = {}
+        self._ghost_exchange = torch.jit.annotate(Optional[GhostExchange], None)
 
     def __len__(self) -> int:
         return self.positions.shape[0]
@@ -97,3 +123,31 @@ class System:
 
     def known_inputs(self) -> List[str]:
         return list(self._inputs.keys())
+
+    def set_ghost_exchange(self, exchange: Optional[GhostExchange]):
+        """Set by the entry point, from the engine (LAMMPS on several ranks); None: no ghosts."""
+        self._ghost_exchange = exchange
+
+    def has_ghosts(self) -> bool:
+        """Whether some atoms of this system are ghosts: copies of atoms owned elsewhere (another
+        MPI rank) whose features only `exchange_ghosts` makes right."""
+        return self._ghost_exchange is not None
+
+    def exchange_ghosts(self, features: Tensor) -> Tensor:
+        """`features` [n_atoms, ...] with every ghost atom's rows replaced by its owner's current
+        values, differentiably (the backward adds the ghosts' gradients onto their owners).
+
+        A message-passing model declaring `ModelCapabilities(ghost_exchange=True)` calls it on
+        its per-atom features after each layer whose output a later layer reads; engines then need
+        ghost atoms only out to the largest neighbor-list cutoff. Every rank must make the same
+        calls in the same order (LAMMPS communicates inside them), whatever its number of atoms,
+        even none. Without ghosts (ASE, i-PI, PLUMED, one LAMMPS rank) it returns `features`."""
+        exchange = self._ghost_exchange
+        if exchange is None:
+            return features
+        if features.shape[0] != self.positions.shape[0]:
+            raise ValueError(
+                f"exchange_ghosts needs one row per atom: got {features.shape[0]} rows for "
+                f"{self.positions.shape[0]} atoms"
+            )
+        return exchange.exchange(features)

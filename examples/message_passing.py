@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
-from atomplug.core.graph import batch_systems
+from atomplug.core.graph import batch_systems, exchange_ghosts
 
 DEFAULT_TYPES = (1, 6, 8)
 DEFAULT_CUTOFF = 2.5  # Angstrom
@@ -96,6 +96,7 @@ class MessagePassingModel(torch.nn.Module):
         repulsion_sigma: Optional[float] = None,
         avg_neighbors: float = 2.0,
         weight_gain: float = 1.5,
+        ghost_exchange: bool = False,
     ):
         super().__init__()
         types = [int(t) for t in types]
@@ -108,6 +109,7 @@ class MessagePassingModel(torch.nn.Module):
         self.types = types
         self.cutoff = float(cutoff)
         self.n_layers = int(n_layers)
+        self.ghost_exchange = bool(ghost_exchange)
         self.energy_scale = float(energy_scale)
         self.repulsion = float(repulsion)
         self.repulsion_sigma = float(repulsion_sigma if repulsion_sigma is not None else 0.3 * cutoff)
@@ -160,7 +162,7 @@ class MessagePassingModel(torch.nn.Module):
     ) -> Dict[str, Tensor]:
         if "energy" not in outputs:
             return {}
-        species, pairs, vectors, owners, _ = batch_systems(
+        species, pairs, vectors, owners, offsets = batch_systems(
             systems,
             NeighborListOptions(self.cutoff, True, True),
             self.species_of_type,
@@ -178,7 +180,11 @@ class MessagePassingModel(torch.nn.Module):
         basis = torch.exp(-(((distances.unsqueeze(1) - self.centers) / self.width) ** 2))
 
         features = self.embedding(species)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if self.ghost_exchange and index > 0:
+                # ghosts' rows from their owners before a layer reads them (their own sums lack
+                # the neighbors beyond this rank's ghost region); the embeddings need none
+                features = exchange_ghosts(systems, features, offsets)
             features = layer(features, receivers, senders, basis, envelope)
 
         # repulsive core, half of each (i, j) entry to i: the full list holds (j, i) too
@@ -206,6 +212,7 @@ class MessagePassingModel(torch.nn.Module):
 
 def message_passing_capabilities(module: MessagePassingModel, energy_unit: str = "eV") -> ModelCapabilities:
     return ModelCapabilities(
+        ghost_exchange=module.ghost_exchange,
         outputs={"energy": ModelOutput(quantity="energy", unit=energy_unit, per_atom=True)},
         atomic_types=list(module.types),
         interaction_range=module.interaction_range(),
@@ -222,15 +229,19 @@ def export_message_passing(
     n_layers: int = DEFAULT_LAYERS,
     features: int = DEFAULT_FEATURES,
     seed: int = DEFAULT_SEED,
+    ghost_exchange: bool = False,
 ) -> None:
     """Export the example message-passing model (eV, Angstrom, float64) to `path`; its
-    interaction range is `n_layers` x `cutoff` (defaults: 3 x 2.5 = 7.5 Angstrom, types H C O)."""
-    module = MessagePassingModel(types, cutoff, n_layers, features, seed=seed).eval()
+    interaction range is `n_layers` x `cutoff` (defaults: 3 x 2.5 = 7.5 Angstrom, types H C O).
+    With `ghost_exchange` the same model (same weights, same energies) exchanges ghost features
+    between layers, so LAMMPS needs ghosts only out to one cutoff on several ranks."""
+    module = MessagePassingModel(types, cutoff, n_layers, features, seed=seed, ghost_exchange=ghost_exchange).eval()
     metadata = ModelMetadata(
         name="message-passing-example",
         description=f"example message-passing network with seeded random weights (not a physical "
         f"potential): {n_layers} layers x cutoff {cutoff} Angstrom = interaction range "
-        f"{module.interaction_range()} Angstrom, {features} features, types {list(module.types)}",
+        f"{module.interaction_range()} Angstrom, {features} features, types {list(module.types)}"
+        + (", ghost features exchanged between layers" if ghost_exchange else ""),
         authors=["atomplug developers"],
         references=[
             "K. T. Schuett, H. E. Sauceda, P.-J. Kindermans, A. Tkatchenko, K.-R. Mueller, SchNet - A deep "
@@ -248,8 +259,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--layers", type=int, default=DEFAULT_LAYERS)
     parser.add_argument("--features", type=int, default=DEFAULT_FEATURES)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--ghost-exchange",
+        action="store_true",
+        help="exchange ghost features between layers (LAMMPS on several ranks: ghosts out to one cutoff)",
+    )
     args = parser.parse_args(argv)
-    export_message_passing(args.path, args.types, args.cutoff, args.layers, args.features, args.seed)
+    export_message_passing(
+        args.path, args.types, args.cutoff, args.layers, args.features, args.seed, args.ghost_exchange
+    )
 
 
 if __name__ == "__main__":

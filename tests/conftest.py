@@ -39,6 +39,16 @@ def message_passing_path(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def message_passing_exchange_path(tmp_path_factory):
+    """The same model (same weights) exchanging ghost features between its layers (ghost_exchange)."""
+    from atomplug.examples.message_passing import export_message_passing
+
+    path = tmp_path_factory.mktemp("message_passing") / "message_passing_exchange.pt"
+    export_message_passing(str(path), ghost_exchange=True)
+    return str(path)
+
+
 MACE_MISSING = (
     "mace-torch is not installed: `make test` installs it (the 'mace' extra of pyproject.toml, "
     "with a constraint keeping the installed torch)"

@@ -368,6 +368,8 @@ inline std::string shape_problem(const Json &header)
   if (!capabilities["length_unit"].is_string() || !capabilities["dtype"].is_string())
     return "'length_unit' or 'dtype' is not a string";
   if (!strings(capabilities["supported_devices"])) return "'supported_devices' is not a list of strings";
+  if (capabilities.contains("ghost_exchange") && !capabilities["ghost_exchange"].is_boolean())
+    return "'ghost_exchange' is not a boolean";
   const Json &metadata = header["metadata"];
   for (const char *key : {"name", "description"})
     if (metadata.contains(key) && !metadata[key].is_string())
@@ -538,6 +540,7 @@ struct Declaration {
   std::vector<std::string> supported_devices;
   std::string length_unit;
   double interaction_range = 0.0;
+  bool ghost_exchange = false;    // the model calls system.exchange_ghosts after its layers
   std::string name, description;
   std::vector<std::string> authors, references;
 
@@ -569,6 +572,7 @@ inline Declaration declaration(const Json &header)
   declared.supported_devices = capabilities["supported_devices"].get<std::vector<std::string>>();
   declared.length_unit = capabilities["length_unit"].get<std::string>();
   declared.interaction_range = capabilities["interaction_range"].get<double>();
+  declared.ghost_exchange = capabilities.value("ghost_exchange", false);
   declared.name = metadata.value("name", std::string());
   declared.description = metadata.value("description", std::string());
   declared.authors = metadata.value("authors", std::vector<std::string>());

@@ -23,6 +23,12 @@
 //     (or without atom IDs) LAMMPS communicates ghosts out to the interaction range + skin and
 //     builds their neighbor lists too; every ghost is then an atom of the model (no cell shifts,
 //     no periodicity), with every pair within the cutoff, ghost-ghost pairs included.
+//   - message-passing models that declare ghost_exchange (and call system.exchange_ghosts after
+//     their layers): ghosts only out to the cutoff, as for any model; inside the model call, each
+//     exchange is LAMMPS' forward communication of the features (ghost rows from their owners),
+//     and its backward LAMMPS' reverse communication (ghost gradients added onto their owners), so
+//     forces and virial come out of autograd across ranks. Every rank calls the model every step,
+//     with no atoms too, because the communication needs every rank.
 
 #include "atom.h"
 #include "citeme.h"
@@ -43,6 +49,8 @@
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#include <torch/autograd.h>
+#include <torch/custom_class.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -51,6 +59,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -73,6 +82,14 @@ class PairAtomplug : public Pair {
   double memory_usage() override;
   void *extract(const char *, int &) override;
   void *extract_peratom(const char *, int &) override;
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // system.exchange_ghosts, inside the model call (see GhostExchange below)
+  torch::Tensor exchange_forward(const torch::Tensor &features);
+  torch::Tensor exchange_backward(const torch::Tensor &gradient);
 
  private:
   // settings
@@ -93,6 +110,12 @@ class PairAtomplug : public Pair {
   double max_model_cutoff = 0.0;       // model length unit
   double range = 0.0;                  // the interaction range in LAMMPS length units
   bool message_passing = false;        // interaction range beyond the largest cutoff
+  bool ghost_exchange = false;         // the model exchanges ghost features between its layers
+  bool exchanging = false;             // ... and this run has ghosts of other ranks to exchange
+  torch::jit::IValue exchange_handle;  // what the entry point's ghost_exchange argument gets
+  std::vector<double> exchange_buffer;    // [nall, exchange_width], LAMMPS order
+  int exchange_width = 0;                 // columns in flight (at most EXCHANGE_COLUMNS)
+  long exchange_calls = 0;                // forward exchanges during this step's model call
   double raised_ghost_cutoff = 0.0;    // the comm cutoff this style set (not the user)
   bool energy_per_atom_capable = false;
   bool has_nc_forces = false, has_nc_stress = false;
@@ -188,6 +211,7 @@ class PairAtomplug : public Pair {
   // optional per-run timing (environment variable ATOMPLUG_LAMMPS_TIMING=1)
   bool timing_enabled = false;
   double timing[5] = {0.0, 0.0, 0.0, 0.0, 0.0};    // mapping, pairs, tensors in, model, out
+  double timing_exchange = 0.0;                     // inside the model: ghost exchanges
   long timing_calls = 0;
   double timing_atoms = 0.0, timing_local = 0.0, timing_pairs = 0.0;
   static double seconds()
@@ -238,6 +262,62 @@ class PairAtomplug : public Pair {
 }    // namespace LAMMPS_NS
 
 using namespace LAMMPS_NS;
+
+/* ----------------------------------------------------------------------
+   system.exchange_ghosts on several ranks. The entry point's argument ghost_exchange is an object
+   of the TorchScript interface atomplug.core.system.GhostExchange: here a torch custom class whose
+   method `exchange` is an autograd function, forward = LAMMPS' forward communication of the
+   features, backward = its reverse communication of their gradients (PairAtomplug::exchange_*).
+------------------------------------------------------------------------- */
+
+namespace {
+
+// columns of features sent per communication (comm_forward / comm_reverse): wider features go
+// in several rounds, so LAMMPS' buffers stay at 8 x this many bytes per ghost atom
+constexpr int EXCHANGE_COLUMNS = 64;
+
+struct ExchangeFunction : public torch::autograd::Function<ExchangeFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext *context, const torch::Tensor &features,
+                               int64_t pair)
+  {
+    context->saved_data["pair"] = pair;
+    return reinterpret_cast<PairAtomplug *>(pair)->exchange_forward(features);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext *context,
+                                               torch::autograd::tensor_list gradients)
+  {
+    auto *pair = reinterpret_cast<PairAtomplug *>(context->saved_data["pair"].toInt());
+    return {pair->exchange_backward(gradients[0]), torch::Tensor()};
+  }
+};
+
+struct GhostExchange : public torch::CustomClassHolder {
+  explicit GhostExchange(PairAtomplug *pair) : pair(pair) {}
+  torch::Tensor exchange(const torch::Tensor &features)
+  {
+    return ExchangeFunction::apply(features, reinterpret_cast<int64_t>(pair));
+  }
+  PairAtomplug *pair;
+};
+
+// Registered once per process. TorchScript accepts an object for an interface when its methods'
+// schemas match the interface's, return names included: a custom class method's inferred schema
+// names its return "_0", the interface's is unnamed, so the registered schema is renamed.
+void register_ghost_exchange()
+{
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (!torch::getCustomClass("__torch__.torch.classes.atomplug_lammps.GhostExchange"))
+      torch::class_<GhostExchange>("atomplug_lammps", "GhostExchange")
+          .def("exchange", &GhostExchange::exchange, "", {torch::arg("features")});
+    auto type = c10::getCustomClassType<c10::intrusive_ptr<GhostExchange>>();
+    torch::jit::Function *method = type->findMethod("exchange");
+    const c10::FunctionSchema &schema = method->getSchema();
+    method->setSchema(schema.cloneWithReturns({c10::Argument("", schema.returns()[0].type())}));
+  });
+}
+
+}    // namespace
 
 // an error all ranks reach together (input checks): LAMMPS' clean collective error exit
 #define FAIL_ALL(message) error->all(FLERR, std::string("pair_style atomplug: ") + (message))
@@ -482,6 +562,9 @@ void PairAtomplug::read_declaration(const atomplug_core::Declaration &declared)
   model_name = declared.name;
   model_length_unit = declared.length_unit;
   interaction_range = declared.interaction_range;
+  // (every archive that declares it takes the argument; a hand-edited one that does not is run
+  // like any message-passing model, with widened ghosts)
+  ghost_exchange = declared.ghost_exchange && atomplug_core::entry_point_accepts(*model, "ghost_exchange");
   // the energy under the chosen variant (the archive's rule, variant_output)
   energy_output = resolve_output("energy");
   energy_per_atom_output = energy_output + "/per_atom";
@@ -883,15 +966,28 @@ double PairAtomplug::scalar_value(const Scalar &setting, const char *keyword)
 }
 
 // Which neighbor list LAMMPS builds for this style. A message-passing model on several ranks (or
-// without atom IDs, where ghosts cannot be mapped to their owners): a full list of local AND ghost
-// atoms, with ghosts out to the interaction range. Otherwise a full list when the model wants one,
+// without atom IDs, where ghosts cannot be mapped to their owners) that does not exchange ghost
+// features: a full list of local AND ghost atoms, with ghosts out to the interaction range (one
+// that does: the lists below, ghosts out to the cutoff, features exchanged in the model call). Otherwise a full list when the model wants one,
 // else a half list: with newton off semantics (local pairs once, every local-ghost pair, including
 // both sides of pairs split between ranks), or on one rank, where every ghost is a periodic image,
 // LAMMPS' usual list with each pair once.
 void PairAtomplug::choose_lists()
 {
   ghostneigh = 0;
-  if (message_passing && (comm->nprocs > 1 || !atom->tag_enable)) {
+  exchanging = message_passing && ghost_exchange && ghosts_are_model_atoms();
+  comm_forward = comm_reverse = exchanging ? EXCHANGE_COLUMNS : 0;    // before comm->init sizes buffers
+  if (exchanging) {
+    register_ghost_exchange();
+    exchange_handle = torch::jit::IValue(c10::make_intrusive<GhostExchange>(this));
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "atomplug: message-passing model with ghost exchange (interaction range {} = {} x its "
+                     "cutoff): ghost atoms out to the cutoff + skin only, features exchanged between layers "
+                     "on {} rank(s)\n",
+                     range, interaction_range / max_model_cutoff, comm->nprocs);
+  }
+  if (message_passing && !ghost_exchange && ghosts_are_model_atoms()) {
     list_mode = GHOST_GRAPH;
     ghostneigh = 1;
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
@@ -1231,7 +1327,9 @@ void PairAtomplug::compute(int eflag, int vflag)
   if (neighbor->ncalls != mapped_ncalls || list != mapped_list || nlocal != mapped_nlocal ||
       nall != mapped_nall)
     rebuild_mapping();
-  if (n_local_model == 0) {    // nothing of ours on this rank
+  // nothing of ours on this rank (with ghost exchange the model runs anyway, on no atoms: the
+  // other ranks' exchanges need this rank's communication)
+  if (n_local_model == 0 && !exchanging) {
     if (uncertainty_threshold >= 0.0) check_uncertainty(nullptr);
     return;
   }
@@ -1250,8 +1348,14 @@ void PairAtomplug::compute(int eflag, int vflag)
   }
   if (pass_quantity_units) inputs.quantity_units = quantity_units;
   times[3] = seconds();
+  exchange_calls = 0;
   const c10::impl::GenericDict results = run_model(inputs);
   times[4] = seconds();
+  if (exchanging && exchange_calls == 0)    // the same on every rank: the model is the same
+    FAIL_ALL(fmt::format("the model '{}' declares ghost_exchange but never called system.exchange_ghosts: "
+                         "its ghost atoms (out to one cutoff on {} ranks) would keep wrong features; call it "
+                         "after each message-passing layer, or export the model without ghost_exchange",
+                         model_name.empty() ? "(unnamed)" : model_name, comm->nprocs));
   // (NaN or infinite results never get here: the entry point refuses them, naming the atoms)
   add_energy(results);
   add_forces(results);
@@ -1415,6 +1519,7 @@ atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
   inputs.non_conservative = non_conservative;
   inputs.length_unit = length_unit;
   inputs.energy_unit = energy_unit;
+  if (exchanging) inputs.ghost_exchange = exchange_handle;
   return inputs;
 }
 
@@ -1424,6 +1529,7 @@ torch::Tensor PairAtomplug::model_positions(int n_model)
 {
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   double **x = atom->x;
+  if (n_model == 0) return torch::zeros({0, 3}, f64).to(device);    // a rank without atoms (ghost exchange)
   if (identity && n_model == n_local_model) return torch::from_blob(x[0], {n_model, 3}, f64).to(device);
   if (positions_buffer.size() < 3 * (size_t) n_model) positions_buffer.resize(3 * (size_t) n_model);
   double *buffer = positions_buffer.data();
@@ -1558,6 +1664,106 @@ void PairAtomplug::add_virial(const c10::impl::GenericDict &results)
     add_in_lammps_order(vatom[lammps_of[k]], w + 9 * (size_t) k);
 }
 
+/* ----------------------------------------------------------------------
+   the ghost exchange: features of model atoms <-> LAMMPS per-atom buffer <-> communication
+------------------------------------------------------------------------- */
+
+// values per row of a per-atom tensor [n, ...] (also for n = 0)
+static int64_t row_width(const torch::Tensor &values)
+{
+  int64_t width = 1;
+  for (int64_t d = 1; d < values.dim(); ++d) width *= values.size(d);
+  return width;
+}
+
+// features [n_model, ...]: local rows as given, ghost rows (model atoms n_local_model..) replaced
+// by their owners' rows, sent by LAMMPS' forward communication (any rank, any periodic image)
+torch::Tensor PairAtomplug::exchange_forward(const torch::Tensor &features)
+{
+  const double start = seconds();
+  const int64_t n_model = (int64_t) lammps_of.size();
+  if (features.dim() < 1 || features.size(0) != n_model)
+    throw std::runtime_error(fmt::format("exchange_ghosts: features have {} rows for {} atoms",
+                                         features.dim() < 1 ? 0 : features.size(0), n_model));
+  ++exchange_calls;
+  const int64_t width = row_width(features);
+  auto rows = features.detach().reshape({n_model, width}).to(torch::kCPU, torch::kFloat64).contiguous();
+  auto exchanged = rows.clone();
+  const double *in = rows.data_ptr<double>();
+  double *out = exchanged.data_ptr<double>();
+  const size_t nall = (size_t) atom->nlocal + atom->nghost;
+  for (int64_t first = 0; first < width; first += EXCHANGE_COLUMNS) {
+    const int w = (int) std::min<int64_t>(EXCHANGE_COLUMNS, width - first);
+    exchange_width = w;
+    exchange_buffer.assign(nall * w, 0.0);
+    for (int k = 0; k < n_local_model; ++k)
+      std::memcpy(&exchange_buffer[(size_t) lammps_of[k] * w], in + k * width + first, w * sizeof(double));
+    comm->forward_comm(this, w);
+    for (int64_t k = n_local_model; k < n_model; ++k)
+      std::memcpy(out + k * width + first, &exchange_buffer[(size_t) lammps_of[k] * w], w * sizeof(double));
+  }
+  timing_exchange += seconds() - start;
+  return exchanged.to(features.device(), features.scalar_type()).reshape(features.sizes());
+}
+
+// the gradient of the exchange: ghost rows' gradients added onto their owners by LAMMPS' reverse
+// communication; ghost rows get none (the exchange overwrote them)
+torch::Tensor PairAtomplug::exchange_backward(const torch::Tensor &gradient)
+{
+  const double start = seconds();
+  const int64_t n_model = (int64_t) lammps_of.size();
+  const int64_t width = row_width(gradient);
+  auto rows = gradient.reshape({n_model, width}).to(torch::kCPU, torch::kFloat64).contiguous();
+  auto summed = rows.clone();
+  summed.narrow(0, n_local_model, n_model - n_local_model).zero_();
+  const double *in = rows.data_ptr<double>();
+  double *out = summed.data_ptr<double>();
+  const size_t nall = (size_t) atom->nlocal + atom->nghost;
+  for (int64_t first = 0; first < width; first += EXCHANGE_COLUMNS) {
+    const int w = (int) std::min<int64_t>(EXCHANGE_COLUMNS, width - first);
+    exchange_width = w;
+    exchange_buffer.assign(nall * w, 0.0);
+    for (int64_t k = n_local_model; k < n_model; ++k)
+      std::memcpy(&exchange_buffer[(size_t) lammps_of[k] * w], in + k * width + first, w * sizeof(double));
+    comm->reverse_comm(this, w);
+    for (int k = 0; k < n_local_model; ++k) {
+      const double *received = &exchange_buffer[(size_t) lammps_of[k] * w];
+      double *row = out + k * width + first;
+      for (int c = 0; c < w; ++c) row[c] += received[c];
+    }
+  }
+  timing_exchange += seconds() - start;
+  return summed.to(gradient.device(), gradient.scalar_type()).reshape(gradient.sizes());
+}
+
+int PairAtomplug::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  const int w = exchange_width;
+  for (int i = 0; i < n; ++i) std::memcpy(buf + (size_t) i * w, &exchange_buffer[(size_t) list[i] * w], w * sizeof(double));
+  return n * w;
+}
+
+void PairAtomplug::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::memcpy(&exchange_buffer[(size_t) first * exchange_width], buf, (size_t) n * exchange_width * sizeof(double));
+}
+
+int PairAtomplug::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::memcpy(buf, &exchange_buffer[(size_t) first * exchange_width], (size_t) n * exchange_width * sizeof(double));
+  return n * exchange_width;
+}
+
+void PairAtomplug::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int w = exchange_width;
+  for (int i = 0; i < n; ++i) {
+    double *row = &exchange_buffer[(size_t) list[i] * w];
+    const double *received = buf + (size_t) i * w;
+    for (int c = 0; c < w; ++c) row[c] += received[c];
+  }
+}
+
 void PairAtomplug::record_timing(const double (&times)[5])
 {
   timing[0] += times[1] - times[0];
@@ -1581,17 +1787,19 @@ void PairAtomplug::finish()
     const double scale = 1e3 / (double) timing_calls;
     utils::logmesg(lmp,
                    "atomplug timing (rank 0, ms per call, {} calls): atom mapping {:.4f}, pairs "
-                   "{:.4f}, tensors in {:.4f}, entry point (model) {:.4f}, results out {:.4f}; "
+                   "{:.4f}, tensors in {:.4f}, entry point (model) {:.4f} (of which ghost exchanges {:.4f}), "
+                   "results out {:.4f}; "
                    "model atoms {:.0f} (local {:.0f}), pairs {:.0f}; entry point calls since pair_style "
                    "{}, {}\n",
                    timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale, timing[3] * scale,
-                   timing[4] * scale, timing_atoms / timing_calls, timing_local / timing_calls,
+                   timing_exchange * scale, timing[4] * scale, timing_atoms / timing_calls, timing_local / timing_calls,
                    timing_pairs / timing_calls, model->forward_calls(),
                    model->optimized()
                        ? fmt::format("optimised from call {}", atomplug_core::UNOPTIMIZED_CALLS + 1)
                        : std::string("unoptimised so far"));
   }
   for (double &t : timing) t = 0.0;
+  timing_exchange = 0.0;
   timing_calls = 0;
   timing_atoms = timing_local = timing_pairs = 0.0;
 }

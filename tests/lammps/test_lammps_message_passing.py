@@ -1,13 +1,15 @@
 """Message-passing models in LAMMPS: the example model (3 layers x 2.5 A = 7.5 A of interaction
-range) on 1, 2 and 4 ranks equals the core on the very frame LAMMPS used: energy, forces, virial,
-per-atom energies and per-atom virials, for periodic, triclinic, slab, isolated (with empty
+range), as it is ("widened") and exchanging ghost features between its layers ("exchange", same
+weights), on 1, 2 and 4 ranks equals the core on the very frame LAMMPS used: energy, forces,
+virial, per-atom energies and per-atom virials, for periodic, triclinic, slab, isolated (with empty
 subdomains) and tiny boxes (many periodic images); a short `comm_modify cutoff` is raised with a
 warning; 1,000 steps of NVE on 2 ranks follow the 1-rank trajectory.
 
-On one rank LAMMPS maps its ghosts to periodic images (the model sees the periodic structure); on
-several ranks the pair style widens the ghost region to the interaction range and hands every
-ghost to the model, so these runs test both paths against the same oracle (`ModelRunner`, the
-code path of `AtomplugCalculator`).
+On one rank LAMMPS maps its ghosts to periodic images (the model sees the periodic structure). On
+several ranks the pair style either widens the ghost region to the interaction range and hands
+every ghost to the model, or (ghost_exchange) keeps ghosts out to one cutoff and exchanges their
+features through LAMMPS' forward and reverse communication inside the model call; these runs test
+every path against the same oracle (`ModelRunner`, the code path of `AtomplugCalculator`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,13 @@ CONFIGS = {
     "isolated": (isolated, "f f f", (1, 2, 4), "processors 1 1 *"),
     "tiny": (hco_tiny_box, "p p p", (1, 2, 4), ""),
 }
-CASES = [(name, nprocs) for name, spec in CONFIGS.items() for nprocs in spec[2]]
+MODELS = ("widened", "exchange")
+CASES = [(model, name, nprocs) for model in MODELS for name, spec in CONFIGS.items() for nprocs in spec[2]]
+
+
+@pytest.fixture(scope="module")
+def model_paths(message_passing_path, message_passing_exchange_path):
+    return {"widened": message_passing_path, "exchange": message_passing_exchange_path}
 
 
 def run_block(name: str, boundary: str, processors: str, model: str, label: str) -> str:
@@ -82,15 +90,16 @@ print "{label} pe=$(pe:%.17g) vol=$(vol:%.17g) pxx=$(c_pv[1]:%.17g) pyy=$(c_pv[2
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, plugin, message_passing_path):
-    """{nprocs: (directory, stdout)} with every configuration run once per rank count."""
+def runs(tmp_path_factory, plugin, model_paths):
+    """(directory, {nprocs: stdout}) with every configuration and model run once per rank count."""
     directory = tmp_path_factory.mktemp("lammps-mp")
     for name, (structure, *_rest) in CONFIGS.items():
         ase.io.write(str(directory / f"{name}.data"), structure(), format="lammps-data", specorder=SPECIES, masses=True)
     results = {}
     for nprocs in (1, 2, 4):
         text = "\n".join(
-            run_block(name, boundary, processors, message_passing_path, f"{name}-{nprocs}")
+            run_block(name, boundary, processors, model_paths[model], f"{model}-{name}-{nprocs}")
+            for model in MODELS
             for name, (_structure, boundary, ranks, processors) in CONFIGS.items()
             if nprocs in ranks
         )
@@ -114,13 +123,13 @@ def core_reference(model: str, dump, boundary: str):
     )
 
 
-@pytest.mark.parametrize("name, nprocs", CASES)
-def test_message_passing_matches_the_core(runs, message_passing_path, name, nprocs):
+@pytest.mark.parametrize("model, name, nprocs", CASES)
+def test_message_passing_matches_the_core(runs, model_paths, model, name, nprocs):
     directory, _ = runs
-    label = f"{name}-{nprocs}"
+    label = f"{model}-{name}-{nprocs}"
     dump = read_dump(os.path.join(directory, f"{label}.dump"))
     values = read_values(os.path.join(directory, "values.txt"))[label]
-    reference = core_reference(message_passing_path, dump, CONFIGS[name][1])
+    reference = core_reference(model_paths[model], dump, CONFIGS[name][1])
 
     energy = reference["energy"][0, 0]
     assert abs(values["pe"] - energy) <= TOLERANCE * abs(energy)
@@ -141,23 +150,27 @@ def test_message_passing_matches_the_core(runs, message_passing_path, name, npro
     assert relative_difference(lammps_atomic, expected_atomic) <= TOLERANCE
 
 
-def test_several_ranks_widen_the_ghost_region_and_say_so(runs):
+def test_several_ranks_widen_the_ghost_region_or_exchange_and_say_so(runs):
     _, stdout = runs
     assert "ghost atoms out to" not in stdout[1]  # one rank: periodic images, no wider region
     for nprocs in (2, 4):
-        assert "atomplug: message-passing model (interaction range 7.5 = 3 x its cutoff)" in stdout[nprocs]
+        assert "atomplug: message-passing model (interaction range 7.5 = 3 x its cutoff): ghost" in stdout[nprocs]
+        assert (
+            "atomplug: message-passing model with ghost exchange (interaction range 7.5 = 3 x its cutoff): "
+            "ghost atoms out to the cutoff + skin only" in stdout[nprocs]
+        )
 
 
-def test_results_do_not_depend_on_ranks(runs):
+@pytest.mark.parametrize("model", MODELS)
+def test_results_do_not_depend_on_ranks(runs, model):
     directory, _ = runs
     values = read_values(os.path.join(directory, "values.txt"))
     for name in CONFIGS:
-        one = read_dump(os.path.join(directory, f"{name}-1.dump"))
+        one = read_dump(os.path.join(directory, f"{model}-{name}-1.dump"))
         for nprocs in (2, 4):
-            assert abs(values[f"{name}-{nprocs}"]["pe"] - values[f"{name}-1"]["pe"]) <= 1e-12 * abs(
-                values[f"{name}-1"]["pe"]
-            )
-            many = read_dump(os.path.join(directory, f"{name}-{nprocs}.dump"))
+            reference = values[f"{model}-{name}-1"]["pe"]
+            assert abs(values[f"{model}-{name}-{nprocs}"]["pe"] - reference) <= 1e-12 * abs(reference)
+            many = read_dump(os.path.join(directory, f"{model}-{name}-{nprocs}.dump"))
             forces = [np.stack([d[c] for c in ("fx", "fy", "fz")], axis=1) for d in (one, many)]
             assert relative_difference(forces[1], forces[0]) <= 1e-11
 
@@ -172,7 +185,8 @@ def test_a_short_comm_cutoff_is_raised_with_a_warning(tmp_path, plugin, message_
     assert "raised to 9.5" in warnings[0]
 
 
-def test_nve_on_two_ranks_follows_one_rank(tmp_path, plugin, message_passing_path):
+@pytest.mark.parametrize("model", MODELS)
+def test_nve_on_two_ranks_follows_one_rank(tmp_path, plugin, model_paths, model):
     """1,000 steps of velocity Verlet: the 2-rank trajectory is the 1-rank one to 1e-8 A.
 
     The example is a random potential: it heats this 300 K liquid to ~1100 K, and its trajectories
@@ -187,7 +201,7 @@ def test_nve_on_two_ranks_follows_one_rank(tmp_path, plugin, message_passing_pat
 units metal
 atom_style atomic
 read_data liquid.data
-pair_style atomplug {message_passing_path}
+pair_style atomplug {model_paths[model]}
 pair_coeff * * {" ".join(SPECIES)}
 velocity all create 300.0 4928459 loop geom
 timestep 0.00005
