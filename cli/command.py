@@ -43,6 +43,8 @@ def command_info(args: argparse.Namespace) -> None:
     print(f"length unit    {caps.length_unit}")
     print(f"dtype          {caps.dtype}; devices: {', '.join(caps.supported_devices)}")
     print(f"interaction    {caps.interaction_range} {caps.length_unit}")
+    if caps.ghost_exchange:
+        print("ghost exchange yes: features exchanged between layers (LAMMPS ranks need ghosts out to one cutoff)")
     print("outputs")
     for name, output in caps.outputs.items():
         quantity = output.quantity or "(no quantity)"
@@ -213,10 +215,10 @@ def _export_named_example(name: str, path: str, source: Optional[str]) -> None:
                 candidates = " or ".join(ani1x.ani1ccx_resource_candidates())
                 raise CommandError(f"no complete ANI-1ccx files in {candidates}: {ani1x.ANI1CCX_HINT}")
         ani1x.export_ani1x(path, ccsdt)
-    elif name == "message-passing":
+    elif name in ("message-passing", "message-passing-exchange"):
         from atomplug.examples.message_passing import export_message_passing
 
-        export_message_passing(path)
+        export_message_passing(path, ghost_exchange=name == "message-passing-exchange")
     elif name == "coulomb":
         from atomplug.examples.coulomb import export_coulomb
 
@@ -408,8 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     example = commands.add_parser("export-example", help="export a bundled example model")
     example.add_argument(
         "name",
-        choices=["lj", "ani1x", "message-passing", "coulomb", "charge-spin", "kinetic", "mace"],
-        help="lj, ani1x, message-passing; coulomb (cut Coulomb from per-atom charges), charge-spin (reads the "
+        choices=[
+            "lj",
+            "ani1x",
+            "message-passing",
+            "message-passing-exchange",
+            "coulomb",
+            "charge-spin",
+            "kinetic",
+            "mace",
+        ],
+        help="lj, ani1x, message-passing (message-passing-exchange: the same weights, exchanging ghost features "
+        "between layers); coulomb (cut Coulomb from per-atom charges), charge-spin (reads the "
         "total charge and spin multiplicity), kinetic (reads masses and velocities); mace (wraps --from MODEL)",
     )
     example.add_argument("path")

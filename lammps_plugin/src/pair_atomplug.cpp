@@ -106,17 +106,17 @@ class PairAtomplug : public Pair {
   std::vector<int64_t> known_types;
   std::vector<double> model_cutoffs;    // model length unit
   std::vector<bool> full_lists;
-  double interaction_range = 0.0;      // model length unit
-  double max_model_cutoff = 0.0;       // model length unit
-  double range = 0.0;                  // the interaction range in LAMMPS length units
-  bool message_passing = false;        // interaction range beyond the largest cutoff
-  bool ghost_exchange = false;         // the model exchanges ghost features between its layers
-  bool exchanging = false;             // ... and this run has ghosts of other ranks to exchange
-  torch::jit::IValue exchange_handle;  // what the entry point's ghost_exchange argument gets
+  double interaction_range = 0.0;         // model length unit
+  double max_model_cutoff = 0.0;          // model length unit
+  double range = 0.0;                     // the interaction range in LAMMPS length units
+  bool message_passing = false;           // interaction range beyond the largest cutoff
+  bool ghost_exchange = false;            // the model exchanges ghost features between its layers
+  bool exchanging = false;                // ... and this run has ghosts of other ranks to exchange
+  torch::jit::IValue exchange_handle;     // what the entry point's ghost_exchange argument gets
   std::vector<double> exchange_buffer;    // [nall, exchange_width], LAMMPS order
   int exchange_width = 0;                 // columns in flight (at most EXCHANGE_COLUMNS)
   long exchange_calls = 0;                // forward exchanges during this step's model call
-  double raised_ghost_cutoff = 0.0;    // the comm cutoff this style set (not the user)
+  double raised_ghost_cutoff = 0.0;       // the comm cutoff this style set (not the user)
   bool energy_per_atom_capable = false;
   bool has_nc_forces = false, has_nc_stress = false;
 
@@ -211,7 +211,7 @@ class PairAtomplug : public Pair {
   // optional per-run timing (environment variable ATOMPLUG_LAMMPS_TIMING=1)
   bool timing_enabled = false;
   double timing[5] = {0.0, 0.0, 0.0, 0.0, 0.0};    // mapping, pairs, tensors in, model, out
-  double timing_exchange = 0.0;                     // inside the model: ghost exchanges
+  double timing_exchange = 0.0;                    // inside the model: ghost exchanges
   long timing_calls = 0;
   double timing_atoms = 0.0, timing_local = 0.0, timing_pairs = 0.0;
   static double seconds()
@@ -968,10 +968,10 @@ double PairAtomplug::scalar_value(const Scalar &setting, const char *keyword)
 // Which neighbor list LAMMPS builds for this style. A message-passing model on several ranks (or
 // without atom IDs, where ghosts cannot be mapped to their owners) that does not exchange ghost
 // features: a full list of local AND ghost atoms, with ghosts out to the interaction range (one
-// that does: the lists below, ghosts out to the cutoff, features exchanged in the model call). Otherwise a full list when the model wants one,
-// else a half list: with newton off semantics (local pairs once, every local-ghost pair, including
-// both sides of pairs split between ranks), or on one rank, where every ghost is a periodic image,
-// LAMMPS' usual list with each pair once.
+// that does: the lists below, ghosts out to the cutoff, features exchanged in the model call). Otherwise a
+// full list when the model wants one, else a half list: with newton off semantics (local pairs once, every
+// local-ghost pair, including both sides of pairs split between ranks), or on one rank, where every ghost is
+// a periodic image, LAMMPS' usual list with each pair once.
 void PairAtomplug::choose_lists()
 {
   ghostneigh = 0;
@@ -1739,18 +1739,21 @@ torch::Tensor PairAtomplug::exchange_backward(const torch::Tensor &gradient)
 int PairAtomplug::pack_forward_comm(int n, int *list, double *buf, int, int *)
 {
   const int w = exchange_width;
-  for (int i = 0; i < n; ++i) std::memcpy(buf + (size_t) i * w, &exchange_buffer[(size_t) list[i] * w], w * sizeof(double));
+  for (int i = 0; i < n; ++i)
+    std::memcpy(buf + (size_t) i * w, &exchange_buffer[(size_t) list[i] * w], w * sizeof(double));
   return n * w;
 }
 
 void PairAtomplug::unpack_forward_comm(int n, int first, double *buf)
 {
-  std::memcpy(&exchange_buffer[(size_t) first * exchange_width], buf, (size_t) n * exchange_width * sizeof(double));
+  std::memcpy(&exchange_buffer[(size_t) first * exchange_width], buf,
+              (size_t) n * exchange_width * sizeof(double));
 }
 
 int PairAtomplug::pack_reverse_comm(int n, int first, double *buf)
 {
-  std::memcpy(buf, &exchange_buffer[(size_t) first * exchange_width], (size_t) n * exchange_width * sizeof(double));
+  std::memcpy(buf, &exchange_buffer[(size_t) first * exchange_width],
+              (size_t) n * exchange_width * sizeof(double));
   return n * exchange_width;
 }
 
@@ -1792,8 +1795,8 @@ void PairAtomplug::finish()
                    "model atoms {:.0f} (local {:.0f}), pairs {:.0f}; entry point calls since pair_style "
                    "{}, {}\n",
                    timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale, timing[3] * scale,
-                   timing_exchange * scale, timing[4] * scale, timing_atoms / timing_calls, timing_local / timing_calls,
-                   timing_pairs / timing_calls, model->forward_calls(),
+                   timing_exchange * scale, timing[4] * scale, timing_atoms / timing_calls,
+                   timing_local / timing_calls, timing_pairs / timing_calls, model->forward_calls(),
                    model->optimized()
                        ? fmt::format("optimised from call {}", atomplug_core::UNOPTIMIZED_CALLS + 1)
                        : std::string("unoptimised so far"));

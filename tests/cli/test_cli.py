@@ -29,6 +29,14 @@ def test_info_shows_contract(lj_model_path):
     assert run.returncode == 0, run.stderr
     for expected in ("Ar (18)", "Angstrom", "energy", "per atom", "half, strict", f"{AR_CUTOFF}"):
         assert expected in run.stdout
+    assert "ghost exchange" not in run.stdout
+
+
+def test_info_says_a_model_exchanges_ghosts(message_passing_exchange_path, capsys):
+    assert main(["info", message_passing_exchange_path]) == 0
+    shown = capsys.readouterr().out
+    assert "interaction    7.5 Angstrom" in shown
+    assert "ghost exchange yes" in shown
 
 
 def test_eval_round_trip_matches_independent_lj(lj_model_path, tmp_path):
@@ -73,6 +81,9 @@ def test_export_example_message_passing_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     capabilities = load_model(str(path)).capabilities
     assert capabilities.interaction_range == 7.5  # 3 layers x 2.5 A: beyond its one cutoff
+    assert not capabilities.ghost_exchange
+    assert main(["export-example", "message-passing-exchange", str(tmp_path / "mpx.pt")]) == 0
+    assert load_model(str(tmp_path / "mpx.pt")).capabilities.ghost_exchange
 
 
 def test_export_example_mace_needs_a_model_file(tmp_path):

@@ -282,18 +282,23 @@ def test_an_absurd_ghost_region_is_refused_with_the_numbers(tmp_path, plugin):
     assert "use fewer MPI ranks" in output
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize(
     "units, energy_unit, length_factor", [("real", "kcal/mol", 1.0), ("nano", "attogram*nm^2/ns^2", 0.1)]
 )
-def test_other_unit_styles_on_two_ranks(tmp_path, plugin, message_passing_path, units, energy_unit, length_factor):
-    """The ghost region is the interaction range in LAMMPS' own length unit (nm for `units nano`):
-    energy and forces on 2 ranks equal the core in that unit system."""
+def test_other_unit_styles_on_two_ranks(tmp_path, plugin, model_paths, model, units, energy_unit, length_factor):
+    """The ghost region is the interaction range (widened) or the cutoff (exchange) in LAMMPS' own
+    length unit (nm for `units nano`): energy and forces on 2 ranks equal the core in that unit
+    system."""
+    message_passing_path = model_paths[model]
     atoms = hco_liquid()
     atoms.set_cell(atoms.cell * length_factor, scale_atoms=True)
     ase.io.write(str(tmp_path / "liquid.data"), atoms, format="lammps-data", specorder=SPECIES, masses=True)
     text = run_block("liquid", "p p p", "", message_passing_path, "units").replace("units metal", f"units {units}")
     result = run_lmp(tmp_path, text, 2)
-    logged = re.search(r"message-passing model \(interaction range (\S+) = 3 x its cutoff\)", result.stdout)
+    logged = re.search(
+        r"message-passing model (?:with ghost exchange )?\(interaction range (\S+) = 3 x its cutoff\)", result.stdout
+    )
     assert logged and abs(float(logged.group(1)) - 7.5 * length_factor) <= 1e-12
     dump = read_dump(tmp_path / "units.dump")
     values = read_values(tmp_path / "values.txt")["units"]
@@ -309,3 +314,48 @@ def test_other_unit_styles_on_two_ranks(tmp_path, plugin, message_passing_path, 
     assert abs(values["pe"] - reference["energy"][0, 0]) <= TOLERANCE * abs(reference["energy"][0, 0])
     forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
     assert relative_difference(forces, reference["forces"]) <= TOLERANCE
+
+
+def two_ranks_against_the_core(tmp_path, model: str, label: str):
+    """The periodic liquid on 2 ranks: (LAMMPS run, its relative differences from the core)."""
+    ase.io.write(str(tmp_path / "periodic.data"), hco_liquid(), format="lammps-data", specorder=SPECIES, masses=True)
+    result = run_lmp(tmp_path, run_block("periodic", "p p p", "", model, label), 2)
+    dump = read_dump(tmp_path / f"{label}.dump")
+    values = read_values(tmp_path / "values.txt")[label]
+    reference = core_reference(model, dump, "p p p")
+    forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    energy = reference["energy"][0, 0]
+    return result, abs(values["pe"] - energy) / abs(energy), relative_difference(forces, reference["forces"])
+
+
+def test_features_wider_than_one_communication_go_in_rounds(tmp_path, plugin):
+    """72 features per atom: more than the 64 columns LAMMPS' buffers take per communication, so
+    each exchange (and its backward) is two rounds; results still equal the core."""
+    from atomplug.examples.message_passing import export_message_passing
+
+    model = str(tmp_path / "wide.pt")
+    export_message_passing(model, features=72, ghost_exchange=True)
+    result, energy_error, force_error = two_ranks_against_the_core(tmp_path, model, "wide")
+    assert "with ghost exchange" in result.stdout
+    assert energy_error <= TOLERANCE and force_error <= TOLERANCE
+
+
+def test_declaring_the_exchange_without_calling_it_stops_the_run(tmp_path, plugin):
+    """A model that declares ghost_exchange but never calls system.exchange_ghosts would leave its
+    ghosts (one cutoff deep) with wrong features on several ranks: refused, naming the fix."""
+    from atomplug.core import export
+    from atomplug.examples.message_passing import MessagePassingModel, message_passing_capabilities
+
+    module = MessagePassingModel().eval()  # exchanges nothing
+    capabilities = message_passing_capabilities(module)
+    capabilities.ghost_exchange = True
+    model = str(tmp_path / "liar.pt")
+    export(module, model, capabilities)
+    ase.io.write(str(tmp_path / "periodic.data"), hco_liquid(), format="lammps-data", specorder=SPECIES, masses=True)
+    run_lmp(tmp_path, run_block("periodic", "p p p", "", model, "liar-1"), 1)  # one rank: no ghosts, fine
+    assert "liar-1" in read_values(tmp_path / "values.txt")
+    result = run_lmp(tmp_path, run_block("periodic", "p p p", "", model, "liar-2"), 2, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "declares ghost_exchange but never called system.exchange_ghosts" in output
+    assert "export the model without ghost_exchange" in output
