@@ -25,6 +25,11 @@ Per-atom energies (`energy`, per_atom=True): with `selected_atoms` (e.g. LAMMPS 
 ghosts) the messages still run over all atoms, the readout only for the selected ones, and only
 their rows come back (sorted as given).
 
+With `ghost_exchange=True` (same weights, same energies) the model calls
+`system.exchange_ghosts` on its features before layers 2..L and declares
+`ModelCapabilities(ghost_exchange=True)`: ghost atoms (LAMMPS on several ranks) then take their
+owners' features between layers, so they need to reach one cutoff only, not L x r_c.
+
 The weights are random (seeded): this model is a test and benchmark subject with the cost and
 the data flow of a real message-passing potential, not a physical potential.
 

@@ -78,12 +78,17 @@ def test_ani1x_agrees_in_every_engine(ani1x_path, tmp_path):
         assert len(report.compared) == 3
 
 
-def test_message_passing_model_agrees_on_every_rank_count(message_passing_path, tmp_path):
+@pytest.mark.parametrize("exchange", [False, True], ids=["widened", "exchange"])
+def test_message_passing_model_agrees_on_every_rank_count(
+    message_passing_path, message_passing_exchange_path, exchange, tmp_path
+):
     """The message-passing example (range 3 x its cutoff) in every engine, LAMMPS on 1, 2 and 4
-    ranks (the last two widen their ghost region to the range)."""
+    ranks (the last two widen their ghost region to the range, or, with the exchange, keep it at
+    one cutoff and exchange ghost features between layers)."""
     from structures import hco_liquid
 
-    report = crosscheck(message_passing_path, hco_liquid(), ranks=(1, 2, 4), workdir=str(tmp_path))
+    model = message_passing_exchange_path if exchange else message_passing_path
+    report = crosscheck(model, hco_liquid(), ranks=(1, 2, 4), workdir=str(tmp_path))
     print("\n" + format_report(report))
     assert report.passed, format_report(report)
     assert [c.engine for c in report.comparisons] == ["ipi", "lammps:1", "lammps:2", "lammps:4", "plumed"]
