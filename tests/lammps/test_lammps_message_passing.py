@@ -359,3 +359,38 @@ def test_declaring_the_exchange_without_calling_it_stops_the_run(tmp_path, plugi
     assert result.returncode != 0
     assert "declares ghost_exchange but never called system.exchange_ghosts" in output
     assert "export the model without ghost_exchange" in output
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_without_atom_ids_one_rank_hands_ghosts_to_the_model(tmp_path, plugin, model_paths, model):
+    """Without atom IDs LAMMPS' ghosts cannot be mapped to their owners, so even one rank hands
+    them to the model: widened out to the range, or (exchange) one cutoff deep with the exchange
+    run by LAMMPS' communication inside the one process. Both equal the core."""
+    text = f"""
+units metal
+atom_style atomic
+atom_modify id no
+boundary p p p
+lattice custom 1.0 a1 3.2 0 0 a2 0 3.2 0 a3 0 0 3.2 basis 0 0 0 basis 0.5 0.5 0 basis 0.5 0 0.5 basis 0 0.5 0.5
+region box block 0 3 0 3 0 3
+create_box 3 box
+create_atoms 1 box basis 1 3 basis 2 1 basis 3 2 basis 4 1
+mass * 1.0
+displace_atoms all random 0.15 0.15 0.15 4821
+pair_style atomplug {model_paths[model]}
+pair_coeff * * {" ".join(SPECIES)}
+dump d all custom 1 noid.dump id type x y z fx fy fz
+dump_modify d format float %.17g
+run 0
+print "noid pe=$(pe:%.17g)" append values.txt screen no
+"""
+    result = run_lmp(tmp_path, text, 1)
+    expected_log = "with ghost exchange" if model == "exchange" else "ghost atoms out to 9.5"
+    assert expected_log in result.stdout
+    dump = read_dump(tmp_path / "noid.dump")  # ids are all 0: rows stay in LAMMPS' order
+    reference = core_reference(model_paths[model], dump, "p p p")
+    energy = reference["energy"][0, 0]
+    assert abs(read_values(tmp_path / "values.txt")["noid"]["pe"] - energy) <= TOLERANCE * abs(energy)
+    forces = np.stack([dump["fx"], dump["fy"], dump["fz"]], axis=1)
+    assert np.max(np.abs(reference["forces"])) > 1e-2
+    assert relative_difference(forces, reference["forces"]) <= TOLERANCE
