@@ -92,6 +92,7 @@ class PairAtomplug : public Pair {
   torch::Tensor exchange_backward(const torch::Tensor &gradient);
 
  private:
+  torch::Tensor communicate_rows(const torch::Tensor &values, bool reverse);
   // settings
   std::string model_path;
   std::string device_name = "cpu";
@@ -1680,60 +1681,56 @@ static int64_t row_width(const torch::Tensor &values)
 // by their owners' rows, sent by LAMMPS' forward communication (any rank, any periodic image)
 torch::Tensor PairAtomplug::exchange_forward(const torch::Tensor &features)
 {
-  const double start = seconds();
   const int64_t n_model = (int64_t) lammps_of.size();
   if (features.dim() < 1 || features.size(0) != n_model)
     throw std::runtime_error(fmt::format("exchange_ghosts: features have {} rows for {} atoms",
                                          features.dim() < 1 ? 0 : features.size(0), n_model));
   ++exchange_calls;
-  const int64_t width = row_width(features);
-  auto rows = features.detach().reshape({n_model, width}).to(torch::kCPU, torch::kFloat64).contiguous();
-  auto exchanged = rows.clone();
-  const double *in = rows.data_ptr<double>();
-  double *out = exchanged.data_ptr<double>();
-  const size_t nall = (size_t) atom->nlocal + atom->nghost;
-  for (int64_t first = 0; first < width; first += EXCHANGE_COLUMNS) {
-    const int w = (int) std::min<int64_t>(EXCHANGE_COLUMNS, width - first);
-    exchange_width = w;
-    exchange_buffer.assign(nall * w, 0.0);
-    for (int k = 0; k < n_local_model; ++k)
-      std::memcpy(&exchange_buffer[(size_t) lammps_of[k] * w], in + k * width + first, w * sizeof(double));
-    comm->forward_comm(this, w);
-    for (int64_t k = n_local_model; k < n_model; ++k)
-      std::memcpy(out + k * width + first, &exchange_buffer[(size_t) lammps_of[k] * w], w * sizeof(double));
-  }
-  timing_exchange += seconds() - start;
-  return exchanged.to(features.device(), features.scalar_type()).reshape(features.sizes());
+  return communicate_rows(features.detach(), false);
 }
 
 // the gradient of the exchange: ghost rows' gradients added onto their owners by LAMMPS' reverse
 // communication; ghost rows get none (the exchange overwrote them)
 torch::Tensor PairAtomplug::exchange_backward(const torch::Tensor &gradient)
 {
+  return communicate_rows(gradient, true);
+}
+
+// One exchange, EXCHANGE_COLUMNS columns at a time through the per-atom buffer (LAMMPS order):
+// forward: local rows out, ghost rows replaced; reverse: ghost rows out, local rows incremented
+// (and ghost rows zeroed)
+torch::Tensor PairAtomplug::communicate_rows(const torch::Tensor &values, bool reverse)
+{
   const double start = seconds();
   const int64_t n_model = (int64_t) lammps_of.size();
-  const int64_t width = row_width(gradient);
-  auto rows = gradient.reshape({n_model, width}).to(torch::kCPU, torch::kFloat64).contiguous();
-  auto summed = rows.clone();
-  summed.narrow(0, n_local_model, n_model - n_local_model).zero_();
+  const int64_t width = row_width(values);
+  auto rows = values.reshape({n_model, width}).to(torch::kCPU, torch::kFloat64).contiguous();
+  auto result = rows.clone();
+  if (reverse) result.narrow(0, n_local_model, n_model - n_local_model).zero_();
   const double *in = rows.data_ptr<double>();
-  double *out = summed.data_ptr<double>();
+  double *out = result.data_ptr<double>();
+  // rows sent: local (forward) or ghost (reverse) model atoms; rows received: the others
+  const int64_t send_first = reverse ? n_local_model : 0, send_last = reverse ? n_model : n_local_model;
+  const int64_t receive_first = reverse ? 0 : n_local_model, receive_last = reverse ? n_local_model : n_model;
   const size_t nall = (size_t) atom->nlocal + atom->nghost;
   for (int64_t first = 0; first < width; first += EXCHANGE_COLUMNS) {
     const int w = (int) std::min<int64_t>(EXCHANGE_COLUMNS, width - first);
     exchange_width = w;
     exchange_buffer.assign(nall * w, 0.0);
-    for (int64_t k = n_local_model; k < n_model; ++k)
+    for (int64_t k = send_first; k < send_last; ++k)
       std::memcpy(&exchange_buffer[(size_t) lammps_of[k] * w], in + k * width + first, w * sizeof(double));
-    comm->reverse_comm(this, w);
-    for (int k = 0; k < n_local_model; ++k) {
+    if (reverse)
+      comm->reverse_comm(this, w);
+    else
+      comm->forward_comm(this, w);
+    for (int64_t k = receive_first; k < receive_last; ++k) {
       const double *received = &exchange_buffer[(size_t) lammps_of[k] * w];
       double *row = out + k * width + first;
-      for (int c = 0; c < w; ++c) row[c] += received[c];
+      for (int c = 0; c < w; ++c) row[c] = reverse ? row[c] + received[c] : received[c];
     }
   }
   timing_exchange += seconds() - start;
-  return summed.to(gradient.device(), gradient.scalar_type()).reshape(gradient.sizes());
+  return result.to(values.device(), values.scalar_type()).reshape(values.sizes());
 }
 
 int PairAtomplug::pack_forward_comm(int n, int *list, double *buf, int, int *)

@@ -60,6 +60,32 @@ def ghost_cluster(atoms, cutoff: float, skin: float):
     return positions_all, np.concatenate(sources), np.concatenate([pairs, reverse])
 
 
+def call_entry_point(model, positions, types, sizes, pairs, outputs, selected, gradients: bool, ghost_exchange):
+    """The entry point with every argument positional, as an engine calls it; no cell (explicit ghosts)."""
+    n_systems = len(sizes)
+    return model.forward(
+        torch.tensor(positions),
+        torch.tensor(types, dtype=torch.int32),
+        torch.zeros((n_systems, 3, 3), dtype=torch.float64),
+        torch.zeros((n_systems, 3), dtype=torch.bool),
+        torch.tensor(sizes),
+        [torch.tensor(pairs, dtype=torch.int64)],
+        [torch.zeros((len(pairs), 3), dtype=torch.int32)],
+        outputs,
+        selected,
+        "energy",
+        gradients,
+        gradients,
+        gradients,
+        "Angstrom",
+        "eV",
+        False,
+        {},
+        {},
+        ghost_exchange,
+    )
+
+
 def evaluate_cluster(path: str, atoms, exchange: bool):
     """The cluster's local energies, per-atom energies, forces folded onto owners, virial and
     per-atom virial folded onto owners."""
@@ -68,25 +94,15 @@ def evaluate_cluster(path: str, atoms, exchange: bool):
     n_local = len(atoms)
     types = atoms.numbers[sources]
     ghost_exchange = LocalGhostExchange(torch.tensor(sources)) if exchange else None
-    result = model.forward(
-        torch.tensor(positions),
-        torch.tensor(types, dtype=torch.int32),
-        torch.zeros((1, 3, 3), dtype=torch.float64),
-        torch.zeros((1, 3), dtype=torch.bool),
-        torch.tensor([len(positions)]),
-        [torch.tensor(pairs, dtype=torch.int64)],
-        [torch.zeros((len(pairs), 3), dtype=torch.int32)],
+    result = call_entry_point(
+        model,
+        positions,
+        types,
+        [len(positions)],
+        pairs,
         ["energy", "energy/per_atom"],
         torch.arange(n_local),
-        "energy",
         True,
-        True,
-        True,
-        "Angstrom",
-        "eV",
-        False,
-        {},
-        {},
         ghost_exchange,
     )
     forces = np.zeros((n_local, 3))
@@ -182,24 +198,14 @@ def test_a_ghost_exchange_needs_one_structure(models):
     positions, sources, pairs = ghost_cluster(atoms, DEFAULT_CUTOFF, SKIN)
     n = len(positions)
     with pytest.raises(torch.jit.Error, match="a ghost exchange needs a single structure, got 2"):
-        model.forward(
-            torch.tensor(np.concatenate([positions, positions])),
-            torch.tensor(np.concatenate([atoms.numbers[sources]] * 2), dtype=torch.int32),
-            torch.zeros((2, 3, 3), dtype=torch.float64),
-            torch.zeros((2, 3), dtype=torch.bool),
-            torch.tensor([n, n]),
-            [torch.tensor(np.concatenate([pairs, pairs + n]), dtype=torch.int64)],
-            [torch.zeros((2 * len(pairs), 3), dtype=torch.int32)],
+        call_entry_point(
+            model,
+            np.concatenate([positions, positions]),
+            np.concatenate([atoms.numbers[sources]] * 2),
+            [n, n],
+            np.concatenate([pairs, pairs + n]),
             ["energy"],
             None,
-            "energy",
             False,
-            False,
-            False,
-            "Angstrom",
-            "eV",
-            False,
-            {},
-            {},
             LocalGhostExchange(torch.tensor(np.concatenate([sources, sources + n]))),
         )
