@@ -202,8 +202,9 @@ LEGEND = [
     "interaction range, the ghost atoms per rank given with the speedup they explain (the example timed "
     "after 25 warm-up calls, past the switch to the optimised graph; MACE, ~8 s per step, after 7, before "
     "it). Ghost-exchange row (issue 17): the same example with `ghost_exchange=True` (same weights) on 2 "
-    "ranks, ghosts out to one cutoff; floor = its own 1-rank step / 2, peer = the widened-ghost row; the "
-    "projection of ghosts per rank for 8-512 ranks is printed by bench_lammps.py.",
+    "ranks, ghosts out to one cutoff; floor = its own 1-rank step / 2, peer = the widened-ghost row; the same "
+    "for MACE run layer by layer (`export_mace(ghost_exchange=True)`, no aim); the projection of ghosts per "
+    "rank for 8-512 ranks is printed by bench_lammps.py.",
     "- **PLUMED** (issue 6): the CV action's own time per step under `plumed driver` (PLUMED's "
     "DETAILED_TIMERS; steady-state mean from the difference of a long and a short trajectory, so that "
     "loading the model and TorchScript's profiling of the first calls cancel out), vs the model's entry "

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
-from atomplug.core.graph import batch_systems
+from atomplug.core.graph import batch_systems, exchange_ghosts
 
 MACE_VERSION = "0.3.16"
 MACE_REQUIREMENT = (
@@ -108,11 +108,26 @@ def import_mace():
 
 
 class MACEWrapper(torch.nn.Module):
-    """The atomplug contract around a scripted MACE module: per-atom energies from `node_energy`."""
+    """The atomplug contract around a scripted MACE module: per-atom energies from `node_energy`.
 
-    def __init__(self, mace_module: torch.nn.Module, atomic_numbers: Sequence[int], r_max: float, head_index: int):
+    With `ghost_exchange`, the wrapper runs MACE's blocks itself, layer by layer (the steps of
+    MACE.forward / ScaleShiftMACE.forward in mace-torch 0.3.16, checked against MACE's own forward
+    at every export), and calls `exchange_ghosts` on the node features before each interaction
+    after the first: LAMMPS ranks then need ghosts one r_max deep, not num_interactions x r_max.
+    (MACE's own LAMMPS interface exchanges at the same place, after the per-atom `linear_up`;
+    a per-atom map commutes with the exchange.)"""
+
+    def __init__(
+        self,
+        mace_module: torch.nn.Module,
+        atomic_numbers: Sequence[int],
+        r_max: float,
+        head_index: int,
+        ghost_exchange: bool = False,
+    ):
         super().__init__()
         self.mace = mace_module
+        self.ghost_exchange = bool(ghost_exchange)
         numbers = [int(z) for z in atomic_numbers]
         self.atomic_numbers = numbers
         self.num_elements = len(numbers)
@@ -162,21 +177,25 @@ class MACEWrapper(torch.nn.Module):
             "cell": torch.cat([system.cell for system in systems]).to(dtype),
             "head": torch.full((n_systems,), self.head_index, dtype=torch.long, device=device),
         }
-        results = self.mace(
-            data,
-            training=False,
-            compute_force=False,
-            compute_virials=False,
-            compute_stress=False,
-            compute_displacement=False,
-            compute_hessian=False,
-            compute_edge_forces=False,
-            compute_atomic_stresses=False,
-            lammps_mliap=False,
-        )
-        node_energy = results["node_energy"]
-        if node_energy is None:
-            raise ValueError("the MACE model returned no node_energy")
+        if self.ghost_exchange:
+            node_energy = self._layer_by_layer(systems, data, vectors, sizes)
+        else:
+            results = self.mace(
+                data,
+                training=False,
+                compute_force=False,
+                compute_virials=False,
+                compute_stress=False,
+                compute_displacement=False,
+                compute_hessian=False,
+                compute_edge_forces=False,
+                compute_atomic_stresses=False,
+                lammps_mliap=False,
+            )
+            returned = results["node_energy"]
+            if returned is None:
+                raise ValueError("the MACE model returned no node_energy")
+            node_energy = returned
         atomic = node_energy.to(dtype)
         if selected_atoms is not None:
             atomic = atomic.index_select(0, selected_atoms)
@@ -185,6 +204,45 @@ class MACEWrapper(torch.nn.Module):
             return {"energy": atomic.reshape(-1, 1)}
         energy = torch.zeros(n_systems, dtype=dtype, device=device).index_add(0, batch, atomic)
         return {"energy": energy.reshape(-1, 1)}
+
+    def _layer_by_layer(self, systems: List[System], data: Dict[str, Tensor], vectors: Tensor, sizes: List[int]):
+        """MACE's node energies from its blocks, with the ghost features exchanged between them."""
+        node_attrs = data["node_attrs"]
+        edge_index = data["edge_index"]
+        node_heads = data["head"].index_select(0, data["batch"])
+        atoms = torch.arange(node_attrs.shape[0], device=node_attrs.device)
+        lengths = torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
+        node_e0 = self.mace.atomic_energies_fn(node_attrs)[atoms, node_heads]
+        node_feats = self.mace.node_embedding(node_attrs)
+        edge_attrs = self.mace.spherical_harmonics(vectors)
+        edge_feats, cutoff = self.mace.radial_embedding(lengths, node_attrs, edge_index, self.mace.atomic_numbers)
+        if hasattr(self.mace, "pair_repulsion"):
+            pair_node_energy = self.mace.pair_repulsion_fn(lengths, node_attrs, edge_index, self.mace.atomic_numbers)
+        else:
+            pair_node_energy = torch.zeros_like(node_e0)
+        features: List[Tensor] = []
+        for index, (interaction, product) in enumerate(zip(self.mace.interactions, self.mace.products)):
+            if index > 0:
+                node_feats = exchange_ghosts(systems, node_feats, sizes)
+            node_feats, sc = interaction(
+                node_attrs=node_attrs,
+                node_feats=node_feats,
+                edge_attrs=edge_attrs,
+                edge_feats=edge_feats,
+                edge_index=edge_index,
+                cutoff=cutoff,
+                first_layer=(index == 0),
+            )
+            node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
+            features.append(node_feats)
+        energies: List[Tensor] = [pair_node_energy]
+        for index, readout in enumerate(self.mace.readouts):
+            chosen = features[-1] if len(self.mace.readouts) == 1 else features[index]
+            energies.append(readout(chosen, node_heads)[atoms, node_heads])
+        interaction_energy = torch.sum(torch.stack(energies, dim=-1), dim=-1)
+        if hasattr(self.mace, "scale_shift"):  # ScaleShiftMACE
+            return node_e0.double() + self.mace.scale_shift(interaction_energy, node_heads).double()
+        return node_e0.double() + interaction_energy.double()
 
 
 def load_mace_model(model_path_or_module: Union[str, os.PathLike, torch.nn.Module]) -> torch.nn.Module:
@@ -315,8 +373,13 @@ def export_mace(
     length_unit: str = "Angstrom",
     name: Optional[str] = None,
     description: Optional[str] = None,
+    ghost_exchange: bool = False,
 ) -> Dict[str, object]:
     """Wrap a MACE model (a `.model` file or the module) into an atomplug archive at `path`.
+
+    With `ghost_exchange`, the archive runs MACE's blocks layer by layer and exchanges the ghost
+    atoms' node features between them (`ModelCapabilities(ghost_exchange=True)`): on several LAMMPS
+    ranks the ghosts then reach r_max, not num_interactions x r_max. Same energies either way.
 
     Reads the model's atomic numbers, r_max, number of interactions (interaction range =
     num_interactions x r_max) and heads; converts it to `dtype` ("float64" by default, or
@@ -341,7 +404,7 @@ def export_mace(
         # e3nn's generated modules trigger TorchScript's notice about instance-level annotations
         warnings.filterwarnings("ignore", message=_TORCHSCRIPT_NOTICE)
         scripted = e3nn_jit.script(module)
-    wrapper = MACEWrapper(scripted, info["atomic_numbers"], info["r_max"], head_index)
+    wrapper = MACEWrapper(scripted, info["atomic_numbers"], info["r_max"], head_index, ghost_exchange)
     _check_against_mace(module, torch.jit.script(wrapper), info, head_index)
 
     interaction_range = info["num_interactions"] * info["r_max"]
@@ -353,6 +416,7 @@ def export_mace(
         length_unit=length_unit,
         supported_devices=["cpu", "cuda"],
         dtype=dtype,
+        ghost_exchange=bool(ghost_exchange),
     )
     source = model_path_or_module if not isinstance(model_path_or_module, torch.nn.Module) else "a module"
     metadata = ModelMetadata(
@@ -363,6 +427,7 @@ def export_mace(
             f"{getattr(mace, '__version__', '?')}: elements {info['atomic_numbers']}, r_max {info['r_max']} "
             f"{length_unit}, {info['num_interactions']} interactions (interaction range {interaction_range} "
             f"{length_unit}), head {info['head']!r}, {dtype}"
+            + (", ghost features exchanged between interactions" if ghost_exchange else "")
         ),
         authors=["MACE: Ilyes Batatia, David P. Kovacs, Gregor N. C. Simm, Christoph Ortner, Gabor Csanyi"],
         references=list(REFERENCES),
@@ -437,9 +502,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("path", help="the atomplug archive to write")
     parser.add_argument("--head", default=None, help="head of a multi-head model (default: the only one, or 'default')")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument(
+        "--ghost-exchange",
+        action="store_true",
+        help="run MACE's blocks layer by layer, exchanging ghost features (LAMMPS ranks: ghosts out to r_max only)",
+    )
     args = parser.parse_args(argv)
     try:
-        info = export_mace(args.model, args.path, head=args.head, dtype=args.dtype)
+        info = export_mace(args.model, args.path, head=args.head, dtype=args.dtype, ghost_exchange=args.ghost_exchange)
     except (ImportError, FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
     print(

@@ -86,3 +86,13 @@ def mace_path(mace_model_path, tmp_path_factory):
     path = tmp_path_factory.mktemp("mace_export") / "mace.pt"
     export_mace(mace_model_path, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def mace_exchange_path(mace_model_path, tmp_path_factory):
+    """The same MACE run layer by layer, exchanging ghost features (export_mace(ghost_exchange=True))."""
+    from atomplug.examples.mace import export_mace
+
+    path = tmp_path_factory.mktemp("mace_export") / "mace-exchange.pt"
+    export_mace(mace_model_path, str(path), ghost_exchange=True)
+    return str(path)

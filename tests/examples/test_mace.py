@@ -52,9 +52,11 @@ def relative(actual, expected) -> float:
     return float(np.abs(actual - expected).max()) / max(float(np.abs(expected).max()), 1e-300)
 
 
-@pytest.fixture(scope="module")
-def ours(mace_path):
-    return AtomplugCalculator(mace_path, skin=0.0)
+@pytest.fixture(scope="module", params=["as_is", "layer_by_layer"])
+def ours(request, mace_path, mace_exchange_path):
+    """The wrapper calling MACE's forward, and the one running its blocks itself with the ghost
+    exchange (the identity here: ASE has no ghosts)."""
+    return AtomplugCalculator(mace_path if request.param == "as_is" else mace_exchange_path, skin=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,9 @@ def reference(mace_model_path):
     return mace_example.mace_calculator(mace_model_path, compute_atomic_stresses=True)
 
 
-def test_export_reads_the_model(mace_path):
+def test_export_reads_the_model(mace_path, mace_exchange_path):
+    assert not load_model(mace_path).capabilities.ghost_exchange
+    assert load_model(mace_exchange_path).capabilities.ghost_exchange
     model = load_model(mace_path)
     assert model.capabilities.atomic_types == [1, 6, 8]
     assert model.capabilities.interaction_range == pytest.approx(INTERACTIONS * R_MAX)
@@ -151,7 +155,9 @@ def test_main_passes_its_arguments(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(mace_example, "export_mace", fake_export)
     mace_example.main(["user.model", str(tmp_path / "out.pt"), "--head", "pt_head", "--dtype", "float32"])
-    assert calls == [("user.model", str(tmp_path / "out.pt"), {"head": "pt_head", "dtype": "float32"})]
+    assert calls == [
+        ("user.model", str(tmp_path / "out.pt"), {"head": "pt_head", "dtype": "float32", "ghost_exchange": False})
+    ]
     assert "interaction range 10.0" in capsys.readouterr().out
 
     def failing_export(model, path, **options):

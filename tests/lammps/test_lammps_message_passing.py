@@ -219,30 +219,37 @@ write_dump all custom final-{nprocs}.dump id x y z modify sort id format float %
 
 
 @pytest.fixture(scope="module")
-def mace_runs(tmp_path_factory, plugin, mace_path):
+def mace_runs(tmp_path_factory, plugin, mace_path, mace_exchange_path):
     """A real third-party architecture: the random MACE (2 interactions x r_max 4 = 8 A) in LAMMPS
-    on 1 and 2 ranks, on the periodic liquid and on the isolated cluster."""
+    on 1 and 2 ranks, on the periodic liquid and on the isolated cluster; as MACE runs itself
+    (widened ghosts) and layer by layer with the ghost exchange."""
     directory = tmp_path_factory.mktemp("lammps-mace")
     for name in ("periodic", "isolated"):
         ase.io.write(
             str(directory / f"{name}.data"), CONFIGS[name][0](), format="lammps-data", specorder=SPECIES, masses=True
         )
+    paths = {"widened": mace_path, "exchange": mace_exchange_path}
     for nprocs in (1, 2):
         text = "\n".join(
-            run_block(name, CONFIGS[name][1], CONFIGS[name][3], mace_path, f"mace-{name}-{nprocs}")
+            run_block(name, CONFIGS[name][1], CONFIGS[name][3], paths[model], f"mace-{model}-{name}-{nprocs}")
+            for model in MODELS
             for name in ("periodic", "isolated")
         )
-        run_lmp(directory, text, nprocs, name=f"in.mace-{nprocs}")
+        result = run_lmp(directory, text, nprocs, name=f"in.mace-{nprocs}")
+        if nprocs == 2:  # the exchanging MACE really exchanges: ghosts one r_max deep
+            assert "message-passing model with ghost exchange (interaction range 8 = 2 x its cutoff)" in result.stdout
     return str(directory)
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("name", ["periodic", "isolated"])
 @pytest.mark.parametrize("nprocs", [1, 2])
-def test_mace_matches_its_own_calculator(mace_runs, mace_model_path, name, nprocs):
-    """LAMMPS with the wrapped MACE equals MACE's own MACECalculator (float64, 1e-8 relative)."""
+def test_mace_matches_its_own_calculator(mace_runs, mace_model_path, model, name, nprocs):
+    """LAMMPS with the wrapped MACE equals MACE's own MACECalculator (float64, 1e-8 relative),
+    with widened ghosts and with the ghost exchange (ghosts out to r_max only)."""
     from atomplug.examples.mace import mace_calculator
 
-    label = f"mace-{name}-{nprocs}"
+    label = f"mace-{model}-{name}-{nprocs}"
     dump = read_dump(os.path.join(mace_runs, f"{label}.dump"))
     values = read_values(os.path.join(mace_runs, "values.txt"))[label]
     numbers = {1: 1, 2: 6, 3: 8}
