@@ -56,6 +56,30 @@ mass * 39.948
 """
 
 
+def argon_pair_styles(model: str):
+    """(native, atomplug) pair_style + pair_coeff lines for the LJ argon of tests/structures.py:
+    LAMMPS' own shifted `lj/cut`, and the exported LJ model `model` through atomplug."""
+    from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA
+
+    native = f"pair_style lj/cut {AR_CUTOFF!r}\npair_coeff * * {AR_EPSILON!r} {AR_SIGMA!r}\npair_modify shift yes"
+    return native, f"pair_style atomplug {model}\npair_coeff * * Ar"
+
+
+def argon_nve_start(pair: str, temperature: float) -> str:
+    """The start of an NVE run of argon.data with `pair`: velocities at `temperature` K (same seed
+    in every test), a 0.5 A skin checked every step (many neighbor-list rebuilds)."""
+    return f"""
+units metal
+atom_style atomic
+read_data argon.data
+{pair}
+neighbor 0.5 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create {temperature} 4928459 loop geom
+fix nve all nve
+"""
+
+
 def run_lmp(
     workdir,
     text: str,

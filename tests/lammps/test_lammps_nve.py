@@ -11,8 +11,8 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-from lammps_harness import read_dump, run_lmp
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, NVE_DRIFT_TOLERANCE, displaced_triclinic_argon, linear_drift
+from lammps_harness import argon_nve_start, argon_pair_styles, read_dump, run_lmp
+from structures import NVE_DRIFT_TOLERANCE, displaced_triclinic_argon, linear_drift
 
 STEPS = 1000
 POSITION_TOLERANCE = 1e-8  # Angstrom
@@ -20,25 +20,16 @@ THERMO_EVERY = 10
 
 
 def nve_input(pair: str, label: str) -> str:
-    return f"""
-units metal
-atom_style atomic
-read_data argon.data
-{pair}
-neighbor 0.5 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 120.0 4928459 loop geom
-fix nve all nve
+    return (
+        argon_nve_start(pair, 120.0)
+        + f"""
 thermo {THERMO_EVERY}
 thermo_style custom step temp pe etotal
 thermo_modify format float %.15g
 run {STEPS}
 write_dump all custom {label}.dump id xu yu zu vx vy vz modify sort id format float %.17g
 """
-
-
-ATOMPLUG = "pair_style atomplug {model}\npair_coeff * * Ar"
-NATIVE = f"pair_style lj/cut {AR_CUTOFF!r}\npair_coeff * * {AR_EPSILON!r} {AR_SIGMA!r}\npair_modify shift yes"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +37,11 @@ def trajectories(tmp_path_factory, plugin, lj_model_path):
     directory = tmp_path_factory.mktemp("lammps-nve")
     ase.io.write(str(directory / "argon.data"), displaced_triclinic_argon(), format="lammps-data", masses=True)
     runs = {}
+    native, atomplug = argon_pair_styles(lj_model_path)
     for label, pair, nprocs in [
-        ("native-1", NATIVE, 1),
-        ("atomplug-1", ATOMPLUG.format(model=lj_model_path), 1),
-        ("atomplug-2", ATOMPLUG.format(model=lj_model_path), 2),
+        ("native-1", native, 1),
+        ("atomplug-1", atomplug, 1),
+        ("atomplug-2", atomplug, 2),
     ]:
         result = run_lmp(directory, nve_input(pair, label), nprocs, name=f"in.{label}")
         runs[label] = (read_dump(directory / f"{label}.dump"), result.stdout)

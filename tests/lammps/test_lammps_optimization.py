@@ -16,8 +16,8 @@ import re
 import ase.io
 import numpy as np
 import pytest
-from lammps_harness import read_dump, relative_difference, run_lmp
-from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
+from lammps_harness import argon_nve_start, argon_pair_styles, read_dump, relative_difference, run_lmp
+from structures import displaced_triclinic_argon
 
 from atomplug.core.archive import UNOPTIMIZED_CALLS
 
@@ -27,21 +27,12 @@ SECOND_RUN = UNOPTIMIZED_CALLS + 2  # so that several calls run optimised
 STEPS = FIRST_RUN + SECOND_RUN
 AGAIN = 3  # steps after pair_style is issued again (a new model: unoptimised again)
 
-ATOMPLUG = "pair_style atomplug {model}\npair_coeff * * Ar"
-NATIVE = f"pair_style lj/cut {AR_CUTOFF!r}\npair_coeff * * {AR_EPSILON!r} {AR_SIGMA!r}\npair_modify shift yes"
-
 
 def md_input(pair: str, label: str) -> str:
     # each `run N` computes forces N + 1 times (its setup, then N steps); a dump file per step
-    return f"""
-units metal
-atom_style atomic
-read_data argon.data
-{pair}
-neighbor 0.5 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 300.0 4928459 loop geom
-fix nve all nve
+    return (
+        argon_nve_start(pair, 300.0)
+        + f"""
 thermo 1
 thermo_style custom step pe pxx pyy pzz pxy pxz pyz
 thermo_modify format float %.17g
@@ -52,6 +43,7 @@ run {SECOND_RUN}
 {pair}
 run {AGAIN}
 """
+    )
 
 
 def thermo_rows(log: str) -> dict:
@@ -74,7 +66,8 @@ def trajectories(tmp_path_factory, plugin, lj_model_path):
     directory = tmp_path_factory.mktemp("lammps-optimization")
     ase.io.write(str(directory / "argon.data"), displaced_triclinic_argon(), format="lammps-data", masses=True)
     runs = {}
-    for label, pair in [("native", NATIVE), ("atomplug", ATOMPLUG.format(model=lj_model_path))]:
+    native, atomplug = argon_pair_styles(lj_model_path)
+    for label, pair in [("native", native), ("atomplug", atomplug)]:
         result = run_lmp(directory, md_input(pair, label), name=f"in.{label}", env={"ATOMPLUG_LAMMPS_TIMING": "1"})
         runs[label] = (str(directory), result.stdout)
     return runs
