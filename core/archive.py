@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
@@ -56,10 +57,19 @@ class LoadedModel:
         self.exported_with_torch = str(header.get("torch_version", "unknown"))
         self.forward_calls = 0
         self.optimized = False  # whether forward runs optimised, on the second copy
+        # a compiled package's native program (core.compiled.CompiledProgram) and its record
+        self.compiled = None
+        self.package: Optional[Dict] = None
+        self.program = header.get("program") or {"captured": False, "reason": "exported before programs existed"}
 
     def forward(self, *arguments) -> Dict[str, torch.Tensor]:
-        """One call of the entry point: unoptimised for the first UNOPTIMIZED_CALLS calls, then by
+        """One call of the entry point: through a package's compiled program where it answers,
+        otherwise TorchScript's, unoptimised for the first UNOPTIMIZED_CALLS calls, then by
         TorchScript's optimising executor on a fresh copy of the module."""
+        if self.compiled is not None:
+            results = self.compiled(self, arguments)
+            if results is not None:
+                return results
         self.forward_calls += 1
         if self.forward_calls > UNOPTIMIZED_CALLS and self._archive is not None:
             archive, self._archive = self._archive, None
@@ -278,14 +288,31 @@ def check_device(device: str, supported_devices: List[str]) -> str:
 
 def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
     """Load an exported atomplug model (only `torch.jit.load`, and only after its metadata checks
-    out: no pickle from a user file is ever unpickled)."""
+    out: no pickle from a user file is ever unpickled), or a compiled package (`atomplug
+    compile`: native code, see core.compiled)."""
     path = os.fspath(path)
     header = read_header(path)
     capabilities = ModelCapabilities.from_dict(header["capabilities"])
     device = check_device(device or "cpu", capabilities.supported_devices)
+    if "package" in header:
+        from .compiled import load_package
+
+        return load_package(path, header, device)
     try:
         with open(path, "rb") as handle:
             archive = handle.read()
+    except OSError as error:
+        raise _refuse("not_loadable", path, reason=first_line(error)) from error
+    return load_model_bytes(archive, path, device, header)
+
+
+def load_model_bytes(archive: bytes, path: str, device: Optional[str], header: Optional[Dict] = None) -> LoadedModel:
+    """load_model for an archive's bytes (`path` names it in messages), whose metadata is
+    `header` (read from the bytes when None)."""
+    if header is None:
+        header = _header_of_bytes(archive, path)
+    device = device or "cpu"
+    try:
         module = torch.jit.load(io.BytesIO(archive), map_location=device)
     except Exception as error:
         raise _refuse("not_loadable", path, reason=first_line(error)) from error
@@ -301,3 +328,11 @@ def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
             raise _refuse("capabilities_disagree", path)
     module.eval()
     return LoadedModel(module, header, path, archive, device)
+
+
+def _header_of_bytes(archive: bytes, path: str) -> Dict:
+    """read_header's checks for an archive held in memory (the model inside a package)."""
+    with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
+        handle.write(archive)
+        handle.flush()
+        return read_header(handle.name)

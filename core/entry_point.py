@@ -236,6 +236,17 @@ class AtomisticModel(torch.nn.Module):
 
     # ---- the engine entry point ----------------------------------------------------------------
 
+    @torch.jit.export
+    def output_factors(
+        self, length_unit: str, energy_unit: str, quantity_units: Optional[Dict[str, str]] = None
+    ) -> List[float]:
+        """The factor from the model's unit to the engine's of every declared output (1 for
+        outputs without a quantity), by the rule `forward` follows: a compiled program's inputs."""
+        factors: List[float] = []
+        for index in range(len(self._output_names)):
+            factors.append(self._output_factor(index, length_unit, energy_unit, quantity_units))
+        return factors
+
     def _output_index(self, name: str) -> int:
         for index, known in enumerate(self._output_names):
             if known == name:

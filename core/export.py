@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -12,6 +13,7 @@ from .contract import PER_ATOM_SUFFIX, ModelCapabilities, ModelMetadata
 from .entry_point import AtomisticModel, _requested_neighbor_lists, _split_request, with_requested_inputs
 from .errors import describe_model_error
 from .files import OutputError, write_atomically
+from .program import PROGRAM_FILE, capture_program
 
 
 def export(
@@ -36,6 +38,10 @@ def export(
     scripted = torch.jit.script(AtomisticModel(scripted_module, capabilities, metadata, requests))
     scripted.eval()
     _smoke_test(scripted, capabilities)
+    # the same computation as one torch.export program, for `atomplug compile` (core.program)
+    program, layout, reason = capture_program(AtomisticModel(module, capabilities, metadata, requests), capabilities)
+    if program is None:
+        print(f"atomplug export: {path}: TorchScript only, no compiled program ({reason})", file=sys.stderr)
 
     header = {
         "format": FORMAT_NAME,
@@ -43,11 +49,15 @@ def export(
         "capabilities": capabilities.to_dict(),
         "metadata": metadata.to_dict(),
         "torch_version": torch.__version__,
+        "program": {"captured": True, "layout": layout.to_dict()} if program else {"captured": False, "reason": reason},
     }
+    extra_files = {METADATA_FILE: json.dumps(header, sort_keys=True)}
+    if program is not None:
+        extra_files[PROGRAM_FILE] = program
     # Serialized in memory first: torch aborts the whole process (an exception thrown in a
     # destructor) when its own file writer hits a full disk; Python's writes raise OSError instead.
     archive = io.BytesIO()
-    torch.jit.save(scripted, archive, _extra_files={METADATA_FILE: json.dumps(header, sort_keys=True)})
+    torch.jit.save(scripted, archive, _extra_files=extra_files)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

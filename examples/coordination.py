@@ -141,7 +141,7 @@ class Coordination(torch.nn.Module):
                 swapped = 4 * codes.index_select(0, second) + codes.index_select(0, first)
                 own_first = self.own.to(vectors.dtype).index_select(0, pair_codes)
                 own_second = self.own.to(vectors.dtype).index_select(0, swapped)
-                atomic = torch.zeros(len(system), dtype=vectors.dtype, device=vectors.device)
+                atomic = torch.zeros(system.positions.shape[0], dtype=vectors.dtype, device=vectors.device)
                 atomic = atomic.index_add(0, first, switched * own_first)
                 atomic = atomic.index_add(0, second, switched * own_second)
                 results.append(atomic)
