@@ -340,17 +340,17 @@ def load_package(path: str, header: Dict, device: Optional[str]):
         raise ValueError(
             f"{path!r} was compiled for device {record.get('device')!r}, not {wanted!r}: {fix} --device {wanted}"
         )
-    sibling = os.path.join(os.path.dirname(os.path.abspath(path)), str(record.get("model_file", "")))
-    if record.get("model_file") and os.path.isfile(sibling):
-        with open(sibling, "rb") as handle:
-            digest = hashlib.sha256(handle.read()).hexdigest()
-        if digest != record.get("model_sha256"):
-            raise ValueError(
-                f"{path!r} is stale: {record['model_file']} next to it changed since it was compiled: {fix}"
-            )
     archive = archive_entry(path, PACKAGE_MODEL_FILE, PACKAGE_FOLDER)
     if archive is None or hashlib.sha256(archive).hexdigest() != record.get("model_sha256"):
         raise ValueError(f"{path!r} is a damaged compiled package (its model archive is missing or altered): {fix}")
+    # stale: the model it was compiled from, still next to it, is no longer the model inside it
+    sibling = os.path.join(os.path.dirname(os.path.abspath(path)), str(record.get("model_file", "")))
+    if record.get("model_file") and os.path.isfile(sibling):
+        with open(sibling, "rb") as handle:
+            if handle.read() != archive:
+                raise ValueError(
+                    f"{path!r} is stale: {record['model_file']} next to it changed since it was compiled: {fix}"
+                )
     model: LoadedModel = load_model_bytes(archive, path, device)
     try:
         runner = aoti_load_package(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -271,8 +272,17 @@ def capture_program(entry, capabilities: ModelCapabilities) -> Tuple[Optional[by
 
 
 def _first_lines(error: Exception) -> str:
-    text = " ".join(line.strip() for line in str(error).strip().splitlines()[:3] if line.strip())
-    return f"{type(error).__name__}: {text[:400]}"
+    """The error's first line and the line of model (or atomplug) code that raised it: torch's
+    own message names only its internals."""
+    import traceback
+
+    text = next((line.strip() for line in str(error).strip().splitlines() if line.strip()), "")
+    torch_folder = os.path.dirname(torch.__file__)
+    culprit = ""
+    for frame in traceback.extract_tb(error.__traceback__):
+        if not frame.filename.startswith(torch_folder) and not frame.filename.endswith(os.path.join("core", "program.py")):
+            culprit = f" at {os.path.basename(frame.filename)}:{frame.lineno} `{(frame.line or '').strip()}`"
+    return f"{type(error).__name__}: {text[:300]}{culprit}"
 
 
 def _export(entry, capabilities: ModelCapabilities, layout: ProgramLayout):
