@@ -14,6 +14,26 @@ def lj_model_path(tmp_path_factory):
     return str(path)
 
 
+def compile_once(model_path: str) -> str:
+    """A compiled package (.pt2, next to the model) of a session's model: AOTInductor takes 15-40 s,
+    so each model is compiled once per session."""
+    from atomplug.core.compiled import compile_model
+
+    return compile_model(model_path, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def lj_package_path(lj_model_path):
+    """lj_model_path compiled (atomplug compile): lj.pt2 next to lj.pt."""
+    return compile_once(lj_model_path)
+
+
+@pytest.fixture(scope="session")
+def message_passing_package_path(message_passing_path):
+    """message_passing_path compiled: message_passing.pt2 next to it."""
+    return compile_once(message_passing_path)
+
+
 @pytest.fixture(scope="session")
 def ani1x_path(tmp_path_factory):
     """The bundled ANI-1x ensemble, exported once per test session by our example code."""
