@@ -45,6 +45,16 @@ def command_info(args: argparse.Namespace) -> None:
     print(f"interaction    {caps.interaction_range} {caps.length_unit}")
     if caps.ghost_exchange:
         print("ghost exchange yes: features exchanged between layers (LAMMPS ranks need ghosts out to one cutoff)")
+    if model.package is not None:
+        record = model.package
+        print(
+            f"compiled       yes: AOTInductor package for {record['device']}, torch {record['torch_version']}, "
+            f"from {record['model_file']} (compiled in {record['compile_seconds']:g} s)"
+        )
+    elif model.program.get("captured"):
+        print("compiled       no; torch.export program stored: `atomplug compile` makes a native package")
+    else:
+        print(f"compiled       no; TorchScript only ({model.program.get('reason', 'no program stored')})")
     print("outputs")
     for name, output in caps.outputs.items():
         quantity = output.quantity or "(no quantity)"
@@ -73,6 +83,15 @@ def command_info(args: argparse.Namespace) -> None:
             f"  cutoff {cutoff:g} {caps.length_unit}, {'full' if full_list else 'half'}, "
             f"{'strict' if strict else 'non-strict'}"
         )
+
+
+def command_compile(args: argparse.Namespace) -> None:
+    from atomplug.core.compiled import compile_model
+
+    try:
+        compile_model(args.model, args.output, args.device)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
 
 
 def _type_label(atomic_type: int) -> str:
@@ -395,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show a model's metadata, outputs, units and neighbor lists")
     info.add_argument("model")
     info.set_defaults(handler=command_info)
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile a model's torch.export program into a native package (.pt2) for this machine, checked "
+        "against TorchScript",
+    )
+    compile_.add_argument("model", help="the exported model (.pt)")
+    compile_.add_argument("-o", "--output", help="the package to write (default: MODEL with .pt2)")
+    compile_.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    compile_.set_defaults(handler=command_compile)
 
     evaluate = commands.add_parser("eval", help="evaluate energy, forces and stress on structures (any ASE format)")
     evaluate.add_argument("model")

@@ -30,7 +30,7 @@ from torch._inductor import aoti_compile_and_package, aoti_load_package
 from .archive import METADATA_FILE, read_header
 from .errors import first_line
 from .files import write_atomically
-from .program import MIN_ATOMS, MIN_PAIRS, NON_CONSERVATIVE, PROGRAM_FILE, ProgramLayout
+from .program import MIN_ATOMS, MIN_PAIRS, NON_CONSERVATIVE, PROGRAM_FILE, ProgramLayout, warnings_quiet
 
 PACKAGE_MODEL_FILE = "atomplug-model.pt"  # the archive, inside the package
 PACKAGE_FOLDER = "atomplug"  # its folder (torch reads every file of extra/ as text)
@@ -54,9 +54,7 @@ def archive_entry(path: str, name: str, folder: str = "extra") -> Optional[bytes
     return None
 
 
-def compile_model(
-    model_path: str, output: Optional[str] = None, device: str = "cpu", log=print
-) -> str:
+def compile_model(model_path: str, output: Optional[str] = None, device: str = "cpu", log=print) -> str:
     """Compile the archive's program for this machine and `device`, check it against the
     TorchScript entry point on the archive's check structures, and write the package (only if
     they agree). Returns the package's path."""
@@ -79,7 +77,8 @@ def compile_model(
         raise ValueError("the package would overwrite the model: give another output path (-o)")
     with open(model_path, "rb") as handle:
         archive_bytes = handle.read()
-    program = torch.export.load(io.BytesIO(archive_entry(model_path, PROGRAM_FILE)))
+    with warnings_quiet():  # torch's own deprecation notices about its serialisation
+        program = torch.export.load(io.BytesIO(archive_entry(model_path, PROGRAM_FILE)))
     if torch.device(device).type != "cpu":
         program = program.module().to(device)  # parameters and constants on the device
         program = torch.export.export(program, _device_inputs(program_info, device), strict=False)
@@ -89,7 +88,8 @@ def compile_model(
     with tempfile.TemporaryDirectory(prefix="atomplug-compile-") as scratch:
         compiled_path = os.path.join(scratch, "model.pt2")
         _quiet_inductor()
-        aoti_compile_and_package(program, package_path=compiled_path)
+        with warnings_quiet():
+            aoti_compile_and_package(program, package_path=compiled_path)
         elapsed = time.perf_counter() - start
         record = {
             "torch_version": torch.__version__,
@@ -101,7 +101,13 @@ def compile_model(
         }
         package_header = dict(header)
         package_header["package"] = record
-        _add_files(compiled_path, {f"{PACKAGE_FOLDER}/{PACKAGE_MODEL_FILE}": archive_bytes, f"extra/{METADATA_FILE}": json.dumps(package_header)})
+        _add_files(
+            compiled_path,
+            {
+                f"{PACKAGE_FOLDER}/{PACKAGE_MODEL_FILE}": archive_bytes,
+                f"extra/{METADATA_FILE}": json.dumps(package_header),
+            },
+        )
         reference = load_model(model_path, device)
         compiled = load_model(compiled_path, device)
         worst = check_package(reference, compiled, CHECK_TOLERANCE[capabilities["dtype"]])
@@ -247,9 +253,7 @@ class CompiledProgram:
         if compute_forces or compute_virial or compute_atomic_virial:
             if gradient_output != layout.gradient:
                 compiled = f"'{layout.gradient}'" if layout.gradient else "no output"
-                return (
-                    f"the package was compiled for the derivatives of {compiled}, not of '{gradient_output}': {fix}"
-                )
+                return f"the package was compiled for the derivatives of {compiled}, not of '{gradient_output}': {fix}"
             if compute_atomic_virial and not layout.atomic_virial:
                 return f"the package has no per-atom virial of an output with several properties: {fix}"
         return None
@@ -286,7 +290,15 @@ class CompiledProgram:
                 return None  # a subset needs a per-atom output: the entry point says so
             weights = torch.zeros(n_atoms, dtype=torch.float64, device=positions.device)
             weights[selected] = 1.0
-        flat = [positions, types.to(torch.int32), cells[0], pbcs[0].to(torch.bool), weights, length_factor, output_factors]
+        flat = [
+            positions,
+            types.to(torch.int32),
+            cells[0],
+            pbcs[0].to(torch.bool),
+            weights,
+            length_factor,
+            output_factors,
+        ]
         for index in range(len(pairs)):
             flat += [pairs[index], shifts[index].to(torch.int32)]
         values = self.runner.run(flat)
@@ -313,7 +325,11 @@ class CompiledProgram:
                 results[request] = values[layout.index(name)]
         first = layout.derivative_index
         several = layout.gradient_width > 1
-        for flag, key, offset in ((arguments[10], "forces", 0), (arguments[11], "virial", 1), (arguments[12], "atomic_virial", 2)):
+        for flag, key, offset in (
+            (arguments[10], "forces", 0),
+            (arguments[11], "virial", 1),
+            (arguments[12], "atomic_virial", 2),
+        ):
             if flag:
                 if not finite[len(layout.outputs) + offset]:
                     return None
@@ -353,7 +369,8 @@ def load_package(path: str, header: Dict, device: Optional[str]):
                 )
     model: LoadedModel = load_model_bytes(archive, path, device)
     try:
-        runner = aoti_load_package(path)
+        with warnings_quiet():
+            runner = aoti_load_package(path)
     except Exception as error:
         raise ValueError(f"{path!r}: libtorch could not load the compiled code ({first_line(error)}): {fix}") from error
     layout = ProgramLayout.from_dict(record["layout"])

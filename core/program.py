@@ -146,7 +146,9 @@ def program_function(entry, layout: ProgramLayout):
     known = entry._known_types
     dtype = entry._dtype_probe.dtype
     model_outputs = {
-        name: ModelOutput(entry._output_quantities[i], entry._output_units[i], layout.per_atom[i], entry._output_properties[i])
+        name: ModelOutput(
+            entry._output_quantities[i], entry._output_units[i], layout.per_atom[i], entry._output_properties[i]
+        )
         for i, name in enumerate(layout.outputs)
     }
 
@@ -280,7 +282,9 @@ def _first_lines(error: Exception) -> str:
     torch_folder = os.path.dirname(torch.__file__)
     culprit = ""
     for frame in traceback.extract_tb(error.__traceback__):
-        if not frame.filename.startswith(torch_folder) and not frame.filename.endswith(os.path.join("core", "program.py")):
+        if not frame.filename.startswith(torch_folder) and not frame.filename.endswith(
+            os.path.join("core", "program.py")
+        ):
             culprit = f" at {os.path.basename(frame.filename)}:{frame.lineno} `{(frame.line or '').strip()}`"
     return f"{type(error).__name__}: {text[:300]}{culprit}"
 
@@ -292,7 +296,7 @@ def _export(entry, capabilities: ModelCapabilities, layout: ProgramLayout):
 
     inputs = example_inputs(entry, capabilities, layout)
     function = program_function(entry, layout)
-    with _no_duck_shapes(shape_config), torch.no_grad():
+    with _no_duck_shapes(shape_config), torch.no_grad(), warnings_quiet():
         with torch.enable_grad():
             graph = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
     atoms = Dim("n_atoms", min=MIN_ATOMS)
