@@ -346,6 +346,14 @@ def command_crosscheck(args: argparse.Namespace) -> None:
         raise CommandError(f"the directory of --output {args.output!r} does not exist: create it first")
     if args.output and os.path.splitext(args.output)[1].lower() not in (".png", ".pdf", ".svg"):
         raise CommandError(f"--output {args.output!r}: give a .png, .pdf or .svg file name for the plot")
+    package = None
+    if args.compiled is not None:
+        from atomplug.core.compiled import package_path_for
+
+        package = args.compiled or package_path_for(args.model)
+        if not os.path.exists(package):
+            raise CommandError(f"no compiled package {package!r}: make it with `atomplug compile {args.model}`")
+        _load(package)  # a stale, foreign or damaged package is bad input, reported now
     progress = (lambda text: print(f"  running {text} ...", file=sys.stderr, flush=True)) if not args.quiet else None
     try:
         report = crosscheck(
@@ -359,6 +367,7 @@ def command_crosscheck(args: argparse.Namespace) -> None:
             structure_name=os.path.basename(args.structure),
             progress=progress,
             variant=args.variant,
+            package=package,
         )
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
@@ -499,6 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--workdir", help="keep the engines' input and output files here (default: a temporary directory)"
+    )
+    check.add_argument(
+        "--compiled",
+        nargs="?",
+        const="",
+        metavar="PACKAGE",
+        help="also run every engine with the model's compiled package (default: MODEL with .pt2, from `atomplug "
+        "compile`)",
     )
     check.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     _add_input_options(check)

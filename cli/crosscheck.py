@@ -205,6 +205,7 @@ def crosscheck(
     structure_name: str = "",
     progress: Optional[Callable[[str], None]] = None,
     variant: str = "",
+    package: Optional[str] = None,
 ) -> Report:
     """Evaluate `atoms` with `model_path` in every engine and compare with ASE.
 
@@ -215,6 +216,8 @@ def crosscheck(
     `models` may give another model file for one engine (key 'ipi', 'lammps' or 'plumed'): the
     way to check that a re-export, a float32 version or a modified model computes the same.
     Engine work files go to `workdir` (a temporary directory, removed afterwards, by default).
+    `package`: a compiled package of the model (`atomplug compile`) that every engine, ASE
+    included, also runs ("<engine>+compiled" rows), against the same TorchScript reference.
     """
     from atomplug.core.archive import read_header
 
@@ -231,6 +234,8 @@ def crosscheck(
         if name not in ENGINES[1:]:
             raise ValueError(f"a model override is for 'ipi', 'lammps' or 'plumed', not {name!r}")
         read_header(path)  # a clear error now rather than in an engine
+    if package is not None and "package" not in read_header(package):
+        raise ValueError(f"{package!r} is not a compiled package: make one with `atomplug compile {model_path}`")
     say = progress or (lambda text: None)
 
     say("ASE (reference)")
@@ -243,20 +248,25 @@ def crosscheck(
 
     own_workdir = workdir is None
     workdir = os.path.abspath(workdir) if workdir else tempfile.mkdtemp(prefix="atomplug-crosscheck-")
+    runs = [(label, runner, "") for label, runner in engine_runners(ranks, variant).items()]
+    if package is not None:
+        ase_runner = lambda path, atoms, _workdir: reference_with_ase(path, atoms, variant=variant)  # noqa: E731
+        runs += [("ase", ase_runner, package)] + [(label, runner, package) for label, runner, _ in runs]
     try:
-        for label, runner in engine_runners(ranks, variant).items():
+        for label, runner, compiled in runs:
             engine = label.split(":")[0]
             if engine not in engines:
                 continue
-            say(label.replace("lammps:", "LAMMPS, ranks=").replace("ipi", "i-PI").replace("plumed", "PLUMED"))
-            directory = os.path.join(workdir, label.replace(":", "-"))
+            name = label + ("+compiled" if compiled else "")
+            say(name.replace("lammps:", "LAMMPS, ranks=").replace("ipi", "i-PI").replace("plumed", "PLUMED"))
+            directory = os.path.join(workdir, name.replace(":", "-"))
             os.makedirs(directory, exist_ok=True)
             start = time.perf_counter()
             try:
-                result = runner(models.get(engine, model_path), atoms, directory)
+                result = runner(compiled or models.get(engine, model_path), atoms, directory)
             except Exception as error:  # an engine failing is a result of the check
-                result = EngineResult(label, error=f"{type(error).__name__}: {error}")
-            result.engine, result.seconds = label, time.perf_counter() - start
+                result = EngineResult(name, error=f"{type(error).__name__}: {error}")
+            result.engine, result.seconds = name, time.perf_counter() - start
             report.comparisons.append(compare(reference, result, tolerance))
     finally:
         if own_workdir:
@@ -321,6 +331,8 @@ def format_report(report: Report) -> str:
 
 
 def _label(engine: str) -> str:
+    if engine.endswith("+compiled"):
+        return _label(engine[: -len("+compiled")]) + " compiled"
     if engine.startswith("lammps:"):
         count = int(engine.split(":")[1])
         return f"LAMMPS {count} rank" + ("s" if count > 1 else "")

@@ -25,7 +25,6 @@ import zipfile
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch._inductor import aoti_compile_and_package, aoti_load_package
 
 from .archive import METADATA_FILE, read_header
 from .errors import first_line
@@ -87,6 +86,8 @@ def compile_model(model_path: str, output: Optional[str] = None, device: str = "
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="atomplug-compile-") as scratch:
         compiled_path = os.path.join(scratch, "model.pt2")
+        from torch._inductor import aoti_compile_and_package  # ~1 s to import: only here
+
         _quiet_inductor()
         with warnings_quiet():
             aoti_compile_and_package(program, package_path=compiled_path)
@@ -369,11 +370,15 @@ def load_package(path: str, header: Dict, device: Optional[str]):
                 )
     model: LoadedModel = load_model_bytes(archive, path, device)
     try:
-        with warnings_quiet():
-            runner = aoti_load_package(path)
+        # libtorch's loader itself (what torch._inductor.aoti_load_package wraps), without the
+        # ~1 s import of torch._inductor: a package loads in a few ms
+        device_index = torch.device(device or "cpu").index
+        runner = torch._C._aoti.AOTIModelPackageLoader(
+            path, "model", False, 1, -1 if device_index is None else device_index
+        )
     except Exception as error:
         raise ValueError(f"{path!r}: libtorch could not load the compiled code ({first_line(error)}): {fix}") from error
     layout = ProgramLayout.from_dict(record["layout"])
-    model.compiled = CompiledProgram(runner.loader, layout, record.get("model_file", path))
+    model.compiled = CompiledProgram(runner, layout, record.get("model_file", path))
     model.package = record
     return model
