@@ -172,6 +172,11 @@ BENCHMARKS: Dict[str, Tuple[Optional[str], List[str], List[str]]] = {
     ),
     "plumed": ("bench_plumed", [], ["--frames-small", "1000", "--frames-large", "60"]),
     "startup": ("bench_startup", [], ["--processes", "2", "--calls", "100"]),
+    "compiled": (
+        "bench_compiled",
+        [],
+        ["--calls", "60", "--processes", "1", "--plumed-frames", "400", "--lammps-steps", "10", "--repeat", "1"],
+    ),
 }
 
 # how to read each engine's rows; written under the table
@@ -218,6 +223,11 @@ LEGEND = [
     "atomplug` vs `lj/cut`, and the same input stopped after pair_coeff, which splits the difference "
     "into loading the model and the run. 20-atom row: forces after every move of an isolated 20-Ar "
     "cluster, after the first 40 calls, vs the bare model's forward + backward (floor) and metatomic-ase.",
+    "- **compiled** (issue 18): the same model as AOTInductor package (`atomplug compile`, .pt2; the atomplug "
+    "column) and as TorchScript archive (.pt; the peer column), on the same structures in one run, 1 thread. "
+    "ASE rows: the two calculators take turns call by call, medians after 40 calls; PLUMED: the action's steady "
+    "time per step (as above); LAMMPS: the Pair time per step, best of the runs; cold start: load + first 3 "
+    "calls in a fresh process, medians. Aims: >= 2x faster for the small systems, no slower for the large ones.",
 ]
 
 
