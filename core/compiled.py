@@ -16,7 +16,6 @@ A package is native code: load only packages compiled on this machine (`atomplug
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from .archive import METADATA_FILE, read_header
 from .errors import first_line
 from .files import write_atomically
-from .program import MIN_ATOMS, MIN_PAIRS, NON_CONSERVATIVE, PROGRAM_FILE, ProgramLayout, warnings_quiet
+from .program import MIN_ATOMS, MIN_PAIRS, NON_CONSERVATIVE, PROGRAM_FILE, ProgramLayout, load_program, warnings_quiet
 
 PACKAGE_MODEL_FILE = "atomplug-model.pt"  # the archive, inside the package
 PACKAGE_FOLDER = "atomplug"  # its folder (torch reads every file of extra/ as text)
@@ -76,8 +75,7 @@ def compile_model(model_path: str, output: Optional[str] = None, device: str = "
         raise ValueError("the package would overwrite the model: give another output path (-o)")
     with open(model_path, "rb") as handle:
         archive_bytes = handle.read()
-    with warnings_quiet():  # torch's own deprecation notices about its serialisation
-        program = torch.export.load(io.BytesIO(archive_entry(model_path, PROGRAM_FILE)))
+    program = load_program(archive_entry(model_path, PROGRAM_FILE))
     if torch.device(device).type != "cpu":
         program = program.module().to(device)  # parameters and constants on the device
         program = torch.export.export(program, _device_inputs(program_info, device), strict=False)

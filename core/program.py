@@ -255,6 +255,41 @@ def example_inputs(entry, capabilities: ModelCapabilities, layout: ProgramLayout
     ]
 
 
+def load_program(data: bytes):
+    """torch.export.load of an archive's program, with nothing unpickled: torch.export's reader
+    falls back to `pickle` and `torch.load(weights_only=False)` for payloads it stores that way
+    (export() never writes them: plain tensors are raw bytes), so during the load those are made to
+    refuse, and a program that needs them is refused (DESIGN: no pickle from a user file)."""
+    import pickle
+
+    from torch.export.pt2_archive import _package
+
+    real_load, real_pickle_load = torch.load, torch._C._pickle_load_obj
+
+    def weights_only_load(*arguments, **options):
+        options["weights_only"] = True
+        return real_load(*arguments, **options)
+
+    def refuse(*_arguments, **_options):
+        raise pickle.UnpicklingError("a pickled object in the program")
+
+    class NoPickle:
+        loads = staticmethod(refuse)
+
+    saved_pickle = _package.pickle
+    torch.load, torch._C._pickle_load_obj, _package.pickle = weights_only_load, refuse, NoPickle
+    try:
+        with warnings_quiet():  # torch's own deprecation notices about its serialisation
+            return torch.export.load(io.BytesIO(data))
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"the archive's program holds pickled objects ({error}), which atomplug never writes nor loads: "
+            "export the model again"
+        ) from None
+    finally:
+        torch.load, torch._C._pickle_load_obj, _package.pickle = real_load, real_pickle_load, saved_pickle
+
+
 def capture_program(entry, capabilities: ModelCapabilities) -> Tuple[Optional[bytes], Optional[ProgramLayout], str]:
     """(serialized torch.export program, its layout, "") or (None, None, why it cannot be captured)."""
     if capabilities.inputs:

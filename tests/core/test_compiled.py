@@ -316,3 +316,32 @@ def test_cli_compile_and_info(lj_model_path, tmp_path, capfd):
     assert "compiled       yes: AOTInductor package for cpu" in capfd.readouterr().out
     assert main(["compile", output]) == 2
     assert "is already a compiled package" in capfd.readouterr().err
+
+
+class Subclassed(torch.Tensor):
+    """A tensor subclass: torch.export stores it pickled."""
+
+
+class WithSubclassBuffer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.ones(3).as_subclass(Subclassed))
+
+    def forward(self, x):
+        return x + 1
+
+
+def test_a_program_with_pickled_objects_is_refused_unread():
+    """torch.export.load would unpickle it (weights_only=False); atomplug's loader refuses."""
+    import io
+    import pickle
+
+    from atomplug.core.program import load_program
+
+    program = torch.export.export(WithSubclassBuffer(), (torch.ones(3),))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    real_load, real_loads = torch.load, pickle.loads
+    with pytest.raises(ValueError, match="holds pickled objects .* export the model again"):
+        load_program(buffer.getvalue())
+    assert torch.load is real_load and pickle.loads is real_loads  # restored
