@@ -281,10 +281,10 @@ def load_program(data: bytes):
     try:
         with warnings_quiet():  # torch's own deprecation notices about its serialisation
             return torch.export.load(io.BytesIO(data))
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"the archive's program holds pickled objects ({error}), which atomplug never writes nor loads: "
-            "export the model again"
+            "the archive's program holds pickled objects, which atomplug never writes nor loads: export the model "
+            "again"
         ) from None
     finally:
         torch.load, torch._C._pickle_load_obj, _package.pickle = real_load, real_pickle_load, saved_pickle
