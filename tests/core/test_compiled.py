@@ -345,3 +345,33 @@ def test_a_program_with_pickled_objects_is_refused_unread():
     with pytest.raises(ValueError, match="holds pickled objects, which atomplug never writes nor loads: export the model again"):
         load_program(buffer.getvalue())
     assert torch.load is real_load and pickle.loads is real_loads  # restored
+
+
+def test_collective_variable_package_gives_its_derivatives(tmp_path):
+    """A model without energy (PLUMED's coordination CV): the program differentiates its only
+    output; a subset of selected atoms sums the per-atom values, as PLUMED asks."""
+    from atomplug.examples.coordination import export_coordination
+
+    model = str(tmp_path / "coordination.pt")
+    export_coordination(model)
+    package = compile_model(model, log=lambda *_: None)
+    atoms = hco_liquid()
+    keep = [i for i, number in enumerate(atoms.numbers) if number in (1, 8)]
+    atoms = atoms[keep]
+    for selected in (None, list(range(0, len(atoms), 3))):
+        results = []
+        for path in (model, package):
+            runner = ModelRunner(path)
+            results.append(
+                runner.run(
+                    [atoms],
+                    ["features", "features/per_atom"],
+                    forces=True,
+                    virial=True,
+                    gradient_output="features",
+                    selected_atoms=selected,
+                )
+            )
+        assert runner.model.compiled.calls_run == 1
+        for key in results[0]:
+            assert relative(results[1][key], results[0][key]) < 1e-12, key

@@ -96,6 +96,30 @@ def test_message_passing_model_agrees_on_every_rank_count(
         assert max(comparison.energy, comparison.forces, comparison.virial) < 1e-10, comparison
 
 
+COMPILED_ROWS = ["ase+compiled", "ipi+compiled", "lammps:1+compiled", "lammps:2+compiled", "plumed+compiled"]
+
+
+@pytest.mark.parametrize("model", ["lj", "message-passing"])
+def test_compiled_packages_agree_in_every_engine(
+    model, lj_model_path, lj_package_path, message_passing_path, message_passing_package_path, argon, tmp_path
+):
+    """Issue 18: the compiled package in every engine (LAMMPS on 1 and 2 ranks) against the same
+    TorchScript reference, next to the TorchScript runs."""
+    from structures import hco_liquid
+
+    path, package, atoms = {
+        "lj": (lj_model_path, lj_package_path, argon),
+        "message-passing": (message_passing_path, message_passing_package_path, hco_liquid()),
+    }[model]
+    report = crosscheck(path, atoms, ranks=(1, 2), workdir=str(tmp_path), package=package)
+    print("\n" + format_report(report))
+    assert report.passed, format_report(report)
+    assert [c.engine for c in report.comparisons] == ["ipi", "lammps:1", "lammps:2", "plumed"] + COMPILED_ROWS
+    for comparison in report.comparisons:
+        assert max(comparison.energy, comparison.forces, comparison.virial) < 1e-12, comparison
+    assert "LAMMPS 2 ranks compiled" in format_report(report)
+
+
 class VolumeShiftedLJ(torch.nn.Module):
     """LJ + lambda (V - V0): LJ's energy and forces at volume V0, another virial (see module doc)."""
 
