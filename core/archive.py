@@ -294,10 +294,13 @@ def load_model(path: str, device: Optional[str] = None) -> LoadedModel:
     header = read_header(path)
     capabilities = ModelCapabilities.from_dict(header["capabilities"])
     device = check_device(device or "cpu", capabilities.supported_devices)
-    if "package" in header:
-        from .compiled import load_package
+    if "package" in header:  # a compiled package: its archive, and its native program (core.package)
+        from .package import open_package
 
-        return load_package(path, header, device)
+        archive, compiled = open_package(path, header, device)
+        model = load_model_bytes(archive, path, device)
+        model.compiled, model.package = compiled, header["package"]
+        return model
     try:
         with open(path, "rb") as handle:
             archive = handle.read()
