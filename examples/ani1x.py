@@ -56,6 +56,7 @@ from torch import Tensor
 
 from atomplug.core import ModelCapabilities, ModelMetadata, ModelOutput, NeighborListOptions, System, export
 from atomplug.core.graph import batch_systems
+from atomplug.core.program import capturing
 
 TORCHANI_REQUIREMENT = "export_ani1x needs torchani==2.2.4 (pip install 'torchani==2.2.4' 'setuptools<81')"
 
@@ -91,6 +92,17 @@ REFERENCES = [
 
 def _cosine_cutoff(distances: Tensor, cutoff: float) -> Tensor:
     return 0.5 * torch.cos(distances * (math.pi / cutoff)) + 0.5
+
+
+def _sum_by_system(values: Tensor, owners: Tensor, n_systems: int) -> Tensor:
+    """values [n_atoms, k] summed over the atoms of each system -> [n_systems, k]."""
+    total = torch.zeros((n_systems, values.shape[1]), dtype=values.dtype, device=values.device)
+    if capturing():
+        # AOTInductor's CPU code generator (torch 2.13) fails on an index_add whose index it knows
+        # (AssertionError in cpp.py's vectorized store), as the captured program's are: one
+        # structure, owners all 0. scatter_add compiles; TorchScript keeps index_add.
+        return total.scatter_add(0, owners.unsqueeze(1).expand(-1, values.shape[1]), values)
+    return total.index_add(0, owners, values)
 
 
 class NeighborListAEV(torch.nn.Module):
@@ -236,13 +248,18 @@ class ANIHead(torch.nn.Module):
         self.register_buffer("self_energies", torch.tensor(list(self_energies), dtype=torch.float64))
 
     def forward(self, species: Tensor, atoms_of_species: List[Tensor], aevs_of_species: List[Tensor]) -> Tensor:
+        # A species without atoms skips its networks in TorchScript; a captured program (whose
+        # numbers of atoms per species are unknown until it runs) applies them to empty inputs.
+        everything = capturing()
+        present: List[bool] = []
+        for atoms in atoms_of_species:
+            present.append(everything or atoms.shape[0] > 0)
         per_member: List[Tensor] = []
         for member in self.members:
             energies = self.self_energies.index_select(0, species)
             for s, network in enumerate(member):
-                atoms = atoms_of_species[s]
-                if atoms.shape[0] > 0:
-                    energies = energies.index_add(0, atoms, network(aevs_of_species[s]).flatten())
+                if present[s]:
+                    energies = energies.index_add(0, atoms_of_species[s], network(aevs_of_species[s]).flatten())
             per_member.append(energies)
         return torch.stack(per_member)
 
@@ -350,15 +367,9 @@ class ANIEnsemble(torch.nn.Module):
                     if outputs[energy].per_atom:
                         results[energy] = atomic
                     else:
-                        total = torch.zeros((n_systems, 1), dtype=atomic.dtype, device=atomic.device)
-                        results[energy] = total.index_add(0, owners, atomic)
+                        results[energy] = _sum_by_system(atomic, owners, n_systems)
                 if ensemble in outputs or uncertainty in outputs:
-                    structure_members = torch.zeros(
-                        (n_systems, member_energies.shape[0]),
-                        dtype=member_energies.dtype,
-                        device=member_energies.device,
-                    )
-                    structure_members = structure_members.index_add(0, owners, member_energies.t())
+                    structure_members = _sum_by_system(member_energies.t(), owners, n_systems)
                     if ensemble in outputs:
                         results[ensemble] = structure_members
                     if uncertainty in outputs:
