@@ -13,7 +13,12 @@ with core's tables put in place of its GENERATED marker:
   as MODEL_ERROR_<NAME>, the same str.format templates, filled in by the C++ `format()`;
 - the entry point's arguments: `EntryPointArguments` with one field per argument of
   `AtomisticModel.forward`, read from its signature, and `entry_point_stack()` putting them in that
-  signature's order (a new argument of forward appears here, with its Python default).
+  signature's order (a new argument of forward appears here, with its Python default); ARGUMENT_<NAME>,
+  each argument's position on that stack;
+- compiled packages (`core.package`, `core.program`): the package's file names, the torch version
+  that builds the plugin (torch.__version__, which a package must have been compiled with), the
+  program's smallest sizes and non-conservative outputs, and the messages of
+  `package_messages.PACKAGE_MESSAGES` / `PACKAGE_REFUSALS` as PACKAGE_<KEY> / PACKAGE_REFUSAL_<KEY>.
 
 Each plugin's build writes the header into its build directory (`write_header`), so a change in
 core rebuilds both plugins.
@@ -112,6 +117,8 @@ def _entry_point_lines() -> List[str]:
     lines.append("};")
     names = ", ".join(cpp_string(name) for name, _, _ in arguments)
     lines.append(f"constexpr const char *ENTRY_POINT_ARGUMENTS[] = {{{names}}};")
+    for position, (name, _, _) in enumerate(arguments):
+        lines.append(f"constexpr size_t ARGUMENT_{name.upper()} = {position};")
     lines.append("")
     lines.append("inline std::vector<torch::jit::IValue> entry_point_stack(const EntryPointArguments &arguments)")
     lines.append("{")
@@ -144,6 +151,31 @@ def _table_lines(prefix: str, table: Dict[str, str], source: str) -> List[str]:
     return lines
 
 
+def _package_lines() -> List[str]:
+    """What the plugins need to run a compiled package as core.package does."""
+    import torch
+
+    from . import package, package_messages, program
+
+    non_conservative = ", ".join(cpp_string(name) for name in program.NON_CONSERVATIVE)
+    record = f"{package.PACKAGE_FOLDER}/{package.PACKAGE_MODEL_FILE}"  # the model archive inside a package
+    lines = [
+        "// compiled packages (atomplug.core.package, atomplug.core.program)",
+        f"constexpr const char *PACKAGE_MODEL_RECORD = {cpp_string(record)};",
+        f"constexpr const char *BUILD_TORCH_VERSION = {cpp_string(torch.__version__)};    // torch.__version__: the plugin's torch",
+        f"constexpr long long PROGRAM_MIN_ATOMS = {int(program.MIN_ATOMS)};",
+        f"constexpr long long PROGRAM_MIN_PAIRS = {int(program.MIN_PAIRS)};",
+        f"constexpr const char *PROGRAM_NON_CONSERVATIVE[] = {{{non_conservative}}};",
+    ]
+    lines += _table_lines(
+        "PACKAGE", package_messages.PACKAGE_MESSAGES, "atomplug.core.package_messages.PACKAGE_MESSAGES"
+    )
+    lines += _table_lines(
+        "PACKAGE_REFUSAL", package_messages.PACKAGE_REFUSALS, "atomplug.core.package_messages.PACKAGE_REFUSALS"
+    )
+    return lines
+
+
 def generated_tables() -> str:
     """core's constants, messages and entry point arguments as C++ (inside namespace atomplug_core)."""
     methods = ", ".join(cpp_string(name) for name in archive.ENTRY_POINT_METHODS)
@@ -164,6 +196,8 @@ def generated_tables() -> str:
     lines += _table_lines("MODEL_ERROR", errors.MODEL_ERROR_MESSAGES, "atomplug.core.errors.MODEL_ERROR_MESSAGES")
     lines.append("")
     lines += _entry_point_lines()
+    lines.append("")
+    lines += _package_lines()
     lines.append("// ---- end of the generated part ----")
     return "\n".join(lines)
 

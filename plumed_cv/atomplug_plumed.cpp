@@ -2,11 +2,12 @@
 //
 // This file only moves memory and maps names. Positions, cell and types go into the model's engine
 // entry point (AtomisticModel.forward, TorchScript, written once in atomplug.core); values, forces
-// and virial come out. Units are converted by the archive's own unit table; the neighbor pairs the
-// model asks for come from vesin (the core's neighbor-list library) for the atoms PLUMED passes.
-// What the action knows about the model file (its checks and their words, the entry point's
-// arguments) comes from atomplug_core.h, generated from atomplug.core by the build (shared with
-// LAMMPS' pair style).
+// and virial come out. A compiled package (MODEL=model.pt2, `atomplug compile`) answers through its
+// native program where it can (atomplug_core::Model), as in every engine. Units are converted by the
+// archive's own unit table; the neighbor pairs the model asks for come from vesin (the core's neighbor-list
+// library) for the atoms PLUMED passes. What the action knows about the model file (its checks and their
+// words, the entry point's arguments) comes from atomplug_core.h, generated from atomplug.core by the build
+// (shared with LAMMPS' pair style).
 //
 //   LOAD FILE=<atomplug plugin-path plumed>
 //   cv: ATOMPLUG MODEL=model.pt SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1
@@ -305,6 +306,7 @@ atomplug_core::Declaration Atomplug::load_model()
     error("the model could not describe itself (" + first_line(e) + ")");
   }
   log.printf("  atomplug model %s\n", path.c_str());
+  if (model_.compiled()) log.printf("  %s\n", model_.package_description().c_str());
   return declared;
 }
 
@@ -610,6 +612,13 @@ void Atomplug::prepare_inputs(const Atoms &atoms)
 
 Atomplug::~Atomplug()
 {
+  // a compiled package: how many calls its program answered (the others: TorchScript's)
+  if (model_.compiled()) {
+    log.printf(
+        "  ATOMPLUG %s: the compiled package answered %lld of %lld model calls (%lld by TorchScript)\n",
+        getLabel().c_str(), model_.compiled_calls(), model_.compiled_calls() + model_.forward_calls(),
+        model_.forward_calls());
+  }
   if (vesin_library().free != nullptr) {
     for (auto &list : lists_) vesin_library().free(&list);
   }

@@ -35,6 +35,22 @@ def message_passing_package_path(message_passing_path):
 
 
 @pytest.fixture(scope="session")
+def coordination_path(tmp_path_factory):
+    """The coordination example of the PLUMED tests (O-H, r0 3 A, d_max 8 A, output features)."""
+    from atomplug.examples.coordination import export_coordination
+
+    path = tmp_path_factory.mktemp("coordination") / "coordination.pt"
+    export_coordination(str(path), r0=3.0, d_max=8.0, types_a=[8], types_b=[1])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def coordination_package_path(coordination_path):
+    """coordination_path compiled: coordination.pt2 next to it."""
+    return compile_once(coordination_path)
+
+
+@pytest.fixture(scope="session")
 def ani1x_path(tmp_path_factory):
     """The bundled ANI-1x ensemble, exported once per test session by our example code."""
     from atomplug.examples.ani1x import export_ani1x

@@ -10,6 +10,13 @@
 // `Model` runs the loaded model as archive.LoadedModel does: forward unoptimised for its first
 // UNOPTIMIZED_CALLS calls, then optimised on a fresh copy; setup methods always unoptimised.
 //
+// A compiled package (`.pt2`, atomplug.core.package) is loaded as load_model loads one (the same
+// refusals and words, the archive inside it checked like any model file) and `Model::forward` runs
+// its native program (AOTInductor) where core.package.CompiledProgram would, with the same
+// fallbacks to the TorchScript entry point and the same refusals: `CompiledProgram` below follows
+// CompiledProgram.__call__ and refusal step by step, and holds no physics (unit factors come from
+// the archive's output_factors and unit_conversion, the program's layout from the package).
+//
 // Errors are ModelFileError with core's message; each plugin turns it into its engine's error.
 
 #pragma once
@@ -17,18 +24,26 @@
 #include <caffe2/serialize/inline_container.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
+#include <torch/version.h>
 
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -45,6 +60,13 @@ using Fields = std::vector<std::pair<std::string, std::string>>;
 class ModelFileError : public std::runtime_error {
  public:
   explicit ModelFileError(const std::string &message) : std::runtime_error(message) {}
+};
+
+// A call the package was not compiled for (core: CompiledProgram.refusal): given to the user as it
+// is, as Python's ValueError is (describe_model_error passes it through)
+class PackageRefusal : public std::runtime_error {
+ public:
+  explicit PackageRefusal(const std::string &message) : std::runtime_error(message) {}
 };
 
 // ---- words ------------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ inline std::string describe_model_error(const std::string &text)
 
 inline std::string describe_model_error(const std::exception &error)
 {
+  if (dynamic_cast<const PackageRefusal *>(&error) != nullptr) return error.what();
   return describe_model_error(error_text(error));
 }
 
@@ -274,12 +297,17 @@ inline void check_file(const std::string &path)
   }
 }
 
-// the metadata's text, read with torch's archive reader alone (nothing is unpickled)
-inline std::string metadata_text(const std::string &path)
+// the metadata's text, read with torch's archive reader alone (nothing is unpickled), from the
+// file `path` or, when `bytes` is given, from those bytes (`path` naming them in messages)
+inline std::string metadata_text(const std::string &path, const std::string *bytes = nullptr)
 {
   const std::string record = std::string("extra/") + METADATA_FILE;
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    std::istringstream stream(bytes ? *bytes : std::string());
+    std::unique_ptr<caffe2::serialize::PyTorchStreamReader> opened = bytes
+        ? std::make_unique<caffe2::serialize::PyTorchStreamReader>(&stream)
+        : std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+    caffe2::serialize::PyTorchStreamReader &reader = *opened;
     if (!reader.hasRecord(record)) refuse(MODEL_FILE_NO_METADATA, path);
     const size_t declared = reader.getRecordSize(record);
     if (declared > static_cast<size_t>(MAX_METADATA_BYTES))    // a zip bomb: refused from its size
@@ -410,6 +438,301 @@ inline Json read_header(const std::string &path)
   return header;
 }
 
+// read_header's checks of the metadata for an archive held in memory (the model inside a compiled
+// package, core: archive._header_of_bytes), `path` naming it in messages
+inline Json read_header_bytes(const std::string &bytes, const std::string &path)
+{
+  Json header = detail::parse_metadata(detail::metadata_text(path, &bytes), path);
+  detail::check_header(header, path);
+  return header;
+}
+
+// ---- compiled packages (core: package.CompiledProgram, program.ProgramLayout) ------------------
+
+// core: program.ProgramLayout, what the program takes and returns (see its docstring)
+struct ProgramLayout {
+  std::vector<std::string> outputs;
+  std::vector<bool> per_atom;
+  std::vector<int64_t> widths;
+  std::string gradient;    // the output differentiated for forces and virial, "" for none
+  size_t n_lists = 0;
+
+  static ProgramLayout from_json(const Json &data)
+  {
+    ProgramLayout layout;
+    layout.outputs = data.at("outputs").get<std::vector<std::string>>();
+    layout.per_atom = data.at("per_atom").get<std::vector<bool>>();
+    layout.widths = data.at("widths").get<std::vector<int64_t>>();
+    layout.gradient = data.at("gradient").get<std::string>();
+    layout.n_lists = data.at("n_lists").get<size_t>();
+    if (layout.per_atom.size() != layout.outputs.size() || layout.widths.size() != layout.outputs.size())
+      throw std::runtime_error("the layout's lists differ in length");
+    return layout;
+  }
+  // position of `name` among the outputs, -1 for none
+  long find(const std::string &name) const
+  {
+    for (size_t k = 0; k < outputs.size(); ++k)
+      if (outputs[k] == name) return static_cast<long>(k);
+    return -1;
+  }
+  int64_t gradient_width() const
+  {
+    return gradient.empty() || find(gradient) < 0 ? 0 : widths[find(gradient)];
+  }
+  bool atomic_virial() const { return gradient_width() == 1; }
+  // position of output k's values among the program's outputs
+  size_t index(size_t k) const { return 2 + k; }
+  // position of per-atom output k's weighted sum among the program's outputs
+  size_t sum_index(size_t k) const
+  {
+    size_t before = 0;
+    for (size_t j = 0; j < k; ++j) before += per_atom[j] ? 1 : 0;
+    return 2 + outputs.size() + before;
+  }
+  // position of the forces among the program's outputs (virial and per-atom virial follow)
+  size_t derivative_index() const
+  {
+    return 2 + outputs.size() + static_cast<size_t>(std::count(per_atom.begin(), per_atom.end(), true));
+  }
+};
+
+namespace detail {
+
+// "name/per_atom" -> "name"
+inline std::string output_name(const std::string &request, bool *per_atom = nullptr)
+{
+  const std::string suffix = "/per_atom";
+  const bool atomic = request.size() >= suffix.size() &&
+      request.compare(request.size() - suffix.size(), suffix.size(), suffix) == 0;
+  if (per_atom) *per_atom = atomic;
+  return atomic ? request.substr(0, request.size() - suffix.size()) : request;
+}
+
+// argument `position` of an entry point stack, None where the stack stops before it (its default)
+inline torch::jit::IValue argument(const std::vector<torch::jit::IValue> &stack, size_t position)
+{
+  return position < stack.size() ? stack[position] : torch::jit::IValue();
+}
+
+}    // namespace detail
+
+// The native program of a package, called like the TorchScript entry point (core:
+// package.CompiledProgram): `call` answers a call of the entry point, or gives nothing where the
+// TorchScript entry point must answer (it throws PackageRefusal for what the package cannot do).
+class CompiledProgram {
+ public:
+  CompiledProgram(std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader, ProgramLayout layout,
+                  std::string model_file, std::string model_length_unit, std::vector<std::string> declared,
+                  std::string device) :
+      loader_(std::move(loader)), layout_(std::move(layout)), model_file_(std::move(model_file)),
+      model_length_unit_(std::move(model_length_unit)), declared_(std::move(declared)),
+      device_(std::move(device))
+  {
+  }
+
+  const ProgramLayout &layout() const { return layout_; }
+  const std::string &device() const { return device_; }
+  long long calls_run() const { return calls_run_; }    // calls the program answered
+
+  // Why the package cannot answer this call at all (what it was not compiled for), or ""
+  std::string refusal(const std::vector<torch::jit::IValue> &stack) const
+  {
+    const Fields fix = {{"fix", format(PACKAGE_REFUSAL_FIX, {{"model", quoted(model_file_)}})}};
+    const torch::jit::IValue non_conservative = detail::argument(stack, ARGUMENT_NON_CONSERVATIVE);
+    if (non_conservative.isBool() && non_conservative.toBool())
+      return format(PACKAGE_REFUSAL_NON_CONSERVATIVE, fix);
+    if (!detail::argument(stack, ARGUMENT_GHOST_EXCHANGE).isNone())
+      return format(PACKAGE_REFUSAL_GHOST_EXCHANGE, fix);
+    for (const auto &item : stack.at(ARGUMENT_OUTPUTS).toListRef()) {
+      const std::string name = detail::output_name(item.toStringRef());
+      for (const char *excluded : PROGRAM_NON_CONSERVATIVE)
+        if (name == excluded) {
+          Fields fields = fix;
+          fields.emplace_back("name", name);
+          return format(PACKAGE_REFUSAL_OUTPUT, fields);
+        }
+    }
+    const bool forces = stack.at(ARGUMENT_COMPUTE_FORCES).toBool();
+    const bool virial = stack.at(ARGUMENT_COMPUTE_VIRIAL).toBool();
+    const bool atomic_virial = stack.at(ARGUMENT_COMPUTE_ATOMIC_VIRIAL).toBool();
+    if (forces || virial || atomic_virial) {
+      const std::string &gradient_output = stack.at(ARGUMENT_GRADIENT_OUTPUT).toStringRef();
+      if (gradient_output != layout_.gradient) {
+        Fields fields = fix;
+        fields.emplace_back("compiled",
+                            layout_.gradient.empty() ? "no output" : "'" + layout_.gradient + "'");
+        fields.emplace_back("gradient_output", gradient_output);
+        return format(PACKAGE_REFUSAL_GRADIENT, fields);
+      }
+      if (atomic_virial && !layout_.atomic_virial()) return format(PACKAGE_REFUSAL_ATOMIC_VIRIAL, fix);
+    }
+    return "";
+  }
+
+  // The entry point's result for `stack` (AtomisticModel.forward's arguments), or nothing where the
+  // TorchScript entry point `module` must answer (core: CompiledProgram.__call__)
+  std::optional<c10::Dict<std::string, at::Tensor>> call(torch::jit::Module &module,
+                                                         const std::vector<torch::jit::IValue> &stack)
+  {
+    const std::string refused = refusal(stack);
+    if (!refused.empty()) throw PackageRefusal(refused);
+    const at::Tensor positions = stack.at(ARGUMENT_POSITIONS).toTensor();
+    const at::Tensor types = stack.at(ARGUMENT_TYPES).toTensor();
+    const at::Tensor cells = stack.at(ARGUMENT_CELLS).toTensor();
+    const at::Tensor pbcs = stack.at(ARGUMENT_PBCS).toTensor();
+    const at::Tensor sizes = stack.at(ARGUMENT_SYSTEM_SIZES).toTensor();
+    const c10::List<at::Tensor> pairs = stack.at(ARGUMENT_NEIGHBOR_PAIRS).toTensorList();
+    const c10::List<at::Tensor> shifts = stack.at(ARGUMENT_NEIGHBOR_SHIFTS).toTensorList();
+    // what the program takes: one structure of at least MIN_ATOMS atoms, each list of at least
+    // MIN_PAIRS pairs, float64 positions (and, beyond Python's checks, inputs of the shapes it was
+    // compiled for: anything else is TorchScript's to refuse, with its words)
+    if (positions.dim() != 2 || positions.size(1) != 3 || sizes.dim() != 1 || sizes.size(0) != 1) return {};
+    const int64_t n_atoms = positions.size(0);
+    if (n_atoms < PROGRAM_MIN_ATOMS || pairs.size() != layout_.n_lists || shifts.size() != layout_.n_lists)
+      return {};
+    if (cells.dim() != 3 || cells.size(0) != 1 || pbcs.dim() != 2 || pbcs.size(0) != 1 || types.dim() != 1 ||
+        types.size(0) != n_atoms)
+      return {};
+    for (size_t k = 0; k < pairs.size(); ++k) {
+      const at::Tensor p = pairs.get(k), s = shifts.get(k);
+      if (p.dim() != 2 || p.size(0) < PROGRAM_MIN_PAIRS || p.size(1) != 2 ||
+          p.scalar_type() != torch::kInt64 || s.dim() != 2 || s.size(0) != p.size(0) || s.size(1) != 3)
+        return {};
+    }
+    if (positions.scalar_type() != torch::kFloat64) return {};
+    std::vector<std::string> outputs;
+    for (const auto &item : stack.at(ARGUMENT_OUTPUTS).toListRef()) outputs.push_back(item.toStringRef());
+    for (const std::string &request : outputs)
+      if (layout_.find(detail::output_name(request)) < 0)
+        return {};    // the entry point names the declared ones
+    const Factors *factors = unit_factors(module, stack.at(ARGUMENT_LENGTH_UNIT).toStringRef(),
+                                          stack.at(ARGUMENT_ENERGY_UNIT).toStringRef(),
+                                          detail::argument(stack, ARGUMENT_QUANTITY_UNITS));
+    if (factors == nullptr) return {};    // a unit the entry point refuses, with its message
+    const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(positions.device());
+    at::Tensor weights;
+    std::optional<at::Tensor> selected;
+    const torch::jit::IValue selection = stack.at(ARGUMENT_SELECTED_ATOMS);
+    if (selection.isNone()) {
+      weights = torch::ones({n_atoms}, f64);
+    } else {
+      selected = std::get<0>(at::_unique(selection.toTensor().to(torch::kInt64), true, false));
+      const int64_t count = selected->size(0);
+      if (count > 0 &&
+          (selected->index({0}).item<int64_t>() < 0 ||
+           selected->index({count - 1}).item<int64_t>() >= n_atoms))
+        return {};
+      const long gradient_index = layout_.gradient.empty() ? -1 : layout_.find(layout_.gradient);
+      if (gradient_index >= 0 && !layout_.per_atom[gradient_index]) return {};    // the entry point says why
+      weights = torch::zeros({n_atoms}, f64);
+      weights.index_fill_(0, *selected, 1.0);
+    }
+    std::vector<at::Tensor> flat = {positions.contiguous(),
+                                    types.to(torch::kInt32).contiguous(),
+                                    cells.select(0, 0).contiguous(),
+                                    pbcs.select(0, 0).to(torch::kBool).contiguous(),
+                                    weights,
+                                    factors->length,
+                                    factors->outputs};
+    for (size_t k = 0; k < pairs.size(); ++k) {
+      flat.push_back(pairs.get(k).contiguous());
+      flat.push_back(shifts.get(k).to(torch::kInt32).contiguous());
+    }
+    const std::vector<at::Tensor> values = loader_->run(flat);
+    if (!values.at(0).item<bool>()) return {};
+    const at::Tensor finite_tensor = values.at(1).to(torch::kCPU).contiguous();
+    const bool *finite = finite_tensor.data_ptr<bool>();
+    const size_t n_outputs = layout_.outputs.size();
+
+    c10::Dict<std::string, at::Tensor> results;
+    std::vector<std::string> requests = outputs;
+    const bool forces = stack.at(ARGUMENT_COMPUTE_FORCES).toBool();
+    const bool virial = stack.at(ARGUMENT_COMPUTE_VIRIAL).toBool();
+    const bool atomic_virial = stack.at(ARGUMENT_COMPUTE_ATOMIC_VIRIAL).toBool();
+    if ((forces || virial || atomic_virial) &&
+        std::find(requests.begin(), requests.end(), layout_.gradient) == requests.end())
+      requests.push_back(layout_.gradient);
+    for (const std::string &request : requests) {
+      bool per_atom = false;
+      const long index = layout_.find(detail::output_name(request, &per_atom));
+      if (index < 0 || !finite[index]) return {};
+      if (per_atom) {
+        const at::Tensor &value = values.at(layout_.index(index));
+        results.insert_or_assign(request, selected ? value.index_select(0, *selected) : value);
+      } else if (layout_.per_atom[index]) {
+        results.insert_or_assign(request, values.at(layout_.sum_index(index)));
+      } else {
+        results.insert_or_assign(request, values.at(layout_.index(index)));
+      }
+    }
+    const size_t first = layout_.derivative_index();
+    const bool several = layout_.gradient_width() > 1;
+    const bool flags[3] = {forces, virial, atomic_virial};
+    const char *keys[3] = {"forces", "virial", "atomic_virial"};
+    for (size_t offset = 0; offset < 3; ++offset) {
+      if (!flags[offset]) continue;
+      if (!finite[n_outputs + offset]) return {};
+      at::Tensor value = values.at(first + offset);
+      if (offset == 1) value = value.unsqueeze(several ? 1 : 0);
+      results.insert_or_assign(keys[offset], value);
+    }
+    ++calls_run_;
+    return results;
+  }
+
+ private:
+  struct Factors {
+    at::Tensor length;     // [] engine length -> model length
+    at::Tensor outputs;    // [n_outputs] model unit -> engine unit of each output of the layout
+  };
+
+  // the archive's factors for a set of units, asked once per set (core: _unit_factors); null
+  // where the entry point refuses a unit
+  const Factors *unit_factors(torch::jit::Module &module, const std::string &length_unit,
+                              const std::string &energy_unit, const torch::jit::IValue &quantity_units)
+  {
+    std::string key = length_unit + "\n" + energy_unit + "\n";
+    if (quantity_units.isNone()) {
+      key += "None";
+    } else {
+      std::map<std::string, std::string> sorted;
+      for (const auto &item : quantity_units.toGenericDict())
+        sorted[item.key().toStringRef()] = item.value().toStringRef();
+      for (const auto &item : sorted) key += item.first + "=" + item.second + "\n";
+    }
+    auto found = factors_.find(key);
+    if (found != factors_.end()) return &found->second;
+    Factors factors;
+    try {
+      torch::jit::GraphOptimizerEnabledGuard unoptimized(false);
+      const auto values =
+          module.run_method("output_factors", length_unit, energy_unit, quantity_units).toList();
+      const double length = module.run_method("unit_conversion", length_unit, model_length_unit_).toDouble();
+      std::vector<double> wanted;
+      for (const auto &name : layout_.outputs) {
+        const auto at = std::find(declared_.begin(), declared_.end(), name);
+        if (at == declared_.end()) return nullptr;
+        wanted.push_back(values.get(static_cast<size_t>(at - declared_.begin())).toDouble());
+      }
+      factors.length = torch::tensor(length, torch::dtype(torch::kFloat64));
+      factors.outputs = torch::tensor(wanted, torch::dtype(torch::kFloat64));
+    } catch (const std::exception &) {
+      return nullptr;
+    }
+    return &factors_.emplace(key, std::move(factors)).first->second;
+  }
+
+  std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+  ProgramLayout layout_;
+  std::string model_file_;               // the archive it was compiled from (its record's model_file)
+  std::string model_length_unit_;        // the model's length unit (capabilities)
+  std::vector<std::string> declared_;    // the declared outputs, in output_factors' order
+  std::string device_;
+  std::map<std::string, Factors> factors_;
+  long long calls_run_ = 0;
+};
+
 // ---- its code (core: archive.load_model and LoadedModel) -------------------------------------
 
 // A loaded model (core: archive.LoadedModel). TorchScript's graph executor optimises a method on its
@@ -420,6 +743,8 @@ inline Json read_header(const std::string &path)
 // 2.13 goes wrong optimising a method that already ran unoptimised); setup methods (run_method)
 // always run unoptimised. The count lives with the loaded model: a model loaded again starts at 0.
 // Each call sets the executor's flag (thread-local in torch) and restores it after.
+// A compiled package's model answers through its program first (CompiledProgram::call); only the
+// calls it hands to TorchScript count as forward calls.
 class Model {
  public:
   Model() = default;
@@ -443,6 +768,10 @@ class Model {
   // one call of the entry point (core: LoadedModel.forward)
   torch::jit::IValue forward(std::vector<torch::jit::IValue> stack)
   {
+    if (compiled_) {
+      std::optional<c10::Dict<std::string, at::Tensor>> results = compiled_->call(module_, stack);
+      if (results) return torch::jit::IValue(std::move(*results));
+    }
     ++forward_calls_;
     if (forward_calls_ > UNOPTIMIZED_CALLS && !archive_.empty()) {
       std::string archive;
@@ -456,8 +785,19 @@ class Model {
     return module_.forward(std::move(stack));
   }
 
-  long long forward_calls() const { return forward_calls_; }
-  bool optimized() const { return optimized_; }    // whether forward runs optimised, on the copy
+  long long forward_calls() const { return forward_calls_; }    // calls TorchScript answered
+  bool optimized() const { return optimized_; }                 // whether forward runs optimised, on the copy
+
+  // a compiled package's program (null for a model archive)
+  const CompiledProgram *compiled() const { return compiled_.get(); }
+  void set_compiled(std::shared_ptr<CompiledProgram> compiled) { compiled_ = std::move(compiled); }
+  long long compiled_calls() const { return compiled_ ? compiled_->calls_run() : 0; }
+  // one line for the engine's log: "compiled package (AOTInductor, cpu, torch 2.13.0+cpu)", or ""
+  std::string package_description() const
+  {
+    if (!compiled_) return "";
+    return "compiled package (AOTInductor, " + compiled_->device() + ", torch " + BUILD_TORCH_VERSION + ")";
+  }
 
   // the module held in `archive` (a model file's bytes), on `device`
   static torch::jit::Module load(const std::string &archive, const c10::Device &device)
@@ -472,6 +812,7 @@ class Model {
   c10::Device device_ = c10::Device(c10::kCPU);
   long long forward_calls_ = 0;
   bool optimized_ = false;
+  std::shared_ptr<CompiledProgram> compiled_;
 };
 
 namespace detail {
@@ -489,16 +830,173 @@ inline std::string file_bytes(const std::string &path)
   return bytes;
 }
 
+// SHA-256 (FIPS 180-4) of `data`, as lowercase hex (Python's hashlib.sha256(...).hexdigest())
+inline std::string sha256_hex(const std::string &data)
+{
+  static const uint32_t K[64] = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  auto rotate = [](uint32_t x, int n) {
+    return (x >> n) | (x << (32 - n));
+  };
+  std::string message = data;
+  const uint64_t bits = static_cast<uint64_t>(data.size()) * 8;
+  message += static_cast<char>(0x80);
+  while (message.size() % 64 != 56) message += '\0';
+  for (int k = 7; k >= 0; --k) message += static_cast<char>((bits >> (8 * k)) & 0xff);
+  uint32_t w[64];
+  for (size_t block = 0; block < message.size(); block += 64) {
+    for (int t = 0; t < 16; ++t) {
+      const unsigned char *b = reinterpret_cast<const unsigned char *>(message.data() + block + 4 * t);
+      w[t] = (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
+    }
+    for (int t = 16; t < 64; ++t) {
+      const uint32_t s0 = rotate(w[t - 15], 7) ^ rotate(w[t - 15], 18) ^ (w[t - 15] >> 3);
+      const uint32_t s1 = rotate(w[t - 2], 17) ^ rotate(w[t - 2], 19) ^ (w[t - 2] >> 10);
+      w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int t = 0; t < 64; ++t) {
+      const uint32_t t1 =
+          hh + (rotate(e, 6) ^ rotate(e, 11) ^ rotate(e, 25)) + ((e & f) ^ (~e & g)) + K[t] + w[t];
+      const uint32_t t2 = (rotate(a, 2) ^ rotate(a, 13) ^ rotate(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      hh = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = b;
+      b = a;
+      a = t1 + t2;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += hh;
+  }
+  char hex[65];
+  for (int k = 0; k < 8; ++k) std::snprintf(hex + 8 * k, 9, "%08x", h[k]);
+  return std::string(hex, 64);
+}
+
+// Python's str() and repr() of a JSON value read from the metadata (a string, null as None, ...)
+inline std::string python_str(const Json &value)
+{
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_null()) return "None";
+  if (value.is_boolean()) return value.get<bool>() ? "True" : "False";
+  return value.dump();
+}
+
+inline std::string python_repr(const Json &value)
+{
+  return value.is_string() ? quoted(value.get<std::string>()) : python_str(value);
+}
+
+// record.get(key): null where the record has no such key
+inline Json record_value(const Json &record, const char *key)
+{
+  return record.is_object() && record.contains(key) ? record[key] : Json();
+}
+
+// the part of a version before its local label ("2.13.0+cpu" -> "2.13.0"), at compile time
+constexpr bool same_release(const char *full, const char *release)
+{
+  while (*full && *full != '+' && *release && *full == *release) {
+    ++full;
+    ++release;
+  }
+  return (*full == '\0' || *full == '+') && *release == '\0';
+}
+static_assert(same_release(BUILD_TORCH_VERSION, TORCH_VERSION),
+              "the plugin is built against the headers of another torch than the Python torch that generated "
+              "atomplug_core.h: rebuild the plugin");
+
+// The directories libtorch unpacked compiled packages into (AOTIModelPackageLoader: a fresh
+// "aotinductor_XXXXXX" under the temporary directory, holding <top>/data/aotinductor/<model>/*.so)
+// whose libraries this process has mapped
+inline std::set<std::string> mapped_package_directories()
+{
+  std::set<std::string> found;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const std::string inside = "/data/aotinductor/";
+  while (std::getline(maps, line)) {
+    const size_t start = line.find('/');
+    const size_t at = line.find(inside);
+    if (start == std::string::npos || at == std::string::npos || at < start) continue;
+    const std::string before = line.substr(start, at - start);    // <directory>/<top>
+    const size_t top = before.rfind('/');
+    if (top == std::string::npos || top == 0) continue;
+    const std::string directory = before.substr(0, top);
+    const size_t name = directory.rfind('/');
+    if (directory.compare(name + 1, 12, "aotinductor_") == 0) found.insert(directory);
+  }
+  return found;
+}
+
+// rm -r `path` (no symbolic link followed), quietly: what cannot be removed stays
+inline void remove_tree(const std::string &path)
+{
+  struct stat status;
+  if (lstat(path.c_str(), &status) != 0) return;
+  if (S_ISDIR(status.st_mode)) {
+    if (DIR *directory = opendir(path.c_str())) {
+      std::vector<std::string> entries;
+      while (const dirent *entry = readdir(directory)) {
+        const std::string name = entry->d_name;
+        if (name != "." && name != "..") entries.push_back(path + "/" + name);
+      }
+      closedir(directory);
+      for (const auto &entry : entries) remove_tree(entry);
+    }
+    rmdir(path.c_str());
+  } else {
+    unlink(path.c_str());
+  }
+}
+
+// the model archive of a package: its checks and code, then the code's own declaration
+// (load_archive below)
+inline Model load_archive(std::string archive, const std::string &path, const c10::Device &device,
+                          const Json &header);
+
 }    // namespace detail
 
 // The archive's TorchScript code on `device`, after read_header(path) gave `header`: its entry
 // point present, and declaring what its metadata says. Throws ModelFileError with core's words.
+// A compiled package (the header has "package") is loaded as core.archive.load_model loads one.
+inline Model load_package(const std::string &path, const c10::Device &device, const Json &header);
+
 inline Model load_model(const std::string &path, const c10::Device &device, const Json &header)
 {
+  if (header.contains("package")) return load_package(path, device, header);
   std::string archive;
-  torch::jit::Module module;
   try {
     archive = detail::file_bytes(path);
+  } catch (const std::exception &error) {
+    refuse(MODEL_FILE_NOT_LOADABLE, path, {{"reason", first_line(error_text(error))}});
+  }
+  return detail::load_archive(std::move(archive), path, device, header);
+}
+
+inline Model detail::load_archive(std::string archive, const std::string &path, const c10::Device &device,
+                                  const Json &header)
+{
+  torch::jit::Module module;
+  try {
     module = Model::load(archive, device);
   } catch (const std::exception &error) {
     refuse(MODEL_FILE_NOT_LOADABLE, path, {{"reason", first_line(error_text(error))}});
@@ -514,6 +1012,105 @@ inline Model load_model(const std::string &path, const c10::Device &device, cons
   const auto compiled = nlohmann::json::parse(model.run_method("capabilities_json").toStringRef());
   if (compiled != nlohmann::json::parse(header["capabilities"].dump()))
     refuse(MODEL_FILE_CAPABILITIES_DISAGREE, path);
+  return model;
+}
+
+// core: archive.load_model of a package (package.open_package, then load_model_bytes). The
+// package's record checked in open_package's order (torch version, device, its archive intact, not
+// stale), its native code loaded (libtorch's AOTIModelPackageLoader), then the archive inside it
+// loaded as any model file.
+inline Model load_package(const std::string &path, const c10::Device &device, const Json &header)
+{
+  const Json &record = header["package"];
+  const Json model_file_value = detail::record_value(record, "model_file");
+  const std::string model_file =
+      model_file_value.is_null() && !(record.is_object() && record.contains("model_file"))
+      ? std::string("MODEL.pt")
+      : detail::python_str(model_file_value);
+  auto refuse_package = [&](const char *pattern, Fields fields) {
+    fields.emplace_back("model_file", model_file);
+    fields.emplace_back("fix", format(PACKAGE_FIX, {{"model_file", model_file}}));
+    refuse(pattern, path, std::move(fields));
+  };
+  const Json torch_version = detail::record_value(record, "torch_version");
+  if (!(torch_version.is_string() && torch_version.get<std::string>() == BUILD_TORCH_VERSION))
+    refuse_package(PACKAGE_TORCH_VERSION,
+                   {{"compiled", detail::python_str(torch_version)}, {"running", BUILD_TORCH_VERSION}});
+  const std::string wanted = c10::DeviceTypeName(device.type(), true);
+  const Json compiled_device = detail::record_value(record, "device");
+  if (!(compiled_device.is_string() && compiled_device.get<std::string>() == wanted))
+    refuse_package(
+        PACKAGE_DEVICE,
+        {{"compiled", detail::python_repr(compiled_device)}, {"wanted", quoted(wanted)}, {"device", wanted}});
+  // the archive inside, intact (the SHA-256 the package recorded)
+  std::string archive;
+  bool found = false;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    if (reader.hasRecord(PACKAGE_MODEL_RECORD)) {
+      at::DataPtr data;
+      size_t size = 0;
+      std::tie(data, size) = reader.getRecord(PACKAGE_MODEL_RECORD);
+      archive.assign(static_cast<const char *>(data.get()), size);
+      found = true;
+    }
+  } catch (const std::exception &) {
+    found = false;
+  }
+  const Json digest = detail::record_value(record, "model_sha256");
+  if (!found || !digest.is_string() || detail::sha256_hex(archive) != digest.get<std::string>())
+    refuse_package(PACKAGE_DAMAGED, {});
+  // stale: the model it was compiled from, still next to it, is no longer the model inside it
+  const bool named = model_file_value.is_string()
+      ? !model_file_value.get<std::string>().empty()
+      : !(model_file_value.is_null() || model_file_value == false || model_file_value == 0);
+  if (named) {
+    std::string directory = path;
+    if (directory.empty() || directory[0] != '/') {
+      char cwd[4096];
+      if (getcwd(cwd, sizeof(cwd)) != nullptr) directory = std::string(cwd) + "/" + directory;
+    }
+    directory = directory.substr(0, directory.rfind('/'));
+    const std::string sibling = model_file[0] == '/' ? model_file : directory + "/" + model_file;
+    struct stat status;
+    if (stat(sibling.c_str(), &status) == 0 && S_ISREG(status.st_mode)) {
+      std::string bytes;
+      try {
+        bytes = detail::file_bytes(sibling);
+      } catch (const std::exception &) {
+        bytes = archive;    // unreadable: Python's open() would raise; nothing to compare
+      }
+      if (bytes != archive) refuse_package(PACKAGE_STALE, {});
+    }
+  }
+  std::shared_ptr<torch::inductor::AOTIModelPackageLoader> loader;
+  const std::set<std::string> mapped = detail::mapped_package_directories();
+  try {
+    loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(
+        path, "model", false, 1, device.has_index() ? device.index() : -1);
+  } catch (const std::exception &error) {
+    refuse_package(PACKAGE_NOT_LOADABLE, {{"reason", first_line(error_text(error))}});
+  }
+  // libtorch unpacked the native code into a directory of its own, removed when the loader is
+  // destroyed: an engine that ends on an error (exit, MPI_Abort) or is killed would leave it behind.
+  // On the CPU nothing is read from it after loading: it goes now (its library stays mapped).
+  if (wanted == "cpu")
+    for (const std::string &directory : detail::mapped_package_directories())
+      if (mapped.count(directory) == 0) detail::remove_tree(directory);
+  ProgramLayout layout;
+  try {
+    layout = ProgramLayout::from_json(record.at("layout"));
+  } catch (const std::exception &) {
+    refuse_package(PACKAGE_DAMAGED, {});    // (Python stops at the missing key)
+  }
+  // the archive: every check of a model file (its metadata read from its own bytes)
+  const Json archive_header = read_header_bytes(archive, path);
+  Model model = detail::load_archive(std::move(archive), path, device, archive_header);
+  std::vector<std::string> declared;
+  for (const auto &item : archive_header["capabilities"]["outputs"].items()) declared.push_back(item.key());
+  model.set_compiled(std::make_shared<CompiledProgram>(
+      std::move(loader), std::move(layout), record.contains("model_file") ? model_file : path,
+      archive_header["capabilities"]["length_unit"].get<std::string>(), std::move(declared), wanted));
   return model;
 }
 

@@ -1,4 +1,6 @@
 // pair_style atomplug: run an exported atomplug model (TorchScript) inside LAMMPS.
+// A compiled package (model.pt2, `atomplug compile`) runs its native program where it can (see
+// atomplug_core::Model): the log says so, and each run ends with how many calls it answered.
 //
 // This file only moves memory. Physics (units, forces, virials, the non-conservative rules) lives in
 // the model's TorchScript entry point `AtomisticModel.forward`; what the plugin knows about the model
@@ -215,6 +217,7 @@ class PairAtomplug : public Pair {
   double timing_exchange = 0.0;                    // inside the model: ghost exchanges
   long timing_calls = 0;
   double timing_atoms = 0.0, timing_local = 0.0, timing_pairs = 0.0;
+  long long compiled_calls_seen = 0, scripted_calls_seen = 0;    // model calls counted by earlier runs
   static double seconds()
   {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -508,6 +511,7 @@ void PairAtomplug::load_model()
   start_torch();
   try {
     model = std::make_unique<atomplug_core::Model>(atomplug_core::load_model(model_path, device, header));
+    compiled_calls_seen = scripted_calls_seen = 0;
   } catch (atomplug_core::ModelFileError &e) {
     FAIL_ALL(e.what());
   } catch (std::exception &e) {
@@ -756,6 +760,7 @@ void PairAtomplug::log_model(const atomplug_core::Declaration &declared)
                                    model_name.empty() ? "(unnamed)" : model_name, model_path);
     text += fmt::format("  device {}, torch " ATOMPLUG_TORCH_VERSION ", {} thread(s) per rank\n",
                         device.str(), at::get_num_threads());
+    if (model->compiled()) text += "  " + model->package_description() + "\n";
     text += fmt::format("  LAMMPS units {}: energy {}, length {}\n", update->unit_style, energy_unit,
                         length_unit);
     for (size_t index = 0; index < cutoffs.size(); ++index)
@@ -1797,6 +1802,18 @@ void PairAtomplug::finish()
                    model->optimized()
                        ? fmt::format("optimised from call {}", atomplug_core::UNOPTIMIZED_CALLS + 1)
                        : std::string("unoptimised so far"));
+  }
+  // a compiled package: how many of this run's model calls its program answered (the others went
+  // to the TorchScript entry point: calls the program does not take, or flagged inputs)
+  if (model && model->compiled()) {
+    const long long compiled = model->compiled_calls() - compiled_calls_seen;
+    const long long scripted = model->forward_calls() - scripted_calls_seen;
+    compiled_calls_seen = model->compiled_calls();
+    scripted_calls_seen = model->forward_calls();
+    if (comm->me == 0)
+      utils::logmesg(
+          lmp, "atomplug: the compiled package answered {} of {} model calls on rank 0 ({} by TorchScript)\n",
+          compiled, compiled + scripted, scripted);
   }
   for (double &t : timing) t = 0.0;
   timing_exchange = 0.0;
