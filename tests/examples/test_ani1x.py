@@ -527,3 +527,23 @@ def test_ani1ccx_with_other_aev_constants_is_refused(tmp_path):
         handle.write(text.replace("Rcr = 5.2000e+00", "Rcr = 5.1000e+00"))
     with pytest.raises(ValueError, match=r"other AEV constants than ANI-1x \(Rcr differ\)"):
         ani1x.build_ani1x(directory)
+
+
+def test_ani1x_compiles_and_its_package_equals_torchscript(ani1x_path, tmp_path):
+    """Issue 18: the bundled ANI-1x captures at export and compiles (AOTInductor, ~1 min); its
+    package gives TorchScript's energies, forces and stress on ethanol and on a water box."""
+    from atomplug.core.compiled import compile_model
+
+    assert read_header(ani1x_path)["program"]["captured"] is True
+    package = compile_model(ani1x_path, str(tmp_path / "ani1x.pt2"), log=lambda *_: None)
+    for atoms in (molecule("CH3CH2OH"), water_box(16, seed=4)):
+        results = {}
+        for path in (ani1x_path, package):
+            copy = atoms.copy()
+            copy.calc = AtomplugCalculator(path)
+            results[path] = (copy.get_potential_energy(), copy.get_forces())
+            if atoms.pbc.all():
+                results[path] += (copy.get_stress(),)
+        assert copy.calc.runner.model.compiled.calls_run > 0
+        for expected, got in zip(results[ani1x_path], results[package]):
+            assert np.max(np.abs(got - expected)) <= 1e-10 * max(np.max(np.abs(expected)), 1.0)
