@@ -911,14 +911,16 @@ inline Json record_value(const Json &record, const char *key)
   return record.is_object() && record.contains(key) ? record[key] : Json();
 }
 
-// the part of a version before its local label ("2.13.0+cpu" -> "2.13.0"), at compile time
+// Whether the release `release` of torch's headers (TORCH_VERSION, "2.13.0") starts the version
+// `full` of the Python torch that wrote this header ("2.13.0+cpu", "2.14.0.dev20260101+cu126"): a
+// package records the latter (torch.__version__), which the plugins compare in full, as core does.
 constexpr bool same_release(const char *full, const char *release)
 {
   while (*full && *full != '+' && *release && *full == *release) {
     ++full;
     ++release;
   }
-  return (*full == '\0' || *full == '+') && *release == '\0';
+  return *release == '\0';
 }
 static_assert(same_release(BUILD_TORCH_VERSION, TORCH_VERSION),
               "the plugin is built against the headers of another torch than the Python torch that generated "
