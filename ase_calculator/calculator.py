@@ -87,6 +87,9 @@ class AtomplugCalculator(Calculator):
     variant               one of the model's output variants ("ccsdt" for `energy/ccsdt`): energy,
                           forces and stress come from `energy/<variant>`, and every extra output
                           with that variant is taken in it (the archive's rule, variant_output)
+    neighbor_backend      where the neighbor lists are built: "auto" (default: on the GPU for a
+                          CUDA device, with vesin-torch; on the host otherwise), "numpy" (host),
+                          "torch" (on the model's device, also on a CPU); see docs/gpu.md
 
     Inputs the model requests are read from the Atoms by ASE's conventions (ASE units):
     `get_masses()`, `get_velocities()`, `get_initial_charges()`, `info["charge"]` (total charge, e)
@@ -107,10 +110,11 @@ class AtomplugCalculator(Calculator):
         uncertainty_threshold: Optional[float] = None,
         skin: float = 0.5,
         variant: str = "",
+        neighbor_backend: Optional[str] = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.runner = ModelRunner(model, device=device, skin=skin)
+        self.runner = ModelRunner(model, device=device, skin=skin, neighbor_backend=neighbor_backend)
         self.model = self.runner.model
         declared = self.model.capabilities.outputs
         self.variant = str(variant or "")

@@ -11,14 +11,23 @@ exact for a strict list (pairs beyond the cutoff are dropped at every step from 
 distances) and gives a superset of the pairs for a non-strict one, which the model then ignores.
 `TrajectoryCaches` keeps one such cache per trajectory for an engine that interleaves several
 (i-PI's beads).
+
+The same lists as torch tensors on the model's device (the end of this file: `_TorchBuilder`,
+`DeviceNeighborListCache`, `DeviceTrajectoryCaches`, built by vesin-torch) serve a model on a GPU:
+the skin check and the strict filter run there too, so no per-pair array crosses the bus. The
+host classes above are the CPU path, unchanged by them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from .errors import first_line
 
 try:
     import vesin
@@ -455,3 +464,379 @@ class TrajectoryCaches:
         if cache in self.caches:
             self.caches.remove(cache)
         self.caches.insert(0, cache)
+
+
+# ---- Lists on the model's device ---------------------------------------------------------------
+#
+# When the model runs on a CUDA device (or when asked, `ModelRunner(neighbor_backend="torch")`, which
+# also runs on the CPU so that CI tests this code), the lists are torch tensors on that device: built
+# by vesin-torch (vesin's torch backend: the same cell lists, on the CPU or in CUDA kernels), and the
+# Verlet-skin check and the strict lists' filter run there too. The engine's positions go to the device
+# once per step; only a few scalars (the largest move, the number of pairs kept) come back, never a
+# per-pair array. The checks of the structure (`_check_inputs`, `_Geometry`) are the host path's, on
+# the host arrays the engine gave, at each rebuild: O(n), no pair.
+
+TorchPairs = Tuple[torch.Tensor, torch.Tensor]
+
+VESIN_TORCH_MISSING = (
+    "neighbor lists on the model's device need vesin's torch backend, the 'vesin-torch' package (the same "
+    "version as 'vesin'): pip install 'vesin-torch>=0.6,<0.7' (or atomplug's 'gpu' extra)"
+)
+
+
+def _vesin_torch():
+    try:
+        import vesin_torch
+    except ImportError as error:  # missing, or built for another torch: vesin-torch's own message follows
+        raise ImportError(f"{VESIN_TORCH_MISSING} ({first_line(error)})") from error
+    return vesin_torch
+
+
+def vesin_torch_available() -> bool:
+    """Whether vesin-torch imports (and so whether the device lists can be built)."""
+    try:
+        _vesin_torch()
+    except ImportError:
+        return False
+    return True
+
+
+_NVRTC_LOADED = False
+
+
+def _load_nvrtc() -> None:
+    """vesin-torch compiles its CUDA kernels at run time with NVRTC, which it looks up by name
+    (libnvrtc.so.N). torch's CUDA wheels ship NVRTC in site-packages/nvidia/.../lib, which the
+    dynamic loader does not search, and torch itself loads it only when it first compiles a kernel:
+    load torch's copy first (RTLD_GLOBAL), so that vesin finds the library already in the process.
+    Nothing happens when it is already loaded or not found (vesin then says what is missing).
+    Not yet run on a GPU machine here (issue 19): see docs/gpu.md."""
+    global _NVRTC_LOADED
+    if _NVRTC_LOADED:
+        return
+    _NVRTC_LOADED = True
+    import ctypes
+    import glob
+    import os
+    import sys
+
+    try:
+        with open("/proc/self/maps") as maps:
+            if "libnvrtc" in maps.read():
+                return
+    except OSError:
+        return
+    major = str(torch.version.cuda or "").split(".")[0]
+    roots = {os.path.dirname(os.path.dirname(torch.__file__))} | {p for p in sys.path if p.endswith("-packages")}
+    candidates = []
+    for root in sorted(roots):
+        for pattern in ("nvidia/*/lib/libnvrtc.so*", "nvidia/*/*/lib/libnvrtc.so*"):
+            candidates += [p for p in glob.glob(os.path.join(root, pattern)) if "builtins" not in p and "alt" not in p]
+    candidates.sort(key=lambda p: (not os.path.basename(p).startswith(f"libnvrtc.so.{major}"), p))
+    for path in candidates:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            return
+        except OSError:
+            continue
+
+
+def _sort_pairs(pairs: torch.Tensor, shifts: torch.Tensor, n_atoms: int) -> TorchPairs:
+    """Pairs in (i, j) order. vesin's CUDA kernels write pairs in whatever order their threads
+    finish; the lists they build hold each (i, j) at most once (cells of at least two cutoffs), so
+    this order is canonical and the model sums in the same order on every run."""
+    order = torch.argsort(pairs[:, 0] * n_atoms + pairs[:, 1])
+    return pairs.index_select(0, order), shifts.index_select(0, order)
+
+
+def torch_pair_distances(
+    positions: torch.Tensor, cell: torch.Tensor, pairs: torch.Tensor, shifts: torch.Tensor
+) -> torch.Tensor:
+    """pair_distances for tensors (on any device), with the host path's arithmetic."""
+    vectors = positions.index_select(0, pairs[:, 1]) - positions.index_select(0, pairs[:, 0])
+    vectors += shifts.to(cell.dtype) @ cell
+    return torch.sqrt(_squared_norms(vectors))
+
+
+def _squared_norms(vectors: torch.Tensor) -> torch.Tensor:
+    """|v|^2 of the rows of [n, 3] `vectors`, summed as x^2 + y^2 + z^2 (numpy's order)."""
+    squares = vectors * vectors
+    return squares[:, 0] + squares[:, 1] + squares[:, 2]
+
+
+class _TorchBuilder:
+    """`_Builder`'s list, as tensors on the device of the positions given: (pairs int64 [P, 2],
+    shifts int32 [P, 3]).
+
+    Where the search runs:
+    - on the CPU, vesin-torch searches every structure `_Builder` gives vesin (the same C++ code:
+      the same pairs, shifts and order); the few it cannot hold are swept on the host;
+    - on CUDA, vesin-torch's kernels search 3D-periodic cells whose faces are at least two cutoffs
+      apart (they use the minimum image and refuse narrower cells); molecules, slabs, wires and
+      narrow cells are built on the host (`_Builder`) and copied to the device once per build:
+      small structures in practice. vesin's CUDA kernels on other geometries are not checked here
+      yet (no GPU was available): `_on_device` is the one place to widen.
+    A CUDA search that fails (e.g. more pairs per atom than vesin's buffers hold, see
+    VESIN_CUDA_MAX_PAIRS_PER_POINT) warns once and builds on the host from then on.
+    """
+
+    def __init__(self, cutoff: float, full_list: bool):
+        self.cutoff = float(cutoff)
+        self.full_list = bool(full_list)
+        self._host = _Builder(self.cutoff, self.full_list)
+        self._vesin: Dict[str, object] = {}  # device type -> vesin_torch.NeighborList (its buffers live there)
+        self._cuda_failure: Optional[str] = None
+
+    def _on_device(self, geometry: "_Geometry", pbc: np.ndarray, device: torch.device) -> bool:
+        if not geometry.fits_vesin:
+            return False
+        if device.type == "cpu":
+            return True
+        if device.type != "cuda" or self._cuda_failure is not None:
+            return False
+        return bool(pbc.all()) and bool(np.all(geometry.heights > 2.0 * self.cutoff * (1.0 + 1e-9)))
+
+    def _neighbor_list(self, device: torch.device):
+        search = self._vesin.get(device.type)
+        if search is None:
+            if device.type == "cuda":
+                _load_nvrtc()
+            # sorted by i on the CPU (as _Builder's); the CUDA kernels' order is sorted here (_sort_pairs)
+            search = _vesin_torch().NeighborList(
+                cutoff=self.cutoff, full_list=self.full_list, sorted=device.type == "cpu"
+            )
+            self._vesin[device.type] = search
+        return search
+
+    def __call__(
+        self,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        pbc: np.ndarray,
+        device_positions: torch.Tensor,
+        device_cell: torch.Tensor,
+    ) -> TorchPairs:
+        device = device_positions.device
+        _check_inputs(positions, cell, pbc, self.cutoff)
+        if positions.shape[0] == 0:
+            return (
+                torch.zeros((0, 2), dtype=torch.int64, device=device),
+                torch.zeros((0, 3), dtype=torch.int32, device=device),
+            )
+        geometry = _Geometry(positions, cell, pbc, self.cutoff)
+        if not self._on_device(geometry, pbc, device):
+            return self._from_host(positions, cell, pbc, device)
+        points = device_positions
+        if geometry.cell_offsets is not None:  # atoms outside the cell: vesin gets them wrapped, as on the host
+            points = torch.from_numpy(geometry.positions).to(device)
+        box = device_cell if pbc.any() else torch.zeros((3, 3), dtype=torch.float64, device=device)
+        try:
+            pairs, shifts = self._neighbor_list(device).compute(
+                points, box, torch.from_numpy(pbc.copy()), quantities="PS"
+            )
+        except RuntimeError as error:
+            if device.type == "cpu":  # vesin's own refusals, as _Builder says them
+                raise ValueError(f"the neighbor list cannot be built for this structure: {error}") from None
+            self._cuda_failure = first_line(error)
+            warnings.warn(
+                f"vesin-torch could not build the neighbor list on {device} ({self._cuda_failure}); atomplug "
+                "builds it on the CPU from now on (slower for large systems). If vesin ran out of pair "
+                "buffers, set VESIN_CUDA_MAX_PAIRS_PER_POINT higher.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self._from_host(positions, cell, pbc, device)
+        if device.type != "cpu":
+            pairs, shifts = _sort_pairs(pairs, shifts, positions.shape[0])
+        if geometry.cell_offsets is not None:
+            # as _Builder: the shifts for the given positions, and the pairs within the cutoff from them
+            offsets = torch.from_numpy(geometry.cell_offsets).to(device)
+            shifts = shifts + offsets.index_select(0, pairs[:, 0]) - offsets.index_select(0, pairs[:, 1])
+            keep = torch.nonzero(torch_pair_distances(device_positions, device_cell, pairs, shifts) < self.cutoff)
+            keep = keep.reshape(-1)
+            pairs, shifts = pairs.index_select(0, keep), shifts.index_select(0, keep)
+        return pairs, shifts
+
+    def _from_host(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, device: torch.device) -> TorchPairs:
+        pairs, shifts = self._host(positions, cell, pbc)
+        return torch.from_numpy(pairs).to(device), torch.from_numpy(shifts).to(device)
+
+
+def _device_arrays(positions: np.ndarray, cell: np.ndarray, device_positions, device_cell, device) -> TorchPairs:
+    """The device copies of `positions` and `cell` (made here when the caller has none)."""
+    if device_positions is None:
+        device_positions = torch.from_numpy(positions).to(device)
+    if device_cell is None:
+        device_cell = torch.from_numpy(cell).to(device)
+    return device_positions, device_cell
+
+
+def compute_pairs_on_device(
+    positions, cell, pbc, cutoff: float, full_list: bool, device="cpu", device_positions=None, device_cell=None
+) -> TorchPairs:
+    """compute_pairs with the list as tensors on `device` (or on the device of `device_positions`,
+    the device copy of `positions` when the caller has one; `device_cell` likewise)."""
+    positions, cell, pbc = _as_arrays(positions, cell, pbc)
+    device_positions, device_cell = _device_arrays(positions, cell, device_positions, device_cell, device)
+    return _TorchBuilder(cutoff, full_list)(positions, cell, pbc, device_positions, device_cell)
+
+
+class DeviceNeighborListCache:
+    """`NeighborListCache` with the lists on the model's device (torch tensors), and the
+    displacement check and the strict lists' filter done there: the same rebuilds (the same
+    arithmetic on the same float64 numbers) and the same lists.
+
+    `get(positions, cell, pbc, device_positions, device_cell)`: the host arrays (the engine's; used
+    for the box comparison and the checks at a rebuild) and their copies on the device (made here
+    when not given). Returns one (pairs, shifts) tensor pair per request.
+    """
+
+    def __init__(self, requests: Sequence[Request], skin: float = 0.0):
+        if not np.isfinite(skin) or skin < 0.0:
+            raise ValueError(f"neighbor-list skin must be zero or positive, got {skin}")
+        self.requests = [(float(c), bool(f), bool(s)) for c, f, s in requests]
+        self.skin = float(skin)
+        self._builders = [_TorchBuilder(c + self.skin, f) for c, f, _ in self.requests]
+        self.n_builds = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stored lists: the next `get()` rebuilds."""
+        self._reference_positions: Optional[torch.Tensor] = None
+        self._cell: Optional[torch.Tensor] = None
+        self._pbc: Optional[torch.Tensor] = None  # float 0/1, for the jumps
+        self._box = None
+        self._inverse: Optional[torch.Tensor] = None
+        self._last_positions: Optional[torch.Tensor] = None
+        self._lists: List[TorchPairs] = []
+        self._filters: List[Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+
+    def _same_box(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        return self._box == (positions.shape, cell.tobytes(), pbc.tobytes())
+
+    def _moved(self, positions: torch.Tensor, since: Optional[torch.Tensor] = None):
+        """NeighborListCache._moved on the device: the largest squared displacement (a float, the
+        one number that comes back each step) and the lattice jumps (int32 tensor or None)."""
+        displacement = positions - (self._reference_positions if since is None else since)
+        largest = float(_squared_norms(displacement).max()) if displacement.shape[0] else 0.0
+        if not largest > (0.5 * self.skin) ** 2 or self._inverse is None or not math.isfinite(largest):
+            return largest, None
+        jumps = torch.round(displacement @ self._inverse) * self._pbc
+        if not bool(jumps.any()):
+            return largest, None
+        displacement = displacement - jumps @ self._cell
+        largest = float(_squared_norms(displacement).max())
+        return largest, jumps.to(torch.int32)
+
+    def distance_squared(self, positions, cell, pbc, device_positions=None, device_cell=None) -> float:
+        """NeighborListCache.distance_squared (for DeviceTrajectoryCaches)."""
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        if not self._same_box(positions, cell, pbc):
+            return float("inf")
+        device_positions, _ = _device_arrays(positions, cell, device_positions, self._cell, self._device())
+        return self._moved(device_positions, since=self._last_positions)[0]
+
+    def _device(self) -> torch.device:
+        return self._reference_positions.device if self._reference_positions is not None else torch.device("cpu")
+
+    def _build(
+        self,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        pbc: np.ndarray,
+        device_positions: torch.Tensor,
+        device_cell: torch.Tensor,
+    ) -> None:
+        self._lists = [build(positions, cell, pbc, device_positions, device_cell) for build in self._builders]
+        self._filters = [
+            (
+                (pairs[:, 0].contiguous(), pairs[:, 1].contiguous(), shifts.to(device_cell.dtype) @ device_cell)
+                if strict and self.skin > 0.0
+                else None
+            )
+            for (_cutoff, _full, strict), (pairs, shifts) in zip(self.requests, self._lists)
+        ]
+        self._reference_positions = device_positions.clone()
+        self._cell = device_cell.clone()
+        self._pbc = torch.from_numpy(pbc.astype(np.float64)).to(device_positions.device)
+        self._box = (positions.shape, cell.tobytes(), pbc.tobytes())
+        self._inverse = None
+        with np.errstate(over="ignore", divide="ignore"):
+            invertible = pbc.any() and abs(np.linalg.det(cell)) > 0.0
+        if invertible:
+            inverse = np.linalg.inv(cell)
+            if np.all(_face_distances(inverse)[pbc] > self.skin):
+                self._inverse = torch.from_numpy(inverse).to(device_positions.device)
+        self.n_builds += 1
+
+    def get(self, positions, cell, pbc, device_positions=None, device_cell=None, device="cpu") -> List[TorchPairs]:
+        """One (pairs, shifts) per request for these positions: the stored lists while they hold,
+        else rebuilt. Without device copies, they are made on `device`."""
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        device_positions, device_cell = _device_arrays(positions, cell, device_positions, device_cell, device)
+        lists = self._reuse(positions, cell, pbc, device_positions, device_cell)
+        if lists is None:
+            self._build(positions, cell, pbc, device_positions, device_cell)
+            self._last_positions = device_positions.clone()
+            lists = list(self._lists) if self.skin == 0.0 else self._current(device_positions, device_cell, None)
+        return lists
+
+    def _reuse(self, positions, cell, pbc, device_positions, device_cell) -> Optional[List[TorchPairs]]:
+        """NeighborListCache._reuse with device copies."""
+        if self.skin == 0.0 or not self._same_box(positions, cell, pbc):
+            return None
+        if device_positions.device != self._reference_positions.device:
+            return None
+        largest, jumps = self._moved(device_positions)
+        if not math.isfinite(largest):
+            _check_inputs(positions, cell, pbc, 1.0)
+        if largest > (0.5 * self.skin) ** 2:
+            return None
+        self._last_positions = device_positions.clone()
+        return self._current(device_positions, device_cell, jumps)
+
+    def _current(self, positions: torch.Tensor, cell: torch.Tensor, jumps: Optional[torch.Tensor]) -> List[TorchPairs]:
+        """NeighborListCache._current on the device."""
+        result = []
+        for (cutoff, _full, strict), (pairs, shifts), gather in zip(self.requests, self._lists, self._filters):
+            if jumps is not None:
+                shifts = shifts + jumps.index_select(0, pairs[:, 0]) - jumps.index_select(0, pairs[:, 1])
+            if strict:
+                first, second, shift_vectors = gather
+                vectors = positions.index_select(0, second) - positions.index_select(0, first)
+                vectors += shift_vectors if jumps is None else shifts.to(cell.dtype) @ cell
+                keep = torch.nonzero(torch.sqrt(_squared_norms(vectors)) < cutoff).reshape(-1)
+                if keep.shape[0] < pairs.shape[0]:
+                    pairs, shifts = pairs.index_select(0, keep), shifts.index_select(0, keep)
+            result.append((pairs, shifts))
+        return result
+
+
+class DeviceTrajectoryCaches(TrajectoryCaches):
+    """`TrajectoryCaches` of `DeviceNeighborListCache`s (i-PI's beads with the model on a GPU):
+    `get(positions, cell, pbc, device_positions, device_cell)`."""
+
+    def get(self, positions, cell, pbc, device_positions=None, device_cell=None, device="cpu") -> List[TorchPairs]:
+        positions, cell, pbc = _as_arrays(positions, cell, pbc)
+        device_positions, device_cell = _device_arrays(positions, cell, device_positions, device_cell, device)
+        previous = self.caches[0] if self.caches else None
+        hint = self._after.get(previous)
+        for cache in ([hint] if hint is not None else []) + [c for c in self.caches if c is not hint]:
+            lists = cache._reuse(positions, cell, pbc, device_positions, device_cell)
+            if lists is not None:
+                self._use(cache, previous)
+                return lists
+        best, best_move = None, math.inf
+        for cache in self.caches:
+            move = cache.distance_squared(positions, cell, pbc, device_positions, device_cell)
+            if move < best_move:
+                best, best_move = cache, move
+        if best is not None and best_move <= (0.5 * self.skin) ** 2:
+            cache = best
+        elif len(self.caches) < self.max_caches:
+            cache = DeviceNeighborListCache(self.requests, self.skin)
+        else:
+            cache = self.caches[-1]
+        lists = cache.get(positions, cell, pbc, device_positions, device_cell)
+        self._use(cache, previous)
+        return lists

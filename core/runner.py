@@ -3,12 +3,21 @@
 `ModelRunner` turns structures into the entry point's tensors: it builds the neighbor lists the
 model asks for (in the engine's length unit, reusing them across MD steps through a Verlet skin)
 and hands back numpy arrays in the engine's units. All physics stays in the entry point.
+
+Where the lists are built (`neighbor_backend`): "numpy", on the host (vesin, core/neighbors.py),
+the path of every CPU run; "torch", as tensors on the model's device (vesin-torch), with the
+Verlet-skin check and the strict lists' filter there too, so that a GPU step copies the positions
+to the device once and the results back once, and no per-pair array crosses the bus; "auto" (the
+default) takes "torch" for a CUDA device and "numpy" otherwise. The environment variable
+ATOMPLUG_NEIGHBOR_BACKEND sets the choice for runners that do not name one (e.g. to run a whole
+test suite on the torch path on a CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -16,7 +25,17 @@ import torch
 
 from .archive import LoadedModel, check_device, load_model
 from .errors import describe_model_error, first_line
-from .neighbors import NeighborListCache, compute_pairs
+from .neighbors import (
+    VESIN_TORCH_MISSING,
+    DeviceNeighborListCache,
+    DeviceTrajectoryCaches,
+    NeighborListCache,
+    TrajectoryCaches,
+    _TorchBuilder,
+    _vesin_torch,
+    compute_pairs,
+    vesin_torch_available,
+)
 from .units import engine_quantity_units
 
 
@@ -118,6 +137,36 @@ def describe_types(types: Sequence[int]) -> str:
     return ", ".join(labels)
 
 
+NEIGHBOR_BACKENDS = ("auto", "numpy", "torch")
+NEIGHBOR_BACKEND_VARIABLE = "ATOMPLUG_NEIGHBOR_BACKEND"
+
+
+def choose_neighbor_backend(requested: Optional[str], device: torch.device) -> str:
+    """Where the lists are built for `requested` ("auto", "numpy" or "torch"; None: the
+    environment variable ATOMPLUG_NEIGHBOR_BACKEND, else "auto") on `device`: "numpy" or "torch"."""
+    where = "neighbor_backend"
+    if requested is None:
+        requested = os.environ.get(NEIGHBOR_BACKEND_VARIABLE, "") or "auto"
+        where = NEIGHBOR_BACKEND_VARIABLE
+    if requested not in NEIGHBOR_BACKENDS:
+        raise ValueError(f"{where} must be one of {', '.join(NEIGHBOR_BACKENDS)}, got {requested!r}")
+    if requested == "auto":
+        if device.type != "cuda":
+            return "numpy"
+        if vesin_torch_available():
+            return "torch"
+        warnings.warn(
+            f"{VESIN_TORCH_MISSING}: until then the neighbor lists of this {device} model are built on the CPU "
+            "and copied to the device at every step",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numpy"
+    if requested == "torch":
+        _vesin_torch()  # an ImportError naming the fix, now rather than at the first step
+    return requested
+
+
 def as_structure(item: Any, input_names: Sequence[str] = ()) -> Structure:
     if isinstance(item, Structure):
         return item
@@ -138,6 +187,7 @@ class ModelRunner:
         skin: float = 0.0,
         device: Optional[str] = None,
         quantity_units: Optional[Dict[str, str]] = None,
+        neighbor_backend: Optional[str] = None,
     ):
         self.model = model if isinstance(model, LoadedModel) else load_model(os.fspath(model), device)
         self.device = torch.device(check_device(device or "cpu", self.model.capabilities.supported_devices))
@@ -151,7 +201,13 @@ class ModelRunner:
                 f"engine units (length {length_unit!r}, energy {energy_unit!r}): {first_line(error)}: give a "
                 "length unit as length_unit and an energy unit as energy_unit"
             ) from error
-        self.cache = NeighborListCache(self.requests, skin=skin)
+        self.neighbor_backend = choose_neighbor_backend(neighbor_backend, self.device)
+        if self.neighbor_backend == "torch":
+            self.cache = DeviceNeighborListCache(self.requests, skin=skin)
+            self._device_builders = [_TorchBuilder(cutoff, full) for cutoff, full, _strict in self.requests]
+            self._device_copies: Dict[str, tuple] = {}  # what stays on the device between steps: see _held
+        else:
+            self.cache = NeighborListCache(self.requests, skin=skin)
         schema = self.model.module.forward.schema
         arguments = {argument.name for argument in schema.arguments}
         self._takes_non_conservative = "non_conservative" in arguments
@@ -232,6 +288,13 @@ class ModelRunner:
             tensors[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts))).to(self.device)
         return tensors
 
+    def trajectory_caches(self, max_caches: int = 16):
+        """A cache per trajectory (TrajectoryCaches), for an engine that interleaves several
+        (i-PI's beads): on the device when the lists are (`neighbor_backend`). Assign it to
+        `self.cache`."""
+        kind = DeviceTrajectoryCaches if self.neighbor_backend == "torch" else TrajectoryCaches
+        return kind(self.requests, skin=self.cache.skin, max_caches=max_caches)
+
     def neighbor_lists(self, structure: Structure, use_cache: bool) -> List[tuple]:
         if use_cache:
             return self.cache.get(structure.positions, structure.cell, structure.pbc)
@@ -272,34 +335,38 @@ class ModelRunner:
             self.check_types(structure, index if len(batch) > 1 else None)
         if use_cache is None:
             use_cache = len(batch) == 1
-        pairs: List[List[np.ndarray]] = [[] for _ in self.requests]
-        shifts: List[List[np.ndarray]] = [[] for _ in self.requests]
-        offset = 0
-        for structure in batch:
-            for index, (p, s) in enumerate(self.neighbor_lists(structure, use_cache)):
-                pairs[index].append(p + offset if offset else p)
-                shifts[index].append(s)
-            offset += len(structure)
-
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-
-        if len(batch) == 1:
-            structure = batch[0]
-            positions = tensor(structure.positions)
-            types = tensor(structure.types)
-            cells = tensor(structure.cell[None])
-            pbcs = tensor(structure.pbc[None])
-            pair_tensors = [tensor(p[0]) for p in pairs]
-            shift_tensors = [tensor(s[0]) for s in shifts]
+        on_device = self.neighbor_backend == "torch"
+        if on_device:
+            positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors = self._device_tensors(batch, use_cache)
         else:
-            positions = tensor(np.concatenate([s.positions for s in batch]))
-            types = tensor(np.concatenate([s.types for s in batch]))
-            cells = tensor(np.stack([s.cell for s in batch]))
-            pbcs = tensor(np.stack([s.pbc for s in batch]))
-            pair_tensors = [tensor(np.concatenate(p)) for p in pairs]
-            shift_tensors = [tensor(np.concatenate(s)) for s in shifts]
-        sizes = torch.tensor([len(s) for s in batch], dtype=torch.int64, device=self.device)
+            pairs: List[List[np.ndarray]] = [[] for _ in self.requests]
+            shifts: List[List[np.ndarray]] = [[] for _ in self.requests]
+            offset = 0
+            for structure in batch:
+                for index, (p, s) in enumerate(self.neighbor_lists(structure, use_cache)):
+                    pairs[index].append(p + offset if offset else p)
+                    shifts[index].append(s)
+                offset += len(structure)
+
+            def tensor(array: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+            if len(batch) == 1:
+                structure = batch[0]
+                positions = tensor(structure.positions)
+                types = tensor(structure.types)
+                cells = tensor(structure.cell[None])
+                pbcs = tensor(structure.pbc[None])
+                pair_tensors = [tensor(p[0]) for p in pairs]
+                shift_tensors = [tensor(s[0]) for s in shifts]
+            else:
+                positions = tensor(np.concatenate([s.positions for s in batch]))
+                types = tensor(np.concatenate([s.types for s in batch]))
+                cells = tensor(np.stack([s.cell for s in batch]))
+                pbcs = tensor(np.stack([s.pbc for s in batch]))
+                pair_tensors = [tensor(np.concatenate(p)) for p in pairs]
+                shift_tensors = [tensor(np.concatenate(s)) for s in shifts]
+            sizes = torch.tensor([len(s) for s in batch], dtype=torch.int64, device=self.device)
         selected = None
         if selected_atoms is not None:
             selected = torch.as_tensor(np.asarray(selected_atoms, dtype=np.int64), device=self.device)
@@ -333,6 +400,95 @@ class ModelRunner:
             raw = self.model.forward(*arguments)
         except torch.jit.Error as error:
             raise ValueError(describe_model_error(error)) from None
+        if on_device:
+            result = _to_host(raw)
+            result["system_sizes"] = np.array([len(s) for s in batch], dtype=np.int64)
+            return result
         result = {key: value.cpu().numpy() for key, value in raw.items()}
         result["system_sizes"] = sizes.cpu().numpy()
         return result
+
+    # -- the lists on the model's device (neighbor_backend "torch") ---------------------------
+    def _held(self, key: str, array: np.ndarray) -> torch.Tensor:
+        """The device copy of `array`, copied again only when its bytes changed: types, cells,
+        pbc and sizes stay on the device across MD steps (the positions alone travel)."""
+        held = self._device_copies.get(key)
+        if held is not None:
+            host, tensor = held
+            if (
+                host.shape == array.shape
+                and host.dtype == array.dtype
+                and np.array_equal(host.view(np.uint8), array.view(np.uint8))
+            ):
+                return tensor
+        host = np.array(array, copy=True, order="C")
+        tensor = torch.from_numpy(host.copy()).to(self.device)
+        self._device_copies[key] = (host, tensor)
+        return tensor
+
+    def _device_tensors(self, batch: Sequence[Structure], use_cache: bool):
+        """The entry point's tensors with the neighbor lists built on the model's device: the
+        positions are copied there once; the lists, the skin check and the filter run there."""
+        if len(batch) == 1:
+            structure = batch[0]
+            host_positions, host_types = structure.positions, structure.types
+            host_cells, host_pbcs = structure.cell[None], structure.pbc[None]
+        else:
+            host_positions = np.concatenate([s.positions for s in batch])
+            host_types = np.concatenate([s.types for s in batch])
+            host_cells = np.stack([s.cell for s in batch])
+            host_pbcs = np.stack([s.pbc for s in batch])
+        positions = torch.from_numpy(host_positions).to(self.device)  # the one per-step copy
+        types = self._held("types", host_types)
+        cells = self._held("cells", host_cells)
+        pbcs = self._held("pbcs", host_pbcs)
+        sizes = self._held("sizes", np.array([len(s) for s in batch], dtype=np.int64))
+        pairs: List[List[torch.Tensor]] = [[] for _ in self.requests]
+        shifts: List[List[torch.Tensor]] = [[] for _ in self.requests]
+        offset = 0
+        for index, structure in enumerate(batch):
+            n_atoms = len(structure)
+            device_positions = positions if len(batch) == 1 else positions[offset : offset + n_atoms]
+            device_cell = cells[index]
+            if use_cache:
+                lists = self.cache.get(
+                    structure.positions, structure.cell, structure.pbc, device_positions, device_cell
+                )
+            else:
+                lists = [
+                    build(structure.positions, structure.cell, structure.pbc, device_positions, device_cell)
+                    for build in self._device_builders
+                ]
+            for request, (p, s) in enumerate(lists):
+                pairs[request].append(p + offset if offset else p)
+                shifts[request].append(s)
+            offset += n_atoms
+        if len(batch) == 1:
+            pair_tensors = [p[0] for p in pairs]
+            shift_tensors = [s[0] for s in shifts]
+        else:
+            pair_tensors = [torch.cat(p) for p in pairs]
+            shift_tensors = [torch.cat(s) for s in shifts]
+        return positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors
+
+
+def _to_host(raw: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """The entry point's results as numpy arrays, in one device-to-host copy per dtype (the
+    results of a step: energy, forces, virial... come back together)."""
+    groups: Dict[torch.dtype, List[str]] = {}
+    for key, value in raw.items():
+        groups.setdefault(value.dtype, []).append(key)
+    result: Dict[str, np.ndarray] = {}
+    for names in groups.values():
+        values = [raw[name] for name in names]
+        if len(values) == 1 or values[0].device.type == "cpu":
+            for name, value in zip(names, values):
+                result[name] = value.detach().cpu().numpy()
+            continue
+        flat = torch.cat([value.detach().reshape(-1) for value in values]).cpu().numpy()
+        start = 0
+        for name, value in zip(names, values):
+            stop = start + value.numel()
+            result[name] = flat[start:stop].reshape(tuple(value.shape))
+            start = stop
+    return result

@@ -21,7 +21,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from atomplug.core.contract import PER_ATOM_SUFFIX
-from atomplug.core.neighbors import TrajectoryCaches
 from atomplug.core.runner import ATOMS_INPUTS, ModelRunner, Structure, describe_types, inputs_from_atoms
 from atomplug.core.units import engine_quantity_units
 
@@ -171,6 +170,7 @@ class IPIEvaluator:
         spin: Optional[float] = None,
         variant: str = "",
         input_flags: Tuple[str, str] = ("--charge", "--spin"),
+        neighbor_backend: Optional[str] = None,
     ):
         from atomplug.core.archive import load_model
 
@@ -198,6 +198,7 @@ class IPIEvaluator:
                 skin=skin_bohr,
                 device=device,
                 quantity_units=engine_quantity_units("ipi"),
+                neighbor_backend=neighbor_backend,
             )
         except ValueError as error:
             raise DriverError(str(error)) from None
@@ -255,9 +256,8 @@ class IPIEvaluator:
         self.name = name
         # one Verlet-skin cache per trajectory (bead) this client serves; i-PI wraps atoms back into
         # the box, which the caches do not count as moves
-        self.runner.cache = TrajectoryCaches(
-            self.runner.requests, skin=skin_bohr, max_caches=min(16, 200_000 // max(self.n_atoms, 1))
-        )
+        # (on the model's device when the lists are: ModelRunner's neighbor_backend)
+        self.runner.cache = self.runner.trajectory_caches(max_caches=min(16, 200_000 // max(self.n_atoms, 1)))
         self._zero_cell = np.zeros((3, 3))
         self._periodic = bool(self.pbc.any())
         self._single = Structure(self.types, np.zeros((self.n_atoms, 3)), self._zero_cell, self.pbc, self.inputs)
