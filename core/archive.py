@@ -338,4 +338,7 @@ def _header_of_bytes(archive: bytes, path: str) -> Dict:
     with tempfile.NamedTemporaryFile(suffix=".pt") as handle:
         handle.write(archive)
         handle.flush()
-        return read_header(handle.name)
+        try:
+            return read_header(handle.name)
+        except ValueError as error:  # named after the file the bytes came from, not the copy
+            raise ValueError(str(error).replace(repr(handle.name), repr(path))) from None

@@ -19,6 +19,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .errors import first_line
+from .package_messages import package_message, package_refusal
 from .program import MIN_ATOMS, MIN_PAIRS, NON_CONSERVATIVE, ProgramLayout
 
 PACKAGE_MODEL_FILE = "atomplug-model.pt"  # the archive, inside the package
@@ -58,27 +59,39 @@ class CompiledProgram:
             )
         return self._factors[key]
 
+    @staticmethod
+    def _shapes_taken(positions, types, pbcs, pairs, shifts) -> bool:
+        """Whether the inputs have the shapes and types the program takes (AOTInductor does not
+        check them all): positions [N,3], types [N], one pbc row, int64 pairs [P,2], shifts [P,3]."""
+        n_atoms = positions.shape[0]
+        if positions.dim() != 2 or positions.shape[1] != 3 or types.shape != (n_atoms,) or pbcs.shape != (1, 3):
+            return False
+        for index in range(len(pairs)):
+            pair, shift = pairs[index], shifts[index]
+            if pair.dtype != torch.int64 or pair.dim() != 2 or pair.shape[1] != 2 or shift.shape != (pair.shape[0], 3):
+                return False
+        return True
+
     def refusal(self, arguments: Sequence) -> Optional[str]:
         """Why the package cannot answer this call at all (what it was not compiled for), or None."""
         layout = self.layout
         outputs, gradient_output = arguments[7], arguments[9]
         compute_forces, compute_virial, compute_atomic_virial = arguments[10], arguments[11], arguments[12]
         non_conservative = len(arguments) > 15 and bool(arguments[15])
-        fix = f"run the model archive ({self.path!r} was compiled from it) for that"
         if non_conservative:
-            return f"a compiled package computes forces from the energy only, not non-conservative forces: {fix}"
+            return package_refusal("non_conservative", self.path)
         if len(arguments) > 18 and arguments[18] is not None:
-            return f"a compiled package runs without a ghost exchange: {fix}"
+            return package_refusal("ghost_exchange", self.path)
         for request in outputs:
             name = request[: -len("/per_atom")] if request.endswith("/per_atom") else request
             if name in NON_CONSERVATIVE:
-                return f"the package was not compiled for the output '{name}' (non-conservative): {fix}"
+                return package_refusal("output", self.path, name=name)
         if compute_forces or compute_virial or compute_atomic_virial:
             if gradient_output != layout.gradient:
                 compiled = f"'{layout.gradient}'" if layout.gradient else "no output"
-                return f"the package was compiled for the derivatives of {compiled}, not of '{gradient_output}': {fix}"
+                return package_refusal("gradient", self.path, compiled=compiled, gradient_output=gradient_output)
             if compute_atomic_virial and not layout.atomic_virial:
-                return f"the package has no per-atom virial of an output with several properties: {fix}"
+                return package_refusal("atomic_virial", self.path)
         return None
 
     def __call__(self, model, arguments: Sequence) -> Optional[Dict[str, torch.Tensor]]:
@@ -94,6 +107,8 @@ class CompiledProgram:
             return None
         if any(p.shape[0] < MIN_PAIRS for p in pairs) or positions.dtype != torch.float64:
             return None
+        if not self._shapes_taken(positions, types, pbcs, pairs, shifts):
+            return None  # shapes the program was not compiled for: the entry point names the problem
         for request in outputs:
             name = request[: -len("/per_atom")] if request.endswith("/per_atom") else request
             if name not in layout.outputs:
@@ -169,26 +184,24 @@ def open_package(path: str, header: Dict, device: Optional[str]):
     its checks: compiled for this torch and `device`, its archive intact, not stale (the model it
     was compiled from, still next to it, holds other bytes now)."""
     record = header["package"]
-    fix = f"compile it again: `atomplug compile {record.get('model_file', 'MODEL.pt')}`"
+    model_file = str(record.get("model_file") or "MODEL.pt")
+
+    def refuse(fault: str, **values) -> ValueError:
+        return ValueError(package_message(fault, path, model_file, **values))
+
     if record.get("torch_version") != torch.__version__:
-        raise ValueError(
-            f"{path!r} was compiled for torch {record.get('torch_version')}, this is torch {torch.__version__}: {fix}"
-        )
+        raise refuse("torch_version", compiled=record.get("torch_version"), running=torch.__version__)
     wanted = torch.device(device or "cpu").type
     if record.get("device") != wanted:
-        raise ValueError(
-            f"{path!r} was compiled for device {record.get('device')!r}, not {wanted!r}: {fix} --device {wanted}"
-        )
+        raise refuse("device", compiled=repr(record.get("device")), wanted=repr(wanted), device=wanted)
     archive = archive_entry(path, PACKAGE_MODEL_FILE, PACKAGE_FOLDER)
     if archive is None or hashlib.sha256(archive).hexdigest() != record.get("model_sha256"):
-        raise ValueError(f"{path!r} is a damaged compiled package (its model archive is missing or altered): {fix}")
+        raise refuse("damaged")
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), str(record.get("model_file", "")))
     if record.get("model_file") and os.path.isfile(sibling):
         with open(sibling, "rb") as handle:
             if handle.read() != archive:
-                raise ValueError(
-                    f"{path!r} is stale: {record['model_file']} next to it changed since it was compiled: {fix}"
-                )
+                raise refuse("stale")
     try:
         # libtorch's loader itself (what torch._inductor.aoti_load_package wraps), without the
         # ~1 s import of torch._inductor: a package loads in a few ms
@@ -197,6 +210,6 @@ def open_package(path: str, header: Dict, device: Optional[str]):
             path, "model", False, 1, -1 if device_index is None else device_index
         )
     except Exception as error:
-        raise ValueError(f"{path!r}: libtorch could not load the compiled code ({first_line(error)}): {fix}") from error
+        raise refuse("not_loadable", reason=first_line(error)) from error
     layout = ProgramLayout.from_dict(record["layout"])
     return archive, CompiledProgram(runner, layout, record.get("model_file", path))

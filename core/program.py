@@ -283,8 +283,7 @@ def load_program(data: bytes):
             return torch.export.load(io.BytesIO(data))
     except pickle.UnpicklingError:
         raise ValueError(
-            "the archive's program holds pickled objects, which atomplug never writes nor loads: export the model "
-            "again"
+            "the archive's program holds pickled objects, which atomplug never writes nor loads: export the model again"
         ) from None
     finally:
         torch.load, torch._C._pickle_load_obj, _package.pickle = real_load, real_pickle_load, saved_pickle

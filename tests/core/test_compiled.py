@@ -342,7 +342,9 @@ def test_a_program_with_pickled_objects_is_refused_unread():
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     real_load, real_loads = torch.load, pickle.loads
-    with pytest.raises(ValueError, match="holds pickled objects, which atomplug never writes nor loads: export the model again"):
+    with pytest.raises(
+        ValueError, match="holds pickled objects, which atomplug never writes nor loads: export the model again"
+    ):
         load_program(buffer.getvalue())
     assert torch.load is real_load and pickle.loads is real_loads  # restored
 
