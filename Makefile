@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atomplug-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup plugins clean fuzz soak lint format
+.PHONY: demo test bench setup plugins clean fuzz soak lint format gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -68,6 +68,24 @@ fuzz: $(STAMP)
 # Long run (not in CI): 100,000 ASE MD steps; fails if RSS grows > 5 % after warm-up or energy drifts.
 soak: $(STAMP)
 	$(PY) benchmarks/soak.py
+
+# Issue 19, on a machine with a CUDA GPU: the CUDA tests and the GPU benchmark rows ->
+# benchmarks/results-gpu.md, in < 8 minutes, downloading nothing (docs/gpu.md). Without a GPU it says so
+# and exits 0. It needs no .venv (a GPU machine may have no package registry): GPU_PYTHON is the GPU
+# machine's python with its CUDA torch; what that machine lacks comes from the wheels in .whl/, which
+# `make gpu-wheels` fetches beforehand on a machine with a registry (~18 MB; git ignores .whl/).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS ?= .whl
+GPU_WHEEL_PYTHON ?= 3.12
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	$(GPU_PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform any -d $(GPU_WHEELS) \
+		ase==3.29.0 vesin==0.6.2 vesin-torch==0.6.2 torchani==2.2.4 lark-parser==0.12.0 setuptools==80.9.0 \
+		importlib_metadata==8.5.0 zipp==3.21.0
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
