@@ -49,8 +49,9 @@ DEFAULT_OUTPUT = os.path.join(HERE, "results-gpu.md")
 DEFAULT_WHEELS = os.path.join(REPOSITORY, ".whl")
 STAGES = ("tests", "ani", "lj", "cold")
 BUDGET_S = 470.0  # the 8 minutes, less a margin for writing the file
-# each stage's share of the budget (seconds); prepare first, the rest in order, each cut to what is left
-LIMITS_S = {"prepare": 90.0, "tests": 110.0, "ani": 130.0, "lj": 90.0, "cold": 50.0}
+# the most each stage may take (seconds; together more than the budget: each is also cut to what is
+# left of the budget, and a stage that ends early leaves its time to the next ones)
+LIMITS_S = {"prepare": 90.0, "tests": 150.0, "ani": 130.0, "lj": 90.0, "cold": 50.0}
 # modules the stages import, and the wheel (distribution) that brings each
 NEEDED = {"ase": "ase", "vesin": "vesin", "vesin_torch": "vesin-torch", "torchani": "torchani"}
 
