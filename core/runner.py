@@ -472,16 +472,18 @@ class ModelRunner:
         return positions, types, cells, pbcs, sizes, pair_tensors, shift_tensors
 
 
-def _to_host(raw: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+def _to_host(raw: Dict[str, torch.Tensor], together: Optional[bool] = None) -> Dict[str, np.ndarray]:
     """The entry point's results as numpy arrays, in one device-to-host copy per dtype (the
-    results of a step: energy, forces, virial... come back together)."""
+    results of a step: energy, forces, virial... come back together). `together`: whether to
+    gather them first (default: for results on an accelerator; on the CPU there is no copy)."""
     groups: Dict[torch.dtype, List[str]] = {}
     for key, value in raw.items():
         groups.setdefault(value.dtype, []).append(key)
     result: Dict[str, np.ndarray] = {}
     for names in groups.values():
         values = [raw[name] for name in names]
-        if len(values) == 1 or values[0].device.type == "cpu":
+        gather = values[0].device.type != "cpu" if together is None else together
+        if len(values) == 1 or not gather:
             for name, value in zip(names, values):
                 result[name] = value.detach().cpu().numpy()
             continue

@@ -291,8 +291,50 @@ def test_results_come_back_whole(device):
         "features": torch.arange(4.0, dtype=torch.float32, device=device).reshape(4, 1),
         "empty": torch.zeros((0, 3), dtype=torch.float64, device=device),
     }
-    result = _to_host(raw)
-    assert set(result) == set(raw)
-    for key, value in raw.items():
-        assert isinstance(result[key], np.ndarray) and result[key].dtype == value.cpu().numpy().dtype
-        assert np.array_equal(result[key], value.cpu().numpy()), key
+    for together in (None, True, False):  # (gathered by default only off the CPU: forced here too)
+        result = _to_host(raw, together)
+        assert set(result) == set(raw)
+        for key, value in raw.items():
+            assert isinstance(result[key], np.ndarray) and result[key].dtype == value.cpu().numpy().dtype
+            assert result[key].shape == tuple(value.shape) and np.array_equal(result[key], value.cpu().numpy()), key
+
+
+def test_gpu_search_is_used_where_vesins_kernels_hold_and_falls_back_once():
+    """Which structures vesin's CUDA kernels search (3D-periodic cells at least two cutoffs wide),
+    decided without a GPU; a CUDA failure sends that list to the host from then on."""
+    from atomplug.core.neighbors import _Geometry, _TorchBuilder
+
+    builder = _TorchBuilder(5.0, full_list=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def decision(name, device):
+        n, cell, pbc, cutoff, outside = CASES[name]
+        positions, cell, pbc = random_system(n, cell, pbc, seed=1, outside=outside)
+        return builder._on_device(_Geometry(positions, cell, pbc, builder.cutoff), pbc, device)
+
+    on_gpu = {name: decision(name, cuda) for name in CASES}
+    assert on_gpu == {
+        "periodic-cubic": True,
+        "periodic-triclinic": False,  # faces 6.4-8 A apart: narrower than two 5 A cutoffs
+        "periodic-triclinic-wide": True,
+        "periodic-atoms-outside-the-cell": True,
+        "slab": False,
+        "wire": False,
+        "cell-smaller-than-cutoff": False,
+        "isolated": False,
+    }
+    assert all(decision(name, cpu) for name in CASES), "on the CPU vesin-torch searches all of them"
+    builder._cuda_failure = "The number of neighbor pairs exceeds the maximum capacity"
+    assert not decision("periodic-cubic", cuda) and decision("periodic-cubic", cpu)
+
+
+def test_gpu_pairs_are_put_in_a_canonical_order():
+    from atomplug.core.neighbors import _sort_pairs
+
+    n, cell, pbc, cutoff, _ = CASES["periodic-triclinic-wide"]
+    positions, cell, pbc = random_system(n, cell, pbc, seed=3)
+    pairs, shifts = compute_pairs_on_device(positions, cell, pbc, cutoff, True)
+    shuffled = torch.randperm(pairs.shape[0], generator=torch.Generator().manual_seed(0))
+    ordered_pairs, ordered_shifts = _sort_pairs(pairs[shuffled], shifts[shuffled], n)
+    rows = np.concatenate([host(ordered_pairs), host(ordered_shifts)], axis=1)
+    assert np.array_equal(rows, sorted_rows(host(pairs), host(shifts))), "by (i, j), each pair once"
