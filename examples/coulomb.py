@@ -50,7 +50,9 @@ class CutCoulomb(torch.nn.Module):
             second = neighbors.pairs[:, 1]
             pair_energy = self.coulomb_constant * charges[first] * charges[second] / neighbors.distances()
             if per_atom:
-                atomic = torch.zeros(system.positions.shape[0], dtype=system.positions.dtype, device=system.positions.device)
+                atomic = torch.zeros(
+                    system.positions.shape[0], dtype=system.positions.dtype, device=system.positions.device
+                )
                 atomic = atomic.index_add(0, first, 0.5 * pair_energy)
                 energies.append(atomic.index_add(0, second, 0.5 * pair_energy))
             else:

@@ -52,7 +52,9 @@ class LennardJones(torch.nn.Module):
             ratio6 = (self.sigma * self.sigma / squared) ** 3
             pair_energy = 4.0 * self.epsilon * (ratio6 * ratio6 - ratio6) - self.shift
             if per_atom:
-                atomic = torch.zeros(system.positions.shape[0], dtype=system.positions.dtype, device=system.positions.device)
+                atomic = torch.zeros(
+                    system.positions.shape[0], dtype=system.positions.dtype, device=system.positions.device
+                )
                 # atom i gets half of each of its pair energies (from (i, j), and (j, i) if listed)
                 atomic = atomic.index_add(0, neighbors.pairs[:, 0], 0.5 * pair_energy)
                 if not self.full_list:

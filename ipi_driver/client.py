@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 on i-PI's EXIT; 1 if the server never comes up, disappears, or the model "
         "fails on a structure; 2 for bad input.",
     )
-    parser.add_argument("--model", "-m", required=True, help="exported atomplug model (.pt), or its compiled package (.pt2)")
+    parser.add_argument(
+        "--model", "-m", required=True, help="exported atomplug model (.pt), or its compiled package (.pt2)"
+    )
     parser.add_argument(
         "--structure",
         "-s",
