@@ -57,7 +57,7 @@ class LoadedModel:
         self.exported_with_torch = str(header.get("torch_version", "unknown"))
         self.forward_calls = 0
         self.optimized = False  # whether forward runs optimised, on the second copy
-        # a compiled package's native program (core.compiled.CompiledProgram) and its record
+        # a compiled package's native program (core.package.CompiledProgram) and its record
         self.compiled = None
         self.package: Optional[Dict] = None
         self.program = header.get("program") or {"captured": False, "reason": "exported before programs existed"}

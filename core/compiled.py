@@ -179,8 +179,8 @@ def check_package(reference, compiled, tolerance: float) -> float:
 
 
 def check_structures(model) -> list:
-    """A periodic and an isolated cluster of every known type, the sizes of the export check."""
-    from .program import example_inputs  # noqa: F401  (same idea: small clusters within one cutoff)
+    """The compile check's structures: one cluster of every known type, about one cutoff wide, in a
+    periodic cell, in a skewed slab and isolated."""
     from .runner import Structure
 
     generator = torch.Generator().manual_seed(20261207)
@@ -190,7 +190,6 @@ def check_structures(model) -> list:
     reach = max([r[0] for r in model.neighbor_requests(model.capabilities.length_unit)] + [1.0])
     box = 1.1 * reach
     positions = (torch.rand((n_atoms, 3), generator=generator, dtype=torch.float64) * box).numpy()
-    # atoms at least 0.3 of the reach apart would be physical; models only need them not to overlap
     cell = torch.eye(3, dtype=torch.float64).numpy() * box
     skewed = cell.copy()
     skewed[1, 0] = 0.2 * box
@@ -199,10 +198,3 @@ def check_structures(model) -> list:
         Structure(numbers, positions, skewed, [True, True, False]),
         Structure(numbers, positions, 0 * cell, [False, False, False]),
     ]
-
-
-def load_package(path: str, device: Optional[str] = None):
-    """A package's LoadedModel (what load_model gives for a .pt2)."""
-    from .archive import load_model
-
-    return load_model(path, device)
