@@ -276,6 +276,13 @@ def pair_distances(positions: np.ndarray, cell: np.ndarray, pairs: np.ndarray, s
     return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
 
 
+def cache_settings(requests: Sequence[Request], skin: float):
+    """The requests as (cutoff, full_list, strict) and the skin, checked: what every Verlet cache keeps."""
+    if not np.isfinite(skin) or skin < 0.0:
+        raise ValueError(f"neighbor-list skin must be zero or positive, got {skin}")
+    return [(float(c), bool(f), bool(s)) for c, f, s in requests], float(skin)
+
+
 class NeighborListCache:
     """Verlet-skin cache for the lists a model requests, for MD engines that call us every step.
 
@@ -284,10 +291,7 @@ class NeighborListCache:
     """
 
     def __init__(self, requests: Sequence[Request], skin: float = 0.0):
-        if not np.isfinite(skin) or skin < 0.0:
-            raise ValueError(f"neighbor-list skin must be zero or positive, got {skin}")
-        self.requests = [(float(c), bool(f), bool(s)) for c, f, s in requests]
-        self.skin = float(skin)
+        self.requests, self.skin = cache_settings(requests, skin)
         self._builders = [_Builder(c + self.skin, f) for c, f, _ in self.requests]
         self.n_builds = 0
         self.reset()
@@ -692,10 +696,7 @@ class DeviceNeighborListCache:
     """
 
     def __init__(self, requests: Sequence[Request], skin: float = 0.0):
-        if not np.isfinite(skin) or skin < 0.0:
-            raise ValueError(f"neighbor-list skin must be zero or positive, got {skin}")
-        self.requests = [(float(c), bool(f), bool(s)) for c, f, s in requests]
-        self.skin = float(skin)
+        self.requests, self.skin = cache_settings(requests, skin)
         self._builders = [_TorchBuilder(c + self.skin, f) for c, f, _ in self.requests]
         self.n_builds = 0
         self.reset()
