@@ -175,6 +175,8 @@ class Atomplug : public Colvar {
 
   atomplug_core::Model model_;    // forward: see atomplug_core::Model
   torch::Device device_ = torch::kCPU;
+  // each step's tensors to the model's device in one copy and the results back in one (none on the CPU)
+  atomplug_core::DeviceTransfer transfer_;
   std::string output_;
   std::string output_quantity_;    // its quantity ("", "energy", "charge", ...)
   std::string length_unit_;
@@ -216,9 +218,10 @@ class Atomplug : public Colvar {
   void check_positions();
   void add_neighbor_lists();
   c10::Dict<std::string, at::Tensor> model_inputs();
-  torch::jit::IValue call(const torch::Tensor &positions, bool periodic, bool forces, bool virial);
-  torch::jit::IValue run(const torch::Tensor &positions, bool periodic, bool derivatives, bool virial);
-  void set_derivatives(const c10::impl::GenericDict &results, bool virial_from_model);
+  using Results = std::map<std::string, torch::Tensor>;    // name -> float64 host tensor
+  Results call(const torch::Tensor &positions, bool periodic, bool forces, bool virial);
+  Results run(const torch::Tensor &positions, bool periodic, bool derivatives, bool virial);
+  void set_derivatives(const Results &results, bool virial_from_model);
 };
 
 PLUMED_REGISTER_ACTION(Atomplug, "ATOMPLUG")
@@ -300,6 +303,7 @@ atomplug_core::Declaration Atomplug::load_model()
   }
   try {
     model_ = atomplug_core::load_model(path, device_, header);
+    transfer_ = atomplug_core::DeviceTransfer(device_);
   } catch (const atomplug_core::ModelFileError &e) {
     error(e.what());
   } catch (const std::exception &e) {
@@ -619,6 +623,9 @@ Atomplug::~Atomplug()
         getLabel().c_str(), model_.compiled_calls(), model_.compiled_calls() + model_.forward_calls(),
         model_.forward_calls());
   }
+  // a device that packs (a GPU, or ATOMPLUG_ONE_COPY=1): the copies per call
+  if (transfer_.packs() && transfer_.calls() > 0)
+    log.printf("  ATOMPLUG %s: %s\n", getLabel().c_str(), transfer_.summary().c_str());
   if (vesin_library().free != nullptr) {
     for (auto &list : lists_) vesin_library().free(&list);
   }
@@ -696,13 +703,13 @@ void Atomplug::add_neighbor_lists()
       pair_tensor = torch::from_blob(lists_[k].pairs, {length, 2}, torch::dtype(torch::kInt64));
       shift_tensor = torch::from_blob(lists_[k].shifts, {length, 3}, torch::dtype(torch::kInt32));
     }
-    inputs_.neighbor_pairs.push_back(pair_tensor.to(device_));
-    inputs_.neighbor_shifts.push_back(shift_tensor.to(device_));
+    inputs_.neighbor_pairs.push_back(pair_tensor);    // on the host: call() sends them
+    inputs_.neighbor_shifts.push_back(shift_tensor);
   }
 }
 
-// the model's inputs for this step: masses and charges as PLUMED holds them (in the action's atom
-// order, which is the model's), CHARGE and SPIN
+// the model's per-atom inputs for this step, on the host: masses and charges as PLUMED holds them
+// (in the action's atom order, which is the model's); call() sends them and adds CHARGE and SPIN
 c10::Dict<std::string, at::Tensor> Atomplug::model_inputs()
 {
   c10::Dict<std::string, at::Tensor> inputs;
@@ -719,8 +726,7 @@ c10::Dict<std::string, at::Tensor> Atomplug::model_inputs()
       }
     }
     return torch::from_blob(const_cast<double *>(values.data()), {n_atoms}, torch::dtype(torch::kFloat64))
-        .clone()
-        .to(device_);
+        .clone();
   };
   if (needs_masses_) {
     if (!massesWereSet) {
@@ -738,27 +744,60 @@ c10::Dict<std::string, at::Tensor> Atomplug::model_inputs()
     }
     inputs.insert("charges", per_atom(getCharges(), "charges"));
   }
-  for (const auto &entry : fixed_inputs_) inputs.insert(entry.first, entry.second);
   return inputs;
 }
 
-torch::jit::IValue Atomplug::call(const torch::Tensor &positions, bool periodic, bool forces, bool virial)
+// one call of the entry point: this step's host tensors (positions, cell, pairs, masses and charges)
+// sent to the model's device in one copy, its results back in one
+Atomplug::Results Atomplug::call(const torch::Tensor &positions, bool periodic, bool forces, bool virial)
 {
   set_box(periodic);
   check_positions();
   add_neighbor_lists();
   atomplug_core::EntryPointArguments inputs = inputs_;
-  inputs.positions = positions;
-  if (!device_.is_cpu()) inputs.cells = inputs_.cells.to(device_);
   inputs.compute_forces = forces;
   inputs.compute_virial = virial;
   inputs.compute_atomic_virial = false;
-  if (has_model_inputs_) inputs.inputs = model_inputs();
-  return model_.forward(atomplug_core::entry_point_stack(inputs));
+  std::vector<torch::Tensor> host = {positions, inputs_.cells};
+  for (size_t k = 0; k < inputs_.neighbor_pairs.size(); k++) {
+    host.push_back(inputs_.neighbor_pairs.get(k));
+    host.push_back(inputs_.neighbor_shifts.get(k));
+  }
+  c10::Dict<std::string, at::Tensor> given;
+  if (has_model_inputs_) {
+    given = model_inputs();
+    for (const auto &entry : given) host.push_back(entry.value());
+  }
+  const std::vector<torch::Tensor> sent = transfer_.to_device(host);
+  size_t next = 0;
+  inputs.positions = sent[next++];
+  inputs.cells = sent[next++];
+  inputs.neighbor_pairs = c10::List<at::Tensor>();
+  inputs.neighbor_shifts = c10::List<at::Tensor>();
+  for (size_t k = 0; k < inputs_.neighbor_pairs.size(); k++) {
+    inputs.neighbor_pairs.push_back(sent[next++]);
+    inputs.neighbor_shifts.push_back(sent[next++]);
+  }
+  if (has_model_inputs_) {
+    for (auto &entry : given) entry.setValue(sent[next++]);
+    for (const auto &entry : fixed_inputs_) given.insert(entry.first, entry.second);
+    inputs.inputs = given;
+  }
+  const auto output = model_.forward(atomplug_core::entry_point_stack(inputs)).toGenericDict();
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> values;
+  for (const auto &entry : output) {
+    names.push_back(entry.key().toStringRef());
+    values.push_back(entry.value().toTensor());
+  }
+  values = transfer_.to_host(values);
+  Results results;
+  for (size_t k = 0; k < names.size(); k++) results.emplace(names[k], values[k]);
+  return results;
 }
 
 // the entry point's results, or PLUMED's error with core's words for what went wrong in the model
-torch::jit::IValue Atomplug::run(const torch::Tensor &positions, bool periodic, bool derivatives, bool virial)
+Atomplug::Results Atomplug::run(const torch::Tensor &positions, bool periodic, bool derivatives, bool virial)
 {
   try {
     return call(positions, periodic, derivatives, virial);
@@ -780,15 +819,14 @@ void Atomplug::calculate()
   const int64_t n_atoms = static_cast<int64_t>(plumed_positions.size());
   torch::Tensor positions = torch::from_blob(const_cast<Vector *>(plumed_positions.data()), {n_atoms, 3},
                                              torch::dtype(torch::kFloat64));
-  if (!device_.is_cpu()) positions = positions.to(device_);
   const bool derivatives = !doNotCalculateDerivatives();
   const bool periodic = use_pbc_ && getPbc().isSet();
   // Without a periodic cell the CV depends on the box only through the positions, and PLUMED's own
   // setBoxDerivativesNoPbc gives the box derivative from the atom derivatives: no strain needed.
   const bool virial_from_model = derivatives && periodic;
-  auto results = run(positions, periodic, derivatives, virial_from_model).toGenericDict();
+  const Results results = run(positions, periodic, derivatives, virial_from_model);
 
-  torch::Tensor values = results.at(output_).toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  torch::Tensor values = results.at(output_);
   if (values.dim() != 2 || values.size(0) != 1 || values.size(1) != static_cast<int64_t>(n_properties_)) {
     plumed_merror("ATOMPLUG " + getLabel() + ": the model returned '" + output_ + "' with shape " +
                   c10::str(values.sizes()) + ", expected [1, " + std::to_string(n_properties_) +
@@ -799,10 +837,10 @@ void Atomplug::calculate()
   if (derivatives) set_derivatives(results, virial_from_model);
 }
 
-void Atomplug::set_derivatives(const c10::impl::GenericDict &results, bool virial_from_model)
+void Atomplug::set_derivatives(const Results &results, bool virial_from_model)
 {
   const int64_t n_atoms = static_cast<int64_t>(getPositions().size());
-  torch::Tensor forces = results.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  torch::Tensor forces = results.at("forces");
   if (forces.dim() == 2) forces = forces.unsqueeze(0);    // [N, 3] for a single-valued output
   if (forces.size(0) != static_cast<int64_t>(n_properties_) || forces.size(1) != n_atoms) {
     plumed_merror("ATOMPLUG " + getLabel() +
@@ -810,7 +848,7 @@ void Atomplug::set_derivatives(const c10::impl::GenericDict &results, bool viria
   }
   torch::Tensor virial;
   if (virial_from_model) {
-    virial = results.at("virial").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    virial = results.at("virial");
     if (virial.dim() == 3) virial = virial.unsqueeze(0);    // [1, 3, 3] for a single-valued output
     if (virial.size(0) != static_cast<int64_t>(n_properties_)) {
       plumed_merror("ATOMPLUG " + getLabel() +

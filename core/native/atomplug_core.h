@@ -38,6 +38,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -1124,6 +1125,107 @@ inline bool entry_point_accepts(const Model &model, const std::string &argument)
     if (known.name() == argument) return true;
   return false;
 }
+
+// ---- the model's device: inputs there in one copy, results back in one (core: runner) ----------
+
+// An engine's per-step tensors cross to an accelerator in one copy each way, as the Python runner's
+// do: the host tensors of a call are packed into one host buffer (pinned for CUDA) at 16-byte
+// aligned offsets, sent in one transfer, and the device tensors are typed views of that copy; the
+// results the engine reads are flattened into one float64 tensor on the device and come back in
+// one copy, as views again. On the CPU nothing is packed or copied (the host tensors are the
+// inputs), unless the environment sets ATOMPLUG_ONE_COPY=1: then the CPU packs and copies as a GPU
+// would, which is how the tests check the offsets and views on machines without one.
+class DeviceTransfer {
+ public:
+  DeviceTransfer() = default;
+  explicit DeviceTransfer(const c10::Device &device) : device_(device)
+  {
+    const char *setting = std::getenv("ATOMPLUG_ONE_COPY");
+    packs_ = !device.is_cpu() || (setting != nullptr && std::string(setting) == "1");
+  }
+
+  const c10::Device &device() const { return device_; }
+  bool packs() const { return packs_; }         // whether calls cross in one copy each way
+  long long calls() const { return calls_; }    // to_device calls that packed
+  long long copies_in() const { return copies_in_; }
+  long long copies_out() const { return copies_out_; }
+
+  // the host tensors (any dtype and shape), on the device: views of one copy when packing
+  std::vector<torch::Tensor> to_device(const std::vector<torch::Tensor> &host)
+  {
+    std::vector<torch::Tensor> sent;
+    sent.reserve(host.size());
+    if (!packs_) {
+      for (const auto &tensor : host) sent.push_back(tensor.to(device_));
+      return sent;
+    }
+    std::vector<torch::Tensor> parts;
+    std::vector<int64_t> offsets;
+    int64_t total = 0;
+    for (const auto &tensor : host) {
+      parts.push_back(tensor.to(torch::kCPU).contiguous());
+      offsets.push_back(total);
+      total += aligned((int64_t) parts.back().nbytes());
+    }
+    if (staging_.numel() < total) {
+      auto options = torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(device_.is_cuda());
+      staging_ = torch::empty({std::max<int64_t>(total, staging_.numel() * 3 / 2)}, options);
+    }
+    uint8_t *base = staging_.data_ptr<uint8_t>();
+    for (size_t k = 0; k < parts.size(); ++k)
+      if (parts[k].nbytes() > 0) std::memcpy(base + offsets[k], parts[k].data_ptr(), parts[k].nbytes());
+    // a blocking copy: the staging buffer is refilled at the next call
+    torch::Tensor arrived = staging_.narrow(0, 0, total).to(device_, /*non_blocking=*/false, /*copy=*/true);
+    ++calls_;
+    ++copies_in_;
+    for (size_t k = 0; k < parts.size(); ++k) {
+      const int64_t bytes = (int64_t) parts[k].nbytes();
+      sent.push_back(
+          arrived.narrow(0, offsets[k], bytes).view(parts[k].scalar_type()).view(parts[k].sizes()));
+    }
+    return sent;
+  }
+
+  // device tensors as float64 host tensors of the same shapes: views of one copy when packing
+  std::vector<torch::Tensor> to_host(const std::vector<torch::Tensor> &results)
+  {
+    std::vector<torch::Tensor> received;
+    received.reserve(results.size());
+    if (!packs_) {
+      for (const auto &tensor : results)
+        received.push_back(tensor.detach().to(torch::kCPU, torch::kFloat64).contiguous());
+      return received;
+    }
+    std::vector<torch::Tensor> flat;
+    for (const auto &tensor : results) flat.push_back(tensor.detach().to(torch::kFloat64).reshape({-1}));
+    torch::Tensor all = flat.empty()
+        ? torch::zeros({0}, torch::kFloat64)
+        : torch::cat(flat).to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
+    ++copies_out_;
+    int64_t start = 0;
+    for (const auto &tensor : results) {
+      received.push_back(all.narrow(0, start, tensor.numel()).view(tensor.sizes()));
+      start += tensor.numel();
+    }
+    return received;
+  }
+
+  // for the engine's log: "inputs to cuda:0 and results back: 1000 calls, 1000 copies in, 1000 out"
+  std::string summary() const
+  {
+    if (!packs_ || calls_ == 0) return "";
+    return "inputs to " + device_.str() + " and results back: " + std::to_string(calls_) + " calls, " +
+        std::to_string(copies_in_) + " copies in, " + std::to_string(copies_out_) + " out";
+  }
+
+ private:
+  static int64_t aligned(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+  c10::Device device_ = c10::Device(c10::kCPU);
+  bool packs_ = false;
+  torch::Tensor staging_ = torch::empty({0}, torch::kUInt8);
+  long long calls_ = 0, copies_in_ = 0, copies_out_ = 0;
+};
 
 // ---- what the metadata declares, typed -------------------------------------------------------
 

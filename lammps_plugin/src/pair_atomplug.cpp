@@ -196,6 +196,9 @@ class PairAtomplug : public Pair {
   int n_local_model = 0;
   bool identity = false;    // every local atom is a model atom (same order)
   torch::Tensor selected_tensor;
+  // the model's tensors to its device in one copy per step and its results back in one (no
+  // copies on the CPU): see atomplug_core::DeviceTransfer
+  atomplug_core::DeviceTransfer transfer;
   std::vector<int32_t> types_buffer;
   std::vector<double> positions_buffer;
   // other ranks' ghosts seen this step: model index of LAMMPS atom j is ghost_slot[j] when
@@ -251,14 +254,16 @@ class PairAtomplug : public Pair {
   torch::Tensor model_positions(int n_model);
   void add_cell(atomplug_core::EntryPointArguments &inputs);
   void add_pairs(atomplug_core::EntryPointArguments &inputs);
-  c10::impl::GenericDict run_model(const atomplug_core::EntryPointArguments &inputs);
-  torch::Tensor result(const c10::impl::GenericDict &results, const char *name);
-  void add_energy(const c10::impl::GenericDict &results);
-  void add_forces(const c10::impl::GenericDict &results);
-  void add_virial(const c10::impl::GenericDict &results);
+  using Results = std::map<std::string, torch::Tensor>;    // name -> float64 host tensor
+  Results run_model(const atomplug_core::EntryPointArguments &inputs);
+  void send_to_device(atomplug_core::EntryPointArguments &inputs);
+  torch::Tensor result(const Results &results, const char *name);
+  void add_energy(const Results &results);
+  void add_forces(const Results &results);
+  void add_virial(const Results &results);
   void add_inputs(atomplug_core::EntryPointArguments &inputs, int n_model);
-  void add_extras(const c10::impl::GenericDict &results);
-  void check_uncertainty(const c10::impl::GenericDict *results);
+  void add_extras(const Results &results);
+  void check_uncertainty(const Results *results);
   Extra *find_field(const std::string &field, int &column);
   void record_timing(const double (&times)[5]);
 };
@@ -512,6 +517,7 @@ void PairAtomplug::load_model()
   try {
     model = std::make_unique<atomplug_core::Model>(atomplug_core::load_model(model_path, device, header));
     compiled_calls_seen = scripted_calls_seen = 0;
+    transfer = atomplug_core::DeviceTransfer(device);
   } catch (atomplug_core::ModelFileError &e) {
     FAIL_ALL(e.what());
   } catch (std::exception &e) {
@@ -1070,7 +1076,7 @@ void PairAtomplug::rebuild_mapping()
   stamp = 0;
 
   identity = n_local_model == nlocal;    // local atoms are model atoms 0..nlocal-1
-  selected_tensor = torch::arange(n_local_model, torch::kInt64).to(device);
+  selected_tensor = torch::arange(n_local_model, torch::kInt64);
 
   mapped_ncalls = neighbor->ncalls;
   mapped_list = list;
@@ -1346,16 +1352,15 @@ void PairAtomplug::compute(int eflag, int vflag)
   if (!input_names.empty()) {
     add_inputs(inputs, (int) lammps_of.size());
     if (wants_total_charge)
-      inputs.inputs->insert(ATOMPLUG_INPUT_TOTAL_CHARGE,
-                            torch::full({1, 1}, total_charge, torch::kFloat64).to(device));
+      inputs.inputs->insert(ATOMPLUG_INPUT_TOTAL_CHARGE, torch::full({1, 1}, total_charge, torch::kFloat64));
     if (wants_spin)
-      inputs.inputs->insert(ATOMPLUG_INPUT_SPIN_MULTIPLICITY,
-                            torch::full({1, 1}, spin, torch::kFloat64).to(device));
+      inputs.inputs->insert(ATOMPLUG_INPUT_SPIN_MULTIPLICITY, torch::full({1, 1}, spin, torch::kFloat64));
   }
   if (pass_quantity_units) inputs.quantity_units = quantity_units;
+  send_to_device(inputs);
   times[3] = seconds();
   exchange_calls = 0;
-  const c10::impl::GenericDict results = run_model(inputs);
+  const Results results = run_model(inputs);
   times[4] = seconds();
   if (exchanging && exchange_calls == 0)    // the same on every rank: the model is the same
     FAIL_ALL(fmt::format("the model '{}' declares ghost_exchange but never called system.exchange_ghosts: "
@@ -1384,7 +1389,7 @@ void PairAtomplug::add_inputs(atomplug_core::EntryPointArguments &inputs, int n_
       const int j = lammps_of[k];
       mass_buffer[k] = atom->rmass_flag ? atom->rmass[j] : atom->mass[type[j]];
     }
-    given.insert(ATOMPLUG_INPUT_MASSES, torch::from_blob(mass_buffer.data(), {n_model, 1}, f64).to(device));
+    given.insert(ATOMPLUG_INPUT_MASSES, torch::from_blob(mass_buffer.data(), {n_model, 1}, f64));
   }
   if (wants_velocities) {
     velocity_buffer.resize(3 * (size_t) n_model);
@@ -1395,21 +1400,19 @@ void PairAtomplug::add_inputs(atomplug_core::EntryPointArguments &inputs, int n_
       velocity_buffer[3 * k + 1] = vk[1];
       velocity_buffer[3 * k + 2] = vk[2];
     }
-    given.insert(ATOMPLUG_INPUT_VELOCITIES,
-                 torch::from_blob(velocity_buffer.data(), {n_model, 3}, f64).to(device));
+    given.insert(ATOMPLUG_INPUT_VELOCITIES, torch::from_blob(velocity_buffer.data(), {n_model, 3}, f64));
   }
   if (wants_charges) {
     charge_buffer.resize(n_model);
     for (int k = 0; k < n_model; ++k) charge_buffer[k] = atom->q[lammps_of[k]];
-    given.insert(ATOMPLUG_INPUT_CHARGES,
-                 torch::from_blob(charge_buffer.data(), {n_model, 1}, f64).to(device));
+    given.insert(ATOMPLUG_INPUT_CHARGES, torch::from_blob(charge_buffer.data(), {n_model, 1}, f64));
   }
   inputs.inputs = given;
 }
 
 // Extra outputs of local atoms: per-atom values into the fields fix pair reads, and this rank's
 // share of each per-structure value into pvector (compute pair sums it over ranks)
-void PairAtomplug::add_extras(const c10::impl::GenericDict &results)
+void PairAtomplug::add_extras(const Results &results)
 {
   const int nmax = std::max(atom->nmax, 1);
   for (auto &extra : extras) {
@@ -1444,7 +1447,7 @@ void PairAtomplug::add_extras(const c10::impl::GenericDict &results)
 // uncertainty_threshold: the structure's energy uncertainty (summed over ranks when the model
 // declares it per atom, with the atom of the largest share named) against the threshold, on every
 // rank (collective); a warning on rank 0 at most once per step, or (stop) LAMMPS' error exit
-void PairAtomplug::check_uncertainty(const c10::impl::GenericDict *results)
+void PairAtomplug::check_uncertainty(const Results *results)
 {
   double local_sum = 0.0, local_max = -1.0;
   tagint local_tag = 0;
@@ -1497,9 +1500,9 @@ atomplug_core::EntryPointArguments PairAtomplug::model_inputs()
   // types every step (cheap, and right even if a fix changed types without a neighbor list rebuild)
   types_buffer.resize(n_model);
   for (int k = 0; k < n_model; ++k) types_buffer[k] = (int32_t) type_map[atom->type[lammps_of[k]]];
-  inputs.types = torch::from_blob(types_buffer.data(), {n_model}, torch::kInt32).to(device);
+  inputs.types = torch::from_blob(types_buffer.data(), {n_model}, torch::kInt32);
   add_cell(inputs);
-  inputs.system_sizes = torch::full({1}, (int64_t) n_model, torch::kInt64).to(device);
+  inputs.system_sizes = torch::full({1}, (int64_t) n_model, torch::kInt64);
   add_pairs(inputs);
   if (eflag_global) inputs.outputs.push_back(energy_output);
   if (eflag_atom) inputs.outputs.push_back(energy_per_atom_output);
@@ -1535,8 +1538,8 @@ torch::Tensor PairAtomplug::model_positions(int n_model)
 {
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   double **x = atom->x;
-  if (n_model == 0) return torch::zeros({0, 3}, f64).to(device);    // a rank without atoms (ghost exchange)
-  if (identity && n_model == n_local_model) return torch::from_blob(x[0], {n_model, 3}, f64).to(device);
+  if (n_model == 0) return torch::zeros({0, 3}, f64);    // a rank without atoms (ghost exchange)
+  if (identity && n_model == n_local_model) return torch::from_blob(x[0], {n_model, 3}, f64);
   if (positions_buffer.size() < 3 * (size_t) n_model) positions_buffer.resize(3 * (size_t) n_model);
   double *buffer = positions_buffer.data();
   for (int k = 0; k < n_model; ++k) {
@@ -1545,7 +1548,7 @@ torch::Tensor PairAtomplug::model_positions(int n_model)
     buffer[3 * k + 1] = xk[1];
     buffer[3 * k + 2] = xk[2];
   }
-  return torch::from_blob(buffer, {n_model, 3}, f64).to(device);
+  return torch::from_blob(buffer, {n_model, 3}, f64);
 }
 
 // cell rows a, b, c from LAMMPS' h (xprd yprd zprd yz xz xy); zero rows where not periodic
@@ -1573,8 +1576,8 @@ void PairAtomplug::add_cell(atomplug_core::EntryPointArguments &inputs)
     c[8] = h[2];
     p[2] = true;
   }
-  inputs.cells = cell.to(device);
-  inputs.pbcs = pbc.to(device);
+  inputs.cells = cell;
+  inputs.pbcs = pbc;
 }
 
 void PairAtomplug::add_pairs(atomplug_core::EntryPointArguments &inputs)
@@ -1582,18 +1585,46 @@ void PairAtomplug::add_pairs(atomplug_core::EntryPointArguments &inputs)
   for (size_t l = 0; l < cutoffs.size(); ++l) {
     const int64_t count = (int64_t) pair_counts[l];
     if (count == 0) {
-      inputs.neighbor_pairs.push_back(torch::zeros({0, 2}, torch::kInt64).to(device));
-      inputs.neighbor_shifts.push_back(torch::zeros({0, 3}, torch::kInt32).to(device));
+      inputs.neighbor_pairs.push_back(torch::zeros({0, 2}, torch::kInt64));
+      inputs.neighbor_shifts.push_back(torch::zeros({0, 3}, torch::kInt32));
     } else {
-      inputs.neighbor_pairs.push_back(
-          torch::from_blob(pairs_buffer[l].data(), {count, 2}, torch::kInt64).to(device));
-      inputs.neighbor_shifts.push_back(
-          torch::from_blob(shifts_buffer[l].data(), {count, 3}, torch::kInt32).to(device));
+      inputs.neighbor_pairs.push_back(torch::from_blob(pairs_buffer[l].data(), {count, 2}, torch::kInt64));
+      inputs.neighbor_shifts.push_back(torch::from_blob(shifts_buffer[l].data(), {count, 3}, torch::kInt32));
     }
   }
 }
 
-c10::impl::GenericDict PairAtomplug::run_model(const atomplug_core::EntryPointArguments &inputs)
+// the step's host tensors (model_inputs, add_inputs) on the model's device: one copy for all of
+// them (none on the CPU)
+void PairAtomplug::send_to_device(atomplug_core::EntryPointArguments &inputs)
+{
+  std::vector<torch::Tensor> host = {inputs.positions, inputs.types, inputs.cells, inputs.pbcs,
+                                     inputs.system_sizes};
+  if (inputs.selected_atoms) host.push_back(*inputs.selected_atoms);
+  for (size_t l = 0; l < inputs.neighbor_pairs.size(); ++l) {
+    host.push_back(inputs.neighbor_pairs.get(l));
+    host.push_back(inputs.neighbor_shifts.get(l));
+  }
+  if (inputs.inputs)
+    for (const auto &entry : *inputs.inputs) host.push_back(entry.value());
+  const std::vector<torch::Tensor> sent = transfer.to_device(host);
+  size_t k = 0;
+  inputs.positions = sent[k++];
+  inputs.types = sent[k++];
+  inputs.cells = sent[k++];
+  inputs.pbcs = sent[k++];
+  inputs.system_sizes = sent[k++];
+  if (inputs.selected_atoms) inputs.selected_atoms = sent[k++];
+  for (size_t l = 0; l < inputs.neighbor_pairs.size(); ++l) {
+    inputs.neighbor_pairs.set(l, sent[k++]);
+    inputs.neighbor_shifts.set(l, sent[k++]);
+  }
+  if (inputs.inputs)
+    for (auto &entry : *inputs.inputs) entry.setValue(sent[k++]);
+}
+
+// the entry point's results, as float64 host tensors (one copy back from the model's device)
+PairAtomplug::Results PairAtomplug::run_model(const atomplug_core::EntryPointArguments &inputs)
 {
   torch::jit::IValue output;
   try {
@@ -1602,18 +1633,27 @@ c10::impl::GenericDict PairAtomplug::run_model(const atomplug_core::EntryPointAr
     error->one(FLERR, "pair_style atomplug on rank {} at step {}: {}", comm->me, update->ntimestep,
                atomplug_core::describe_model_error(e));
   }
-  return output.toGenericDict();
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> values;
+  for (const auto &entry : output.toGenericDict()) {
+    names.push_back(entry.key().toStringRef());
+    values.push_back(entry.value().toTensor());
+  }
+  values = transfer.to_host(values);
+  Results results;
+  for (size_t k = 0; k < names.size(); ++k) results.emplace(names[k], values[k]);
+  return results;
 }
 
-torch::Tensor PairAtomplug::result(const c10::impl::GenericDict &results, const char *name)
+torch::Tensor PairAtomplug::result(const Results &results, const char *name)
 {
   auto found = results.find(std::string(name));
   if (found == results.end())
     error->one(FLERR, "pair_style atomplug: the entry point returned no '{}'", name);
-  return found->value().toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  return found->second;
 }
 
-void PairAtomplug::add_energy(const c10::impl::GenericDict &results)
+void PairAtomplug::add_energy(const Results &results)
 {
   if (eflag_global) eng_vdwl += result(results, energy_output.c_str()).item<double>();
   if (!eflag_atom) return;
@@ -1636,7 +1676,7 @@ void PairAtomplug::add_energy(const c10::impl::GenericDict &results)
 }
 
 // forces of every model atom (other ranks' ghosts included: LAMMPS sends them back)
-void PairAtomplug::add_forces(const c10::impl::GenericDict &results)
+void PairAtomplug::add_forces(const Results &results)
 {
   auto forces = result(results, "forces");
   const double *g = forces.data_ptr<double>();
@@ -1660,7 +1700,7 @@ static void add_in_lammps_order(double *lammps, const double *w)
   lammps[5] += 0.5 * (w[5] + w[7]);
 }
 
-void PairAtomplug::add_virial(const c10::impl::GenericDict &results)
+void PairAtomplug::add_virial(const Results &results)
 {
   if (vflag_global) add_in_lammps_order(virial, result(results, "virial").data_ptr<double>());
   if (!vflag_atom) return;
@@ -1815,6 +1855,9 @@ void PairAtomplug::finish()
           lmp, "atomplug: the compiled package answered {} of {} model calls on rank 0 ({} by TorchScript)\n",
           compiled, compiled + scripted, scripted);
   }
+  // a device that packs (a GPU, or ATOMPLUG_ONE_COPY=1): the copies per call since pair_style
+  if (transfer.packs() && comm->me == 0 && transfer.calls() > 0)
+    utils::logmesg(lmp, "atomplug: {} (rank 0, since pair_style)\n", transfer.summary());
   for (double &t : timing) t = 0.0;
   timing_exchange = 0.0;
   timing_calls = 0;
