@@ -39,6 +39,36 @@ MAX_METADATA_BYTES = 16 << 20  # real metadata is a few kB; this bounds what a h
 # (atomplug's own System no longer mutates such containers; model code may still.) A fresh module
 # optimised from its first call is TorchScript's ordinary path, which inlines those constructors.
 UNOPTIMIZED_CALLS = 20
+# On a CUDA device forward stays unoptimised. There the optimising executor also fuses kernels,
+# compiled at run time for the shapes it has seen: as the number of pairs changes from step to
+# step it compiles again, up to a dozen times (an H100, ANI-1x, 192 atoms: the first ~10 optimised
+# steps took 1.0, 0.7, 0.6, 0.43, 0.58, 0.17 s, ~3.5 s in all, against ~14 ms steady), which a
+# switch after 20 calls only postpones. Unoptimised, a GPU run is steady from its second step.
+# `make gpu-check` measures both schedules (benchmarks/results-gpu.md).
+NEVER = -1  # forward stays unoptimised
+DEVICE_UNOPTIMIZED_CALLS = {"cuda": NEVER}  # devices not listed: UNOPTIMIZED_CALLS
+# the environment variable that sets the count for every device: N >= 0, or "never"
+OPTIMIZE_AFTER_VARIABLE = "ATOMPLUG_OPTIMIZE_AFTER"
+OPTIMIZE_AFTER_MESSAGE = (
+    "{variable}={value} is not a number of calls: give N >= 0 (the model's forward runs unoptimised for its "
+    "first N calls, then optimised by TorchScript; 0 optimises from the first call) or never (always "
+    "unoptimised), or unset it (the default: {default} on the CPU, never on a GPU)"
+)
+
+
+def unoptimized_calls(device: Optional[str]) -> int:
+    """How many forward calls run unoptimised on `device` before TorchScript optimises them
+    (NEVER: all), from OPTIMIZE_AFTER_VARIABLE when it is set, else the device's default."""
+    setting = os.environ.get(OPTIMIZE_AFTER_VARIABLE, "").strip()
+    if setting:
+        if setting == "never":
+            return NEVER
+        if re.fullmatch(r"[0-9]{1,17}", setting):  # (the C++ plugins read at most 17 digits too)
+            return int(setting)
+        raise ValueError(
+            OPTIMIZE_AFTER_MESSAGE.format(variable=OPTIMIZE_AFTER_VARIABLE, value=setting, default=UNOPTIMIZED_CALLS)
+        )
+    return DEVICE_UNOPTIMIZED_CALLS.get(torch.device(device or "cpu").type, UNOPTIMIZED_CALLS)
 
 
 class LoadedModel:
@@ -56,7 +86,14 @@ class LoadedModel:
         self.metadata = ModelMetadata.from_dict(header["metadata"])
         self.exported_with_torch = str(header.get("torch_version", "unknown"))
         self.forward_calls = 0
-        self.optimized = False  # whether forward runs optimised, on the second copy
+        # forward calls run unoptimised before the switch (NEVER: all); 0: optimised from the first,
+        # on this module (no forward has run unoptimised on it)
+        self.unoptimized_calls = unoptimized_calls(device)
+        self.optimized = (
+            self.unoptimized_calls == 0
+        )  # whether forward runs optimised (on the second copy after a switch)
+        if self.optimized:
+            self._archive = None
         # a compiled package's native program (core.package.CompiledProgram) and its record
         self.compiled = None
         self.package: Optional[Dict] = None
@@ -64,14 +101,19 @@ class LoadedModel:
 
     def forward(self, *arguments) -> Dict[str, torch.Tensor]:
         """One call of the entry point: through a package's compiled program where it answers,
-        otherwise TorchScript's, unoptimised for the first UNOPTIMIZED_CALLS calls, then by
-        TorchScript's optimising executor on a fresh copy of the module."""
+        otherwise TorchScript's, unoptimised for the first `unoptimized_calls` calls (UNOPTIMIZED_CALLS
+        on the CPU, all of them on a GPU), then by TorchScript's optimising executor on a fresh copy
+        of the module."""
         if self.compiled is not None:
             results = self.compiled(self, arguments)
             if results is not None:
                 return results
         self.forward_calls += 1
-        if self.forward_calls > UNOPTIMIZED_CALLS and self._archive is not None:
+        if (
+            self.unoptimized_calls != NEVER
+            and self.forward_calls > self.unoptimized_calls
+            and self._archive is not None
+        ):
             archive, self._archive = self._archive, None
             module = torch.jit.load(io.BytesIO(archive), map_location=self._device)
             module.eval()

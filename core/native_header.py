@@ -188,6 +188,15 @@ def generated_tables() -> str:
         f"constexpr long MAX_METADATA_DEPTH = {int(archive.MAX_METADATA_DEPTH)};",
         f"constexpr const char *ENTRY_POINT_METHODS[] = {{{methods}}};",
         f"constexpr long long UNOPTIMIZED_CALLS = {int(archive.UNOPTIMIZED_CALLS)};",
+        f"constexpr long long UNOPTIMIZED_NEVER = {int(archive.NEVER)};",
+        "constexpr const char *DEVICE_UNOPTIMIZED_TYPES[] = {"
+        + ", ".join(cpp_string(kind) for kind in archive.DEVICE_UNOPTIMIZED_CALLS)
+        + "};",
+        "constexpr long long DEVICE_UNOPTIMIZED_COUNTS[] = {"
+        + ", ".join(str(int(count)) for count in archive.DEVICE_UNOPTIMIZED_CALLS.values())
+        + "};",
+        f"constexpr const char *OPTIMIZE_AFTER_VARIABLE = {cpp_string(archive.OPTIMIZE_AFTER_VARIABLE)};",
+        f"constexpr const char *OPTIMIZE_AFTER_MESSAGE = {cpp_string(archive.OPTIMIZE_AFTER_MESSAGE)};",
         f"constexpr const char *ATOMPLUG_ERROR_KIND = {cpp_string(errors.ATOMPLUG_ERROR_KIND)};",
         "",
     ]

@@ -736,10 +736,34 @@ class CompiledProgram {
 
 // ---- its code (core: archive.load_model and LoadedModel) -------------------------------------
 
+// How many forward calls run unoptimised on `device` before the switch (UNOPTIMIZED_NEVER: all):
+// the environment's OPTIMIZE_AFTER_VARIABLE (N >= 0 or never) when set, else the device's default
+// (core: archive.unoptimized_calls)
+inline long long unoptimized_calls(const c10::Device &device)
+{
+  const char *variable = std::getenv(OPTIMIZE_AFTER_VARIABLE);
+  const std::string setting = strip(variable == nullptr ? "" : variable);
+  if (!setting.empty()) {
+    if (setting == "never") return UNOPTIMIZED_NEVER;
+    const bool digits =
+        std::all_of(setting.begin(), setting.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (digits && setting.size() < 18) return std::stoll(setting);
+    throw ModelFileError(format(OPTIMIZE_AFTER_MESSAGE,
+                                {{"variable", OPTIMIZE_AFTER_VARIABLE},
+                                 {"value", setting},
+                                 {"default", std::to_string(UNOPTIMIZED_CALLS)}}));
+  }
+  const std::string type = c10::DeviceTypeName(device.type(), true);
+  for (size_t k = 0; k < sizeof(DEVICE_UNOPTIMIZED_COUNTS) / sizeof(DEVICE_UNOPTIMIZED_COUNTS[0]); ++k)
+    if (type == DEVICE_UNOPTIMIZED_TYPES[k]) return DEVICE_UNOPTIMIZED_COUNTS[k];
+  return UNOPTIMIZED_CALLS;
+}
+
 // A loaded model (core: archive.LoadedModel). TorchScript's graph executor optimises a method on its
 // first calls (a profiling run, then passes over the inlined graph: 0.1-1 s once, for 0-15% faster
 // calls later), which short jobs never earn back. So, as in every engine (archive.UNOPTIMIZED_CALLS):
-// forward runs unoptimised for its first UNOPTIMIZED_CALLS calls, and from the next one on
+// forward runs unoptimised for its first unoptimized_calls(device) calls (UNOPTIMIZED_CALLS on the
+// CPU, all of them on a GPU, or what ATOMPLUG_OPTIMIZE_AFTER says), and from the next one on
 // optimised, on a fresh copy of the module loaded from the file's bytes kept since load (torch
 // 2.13 goes wrong optimising a method that already ran unoptimised); setup methods (run_method)
 // always run unoptimised. The count lives with the loaded model: a model loaded again starts at 0.
@@ -752,6 +776,9 @@ class Model {
   Model(torch::jit::Module module, std::string archive, const c10::Device &device) :
       module_(std::move(module)), archive_(std::move(archive)), device_(device)
   {
+    unoptimized_calls_ = atomplug_core::unoptimized_calls(device);
+    optimized_ = unoptimized_calls_ == 0;    // from the first call, on this module
+    if (optimized_) archive_.clear();
   }
 
   // the TorchScript module, for what runs none of its code (find_method, schemas)
@@ -774,7 +801,7 @@ class Model {
       if (results) return torch::jit::IValue(std::move(*results));
     }
     ++forward_calls_;
-    if (forward_calls_ > UNOPTIMIZED_CALLS && !archive_.empty()) {
+    if (unoptimized_calls_ != UNOPTIMIZED_NEVER && forward_calls_ > unoptimized_calls_ && !archive_.empty()) {
       std::string archive;
       archive.swap(archive_);    // dropped at the switch, whatever happens
       torch::jit::Module fresh = load(archive, device_);
@@ -786,8 +813,9 @@ class Model {
     return module_.forward(std::move(stack));
   }
 
-  long long forward_calls() const { return forward_calls_; }    // calls TorchScript answered
-  bool optimized() const { return optimized_; }                 // whether forward runs optimised, on the copy
+  long long forward_calls() const { return forward_calls_; }            // calls TorchScript answered
+  long long unoptimized_calls() const { return unoptimized_calls_; }    // before the switch (or NEVER)
+  bool optimized() const { return optimized_; }    // whether forward runs optimised, on the copy
 
   // a compiled package's program (null for a model archive)
   const CompiledProgram *compiled() const { return compiled_.get(); }
@@ -812,6 +840,7 @@ class Model {
   std::string archive_;    // the file's bytes, until the switch
   c10::Device device_ = c10::Device(c10::kCPU);
   long long forward_calls_ = 0;
+  long long unoptimized_calls_ = UNOPTIMIZED_CALLS;
   bool optimized_ = false;
   std::shared_ptr<CompiledProgram> compiled_;
 };

@@ -1839,9 +1839,8 @@ void PairAtomplug::finish()
                    timing_calls, timing[0] * scale, timing[1] * scale, timing[2] * scale, timing[3] * scale,
                    timing_exchange * scale, timing[4] * scale, timing_atoms / timing_calls,
                    timing_local / timing_calls, timing_pairs / timing_calls, model->forward_calls(),
-                   model->optimized()
-                       ? fmt::format("optimised from call {}", atomplug_core::UNOPTIMIZED_CALLS + 1)
-                       : std::string("unoptimised so far"));
+                   model->optimized() ? fmt::format("optimised from call {}", model->unoptimized_calls() + 1)
+                                      : std::string("unoptimised so far"));
   }
   // a compiled package: how many of this run's model calls its program answered (the others went
   // to the TorchScript entry point: calls the program does not take, or flagged inputs)

@@ -125,6 +125,9 @@ def test_smoke_on_the_cpu(lj_model_path, ani1x_path, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     text = output.read_text()
     assert "| 192 | " in text and "| 108 | " in text and "| 500 | " in text
-    assert "| ANI-1x | 192 | n/a | " in text and "| LJ argon | 108 | n/a | " in text
+    # the cold runs: ANI-1x with the device's default schedule (the CPU's: after 20 calls) and with
+    # ATOMPLUG_OPTIMIZE_AFTER=20, LJ with the default
+    assert text.count("| ANI-1x | 192 | optimised from call 21 | n/a | ") == 2
+    assert "| LJ argon | 108 | optimised from call 21 | n/a | " in text
     assert "failed" not in text and "stopped" not in text and "error" not in text.lower()
-    assert text.count("| ok |") == 4  # ani, lj, cold-ani, cold-lj
+    assert text.count("| ok |") == 5  # ani, lj, cold-ani, cold-ani-after-20, cold-lj

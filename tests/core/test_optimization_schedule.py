@@ -3,10 +3,11 @@ unoptimised for the first calls, then optimised on a fresh copy of the module, w
 results; setup methods never are."""
 
 import numpy as np
+import pytest
 import torch
 
 from atomplug.core import ModelRunner, load_model
-from atomplug.core.archive import UNOPTIMIZED_CALLS, LoadedModel
+from atomplug.core.archive import NEVER, OPTIMIZE_AFTER_VARIABLE, UNOPTIMIZED_CALLS, LoadedModel, unoptimized_calls
 
 AROUND_THE_SWITCH = UNOPTIMIZED_CALLS + 4
 
@@ -93,3 +94,58 @@ def test_systems_share_no_containers_when_the_module_is_optimised_after_unoptimi
             runner.model.optimized = True
             got = runner.run(frames, ["energy"], forces=True)["energy"][:, 0]
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+# ---- the schedule per device, and ATOMPLUG_OPTIMIZE_AFTER -----------------------------------------
+
+
+def test_the_cpu_switches_after_the_calls_and_a_gpu_never(monkeypatch):
+    """Without the variable: UNOPTIMIZED_CALLS on the CPU; on CUDA forward stays unoptimised (its
+    optimising executor compiles fused kernels again for each new number of pairs)."""
+    monkeypatch.delenv(OPTIMIZE_AFTER_VARIABLE, raising=False)
+    assert unoptimized_calls("cpu") == unoptimized_calls(None) == UNOPTIMIZED_CALLS
+    assert unoptimized_calls("cuda") == unoptimized_calls("cuda:1") == NEVER
+
+
+@pytest.mark.parametrize("setting, expected", [("3", 3), ("never", NEVER), (" 0 ", 0)])
+def test_the_variable_sets_the_count_for_every_device(monkeypatch, setting, expected):
+    monkeypatch.setenv(OPTIMIZE_AFTER_VARIABLE, setting)
+    assert unoptimized_calls("cpu") == unoptimized_calls("cuda") == expected
+
+
+def test_optimize_after_three_calls(monkeypatch, lj_model_path, argon_box):
+    monkeypatch.setenv(OPTIMIZE_AFTER_VARIABLE, "3")
+    frames = structures(argon_box, 6)
+    results, flags = run_each(ModelRunner(lj_model_path), frames)
+    assert flags == [False] * 3 + [True] * 3
+    monkeypatch.delenv(OPTIMIZE_AFTER_VARIABLE)
+    expected, _ = run_each(ModelRunner(lj_model_path), frames)
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got["forces"], want["forces"], rtol=1e-12, atol=0.0)
+
+
+def test_optimize_from_the_first_call_on_the_loaded_module(monkeypatch, lj_model_path, argon_box):
+    """0: optimised from the first call, on the module as loaded (its forward never ran
+    unoptimised, so no fresh copy is needed)."""
+    monkeypatch.setenv(OPTIMIZE_AFTER_VARIABLE, "0")
+    runner = ModelRunner(lj_model_path)
+    first_module = runner.model.module
+    _, flags = run_each(runner, structures(argon_box, 4))
+    assert flags == [True] * 4 and runner.model.module is first_module
+
+
+def test_never_stays_unoptimised(monkeypatch, lj_model_path, argon_box):
+    monkeypatch.setenv(OPTIMIZE_AFTER_VARIABLE, "never")
+    runner = ModelRunner(lj_model_path)
+    _, flags = run_each(runner, structures(argon_box, AROUND_THE_SWITCH))
+    assert not any(flags) and runner.model.forward_calls == AROUND_THE_SWITCH
+
+
+@pytest.mark.parametrize("setting", ["soon", "-1", "2.5", "123456789012345678"])
+def test_a_bad_setting_is_refused_with_the_choices(monkeypatch, lj_model_path, setting):
+    monkeypatch.setenv(OPTIMIZE_AFTER_VARIABLE, setting)
+    with pytest.raises(ValueError) as caught:
+        load_model(lj_model_path)
+    message = str(caught.value)
+    assert f"ATOMPLUG_OPTIMIZE_AFTER={setting} is not a number of calls" in message
+    assert "N >= 0" in message and "never" in message and f"{UNOPTIMIZED_CALLS} on the CPU" in message

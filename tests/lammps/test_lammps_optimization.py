@@ -102,3 +102,37 @@ def test_results_stay_those_of_lj_cut_across_the_switch(trajectories):
         forces_native = np.stack([native[c] for c in ("fx", "fy", "fz")], axis=1)
         assert np.max(np.abs(forces_native)) > 1e-3, step
         assert relative_difference(forces_ours, forces_native) <= TOLERANCE, step
+
+
+# ---- ATOMPLUG_OPTIMIZE_AFTER (core.archive.unoptimized_calls; a GPU never switches by default) -----
+
+
+@pytest.mark.parametrize("setting, expected", [("3", "optimised from call 4"), ("never", "unoptimised so far")])
+def test_the_environment_sets_the_switch(tmp_path, plugin, lj_model_path, setting, expected):
+    """The count the plugin reads is core's: 3 switches at call 4; never keeps the whole run of
+    UNOPTIMIZED_CALLS + 4 calls unoptimised; the forces stay those of lj/cut either way."""
+    ase.io.write(str(tmp_path / "argon.data"), displaced_triclinic_argon(), format="lammps-data", masses=True)
+    native, atomplug = argon_pair_styles(lj_model_path)
+    steps = UNOPTIMIZED_CALLS + 3
+    logs = {}
+    for label, pair in [("native", native), ("atomplug", atomplug)]:
+        text = argon_nve_start(pair, 300.0) + f"thermo {steps}\nthermo_style custom step pe pxx pyy pzz pxy pxz pyz\n"
+        text += f"thermo_modify format float %.17g\nrun {steps}\n"
+        env = {"ATOMPLUG_LAMMPS_TIMING": "1", "ATOMPLUG_OPTIMIZE_AFTER": setting}
+        logs[label] = run_lmp(tmp_path, text, name=f"in.{label}", env=env).stdout
+    calls = re.findall(
+        r"entry point calls since pair_style (\d+), (unoptimised so far|optimised from call \d+)", logs["atomplug"]
+    )
+    assert calls == [(str(steps + 1), expected)], calls
+    ours, theirs = thermo_rows(logs["atomplug"])[steps], thermo_rows(logs["native"])[steps]
+    assert relative_difference(ours, theirs) <= TOLERANCE
+
+
+def test_a_bad_setting_stops_at_pair_style_with_the_choices(tmp_path, plugin, lj_model_path):
+    ase.io.write(str(tmp_path / "argon.data"), displaced_triclinic_argon(), format="lammps-data", masses=True)
+    _, atomplug = argon_pair_styles(lj_model_path)
+    text = argon_nve_start(atomplug, 300.0) + "run 1\n"
+    result = run_lmp(tmp_path, text, env={"ATOMPLUG_OPTIMIZE_AFTER": "soon"}, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "ATOMPLUG_OPTIMIZE_AFTER=soon is not a number of calls: give N >= 0" in output, output[-2000:]

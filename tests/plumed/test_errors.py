@@ -86,3 +86,13 @@ def test_driver_reports_the_error_and_exits(plugin, plumed_models, tmp_path):
     assert result.returncode not in (-signal.SIGSEGV, 128 + signal.SIGSEGV, 256 - signal.SIGSEGV)
     output = result.stdout + result.stderr
     assert "ERROR in input to action ATOMPLUG with label cv : the model has no output 'nope'" in output
+
+
+def test_a_bad_optimize_after_setting_is_refused_with_the_choices(plugin, plumed_models, monkeypatch):
+    """ATOMPLUG_OPTIMIZE_AFTER (core.archive.unoptimized_calls), read when the action loads the model."""
+    monkeypatch.setenv("ATOMPLUG_OPTIMIZE_AFTER", "later")
+    message = plumed_error(
+        plugin, f"cv: ATOMPLUG MODEL={plumed_models['coordination']} SPECIES1=1-10 SPECIES2=11-30 SPECIES_TO_TYPES=8,1"
+    )
+    assert "ATOMPLUG_OPTIMIZE_AFTER=later is not a number of calls: give N >= 0" in message
+    assert "never (always unoptimised)" in message
