@@ -59,10 +59,7 @@ def compile_model(model_path: str, output: Optional[str] = None, device: str = "
         raise ValueError("the package would overwrite the model: give another output path (-o)")
     with open(model_path, "rb") as handle:
         archive_bytes = handle.read()
-    program = load_program(archive_entry(model_path, PROGRAM_FILE))
-    if torch.device(device).type != "cpu":
-        program = program.module().to(device)  # parameters and constants on the device
-        program = torch.export.export(program, _device_inputs(program_info, device), strict=False)
+    program = program_on(load_program(archive_entry(model_path, PROGRAM_FILE)), device)
     layout = ProgramLayout.from_dict(program_info["layout"])
 
     start = time.perf_counter()
@@ -111,8 +108,16 @@ def _quiet_inductor() -> None:
     logging.getLogger("torch._inductor").setLevel(logging.ERROR)
 
 
-def _device_inputs(program_info: Dict, device: str):
-    raise ValueError(f"compiling for {device!r} is not supported on this machine yet: compile for 'cpu'")
+def program_on(program, device: str):
+    """The captured program (captured on the CPU at export) with its weights, constants and every
+    device its graph names moved to `device`, for AOTInductor to compile there. A program that
+    still named another device would fail at run time, or copy across the bus at every call;
+    compile_model's check against TorchScript on `device` then refuses it."""
+    if torch.device(device).type == "cpu":
+        return program
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, torch.device(device))
 
 
 def _add_files(package: str, files: Dict[str, object]) -> None:

@@ -46,16 +46,20 @@ class CompiledProgram:
         self.calls_run = 0  # calls the program answered (the others went to TorchScript)
         self._factors: Dict[tuple, tuple] = {}
 
-    def _unit_factors(self, model, length_unit: str, energy_unit: str, quantity_units) -> tuple:
-        key = (length_unit, energy_unit, tuple(sorted(quantity_units.items())) if quantity_units else None)
+    def _unit_factors(self, model, length_unit: str, energy_unit: str, quantity_units, device) -> tuple:
+        """(length factor, output factors) as float64 tensors on `device`, the program's inputs."""
+        units = tuple(sorted(quantity_units.items())) if quantity_units else None
+        key = (length_unit, energy_unit, units, str(device))
         if key not in self._factors:
             with torch.jit.optimized_execution(False):
                 factors = model.module.output_factors(length_unit, energy_unit, quantity_units)
                 length = model.module.unit_conversion(length_unit, model.capabilities.length_unit)
             declared = list(model.capabilities.outputs)
             self._factors[key] = (
-                torch.tensor(float(length), dtype=torch.float64),
-                torch.tensor([factors[declared.index(n)] for n in self.layout.outputs], dtype=torch.float64),
+                torch.tensor(float(length), dtype=torch.float64, device=device),
+                torch.tensor(
+                    [factors[declared.index(n)] for n in self.layout.outputs], dtype=torch.float64, device=device
+                ),
             )
         return self._factors[key]
 
@@ -115,7 +119,9 @@ class CompiledProgram:
                 return None  # an unknown output: the entry point's error names the declared ones
         quantity_units = arguments[17] if len(arguments) > 17 else None
         try:
-            length_factor, output_factors = self._unit_factors(model, arguments[13], arguments[14], quantity_units)
+            length_factor, output_factors = self._unit_factors(
+                model, arguments[13], arguments[14], quantity_units, positions.device
+            )
         except Exception:
             return None  # a unit the entry point refuses, with its message
         weights = torch.ones(n_atoms, dtype=torch.float64, device=positions.device)

@@ -607,9 +607,9 @@ class CompiledProgram {
     for (const std::string &request : outputs)
       if (layout_.find(detail::output_name(request)) < 0)
         return {};    // the entry point names the declared ones
-    const Factors *factors = unit_factors(module, stack.at(ARGUMENT_LENGTH_UNIT).toStringRef(),
-                                          stack.at(ARGUMENT_ENERGY_UNIT).toStringRef(),
-                                          detail::argument(stack, ARGUMENT_QUANTITY_UNITS));
+    const Factors *factors = unit_factors(
+        module, stack.at(ARGUMENT_LENGTH_UNIT).toStringRef(), stack.at(ARGUMENT_ENERGY_UNIT).toStringRef(),
+        detail::argument(stack, ARGUMENT_QUANTITY_UNITS), positions.device());
     if (factors == nullptr) return {};    // a unit the entry point refuses, with its message
     const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(positions.device());
     at::Tensor weights;
@@ -688,12 +688,13 @@ class CompiledProgram {
     at::Tensor outputs;    // [n_outputs] model unit -> engine unit of each output of the layout
   };
 
-  // the archive's factors for a set of units, asked once per set (core: _unit_factors); null
-  // where the entry point refuses a unit
+  // the archive's factors for a set of units, asked once per set and device (core: _unit_factors),
+  // on that device (the program's inputs); null where the entry point refuses a unit
   const Factors *unit_factors(torch::jit::Module &module, const std::string &length_unit,
-                              const std::string &energy_unit, const torch::jit::IValue &quantity_units)
+                              const std::string &energy_unit, const torch::jit::IValue &quantity_units,
+                              const c10::Device &device)
   {
-    std::string key = length_unit + "\n" + energy_unit + "\n";
+    std::string key = device.str() + "\n" + length_unit + "\n" + energy_unit + "\n";
     if (quantity_units.isNone()) {
       key += "None";
     } else {
@@ -716,8 +717,8 @@ class CompiledProgram {
         if (at == declared_.end()) return nullptr;
         wanted.push_back(values.get(static_cast<size_t>(at - declared_.begin())).toDouble());
       }
-      factors.length = torch::tensor(length, torch::dtype(torch::kFloat64));
-      factors.outputs = torch::tensor(wanted, torch::dtype(torch::kFloat64));
+      factors.length = torch::tensor(length, torch::dtype(torch::kFloat64)).to(device);
+      factors.outputs = torch::tensor(wanted, torch::dtype(torch::kFloat64)).to(device);
     } catch (const std::exception &) {
       return nullptr;
     }

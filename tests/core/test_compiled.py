@@ -377,3 +377,71 @@ def test_collective_variable_package_gives_its_derivatives(tmp_path):
         assert runner.model.compiled.calls_run == 1
         for key in results[0]:
             assert relative(results[1][key], results[0][key]) < 1e-12, key
+
+
+# ---- compiling for another device: the program moves there whole ------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["lj_model_path", "coordination_path", "message_passing_path", "ani1x_path"])
+def test_the_program_moves_to_another_device_whole(request, fixture):
+    """`atomplug compile --device cuda` compiles the program captured on the CPU after moving it
+    (compiled.program_on). Checked here with the `meta` device, which every machine has: no
+    weight, constant, device argument or traced value may stay on the CPU (it would fail on the
+    GPU or cross the bus at every call); the LJ and coordination programs then run on meta inputs
+    and give meta outputs (the other two use ops without meta kernels: nonzero, bincount)."""
+    from atomplug.core.compiled import program_on
+    from atomplug.core.package import archive_entry
+    from atomplug.core.program import PROGRAM_FILE, load_program
+
+    path = request.getfixturevalue(fixture)
+    program = load_program(archive_entry(path, PROGRAM_FILE))
+    assert program_on(program, "cpu") is program
+    moved = program_on(load_program(archive_entry(path, PROGRAM_FILE)), "meta")
+    stayed = [name for name, value in {**moved.state_dict, **moved.constants}.items() if value.device.type != "meta"]
+    assert not stayed, stayed
+    for node in moved.graph.nodes:
+        if "device" in node.kwargs:
+            assert torch.device(node.kwargs["device"]).type == "meta", node.format_node()
+        values = node.meta.get("val")
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if isinstance(value, torch.Tensor):
+                assert value.device.type == "meta", node.format_node()
+    if fixture in ("lj_model_path", "coordination_path"):
+        arguments, _ = moved.example_inputs
+        outputs = moved.module()(*arguments)
+        assert {value.device.type for value in outputs} == {"meta"}
+        assert all(value.device.type == "meta" for value in arguments)
+
+
+def test_compiling_for_cuda_without_a_gpu_says_so(lj_model_path, tmp_path, monkeypatch):
+    """(On a GPU machine torch is told it has none, so that this refusal is checked there too.)"""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA device: use device 'cpu'"):
+        compile_model(lj_model_path, str(tmp_path / "lj.pt2"), device="cuda")
+    assert not (tmp_path / "lj.pt2").exists()
+
+
+NO_CUDA = (
+    "needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device); "
+    "`make gpu-check` runs these cases on a GPU machine"
+)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_a_package_compiled_for_cuda_equals_torchscript_on_the_cpu(lj_model_path, tmp_path):
+    """`atomplug compile --device cuda` (its own check against TorchScript on the GPU passed when it
+    writes the package); then on the GPU the program answers, with the CPU's TorchScript results
+    to 1e-12 (float64) for a triclinic box, a slab and a cluster, selected atoms included."""
+    package = compile_model(lj_model_path, str(tmp_path / "lj-cuda.pt2"), device="cuda", log=lambda *_: None)
+    slab = displaced_triclinic_argon()
+    slab.pbc = [True, True, False]
+    structures = [displaced_triclinic_argon(), slab, argon_cluster()]
+    reference_runner, runner = ModelRunner(lj_model_path), ModelRunner(package, device="cuda")
+    options = dict(forces=True, virial=True, atomic_virial=True)
+    for atoms in structures:
+        for selected in (None, [0, 3, 5]):
+            reference = reference_runner.run([atoms], REQUESTS, selected_atoms=selected, **options)
+            compiled = runner.run([atoms], REQUESTS, selected_atoms=selected, **options)
+            for key in reference:
+                assert relative(compiled[key], reference[key]) < 1e-12, (key, selected)
+    assert runner.model.compiled.calls_run == 2 * len(structures), "the compiled program did not answer"
