@@ -1240,7 +1240,7 @@ class DeviceTransfer {
     return received;
   }
 
-  // for the engine's log: "inputs to cuda:0 and results back: 1000 calls, 1000 copies in, 1000 out"
+  // for the engine's log: "inputs to cuda and results back: 1000 calls, 1000 copies in, 1000 out"
   std::string summary() const
   {
     if (!packs_ || calls_ == 0) return "";

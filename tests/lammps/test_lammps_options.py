@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ase.io
 import numpy as np
 import pytest
@@ -101,9 +103,17 @@ run 0
     assert "atoms 0 and 1 are only 0 Angstrom apart (overlapping atoms, at (3, 3, 3) Angstrom)" in output
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(),
+    reason="needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device)",
+)
 def test_cuda_device_matches_lj_cut(argon, plugin, lj_model_path):
+    """On the GPU, on 2 ranks: lj/cut's numbers, and each call's inputs in one copy, results in one."""
     text = evaluate("cuda", f"pair_style atomplug {lj_model_path} device cuda\npair_coeff * * Ar")
     text += evaluate("native", NATIVE)
-    run_lmp(argon, text, nprocs=2)
+    result = run_lmp(argon, text, nprocs=2)
     compare(argon, "cuda", "native")
+    copies = re.findall(
+        r"inputs to cuda(?::\d+)? and results back: (\d+) calls, (\d+) copies in, (\d+) out", result.stdout
+    )
+    assert copies and all(calls == copies_in == copies_out for calls, copies_in, copies_out in copies), copies
