@@ -152,14 +152,16 @@ def plan_lines(args: argparse.Namespace) -> List[str]:
 
 
 def device_test_files() -> List[str]:
-    """Test files with cuda cases: those that skip without CUDA (`cuda.is_available()` in a skip
-    mark), relative to the repository; LAMMPS and PLUMED ones only where their engine is installed."""
+    """Test files with cuda cases: those that take tests/devices.py's DEVICES or NO_CUDA, or skip
+    without CUDA on their own (`cuda.is_available()` in a skip mark), relative to the repository;
+    LAMMPS and PLUMED ones only where their engine is installed."""
     found = []
     for path in sorted(glob.glob(os.path.join(REPOSITORY, "tests", "**", "test_*.py"), recursive=True)):
         relative = os.path.relpath(path, REPOSITORY)
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        if not re.search(r"skipif\(\s*not .*?cuda\.is_available\(\)", text):
+        # a cuda case: tests/devices.py's DEVICES or NO_CUDA, or a skip of its own without CUDA
+        if not re.search(r"^from devices import|skipif\(\s*not .*?cuda\.is_available\(\)", text, re.MULTILINE):
             continue
         engine = relative.split(os.sep)[1]
         if (

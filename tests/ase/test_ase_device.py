@@ -8,16 +8,14 @@ and run in `make gpu-check`.
 
 import numpy as np
 import pytest
-import torch
 from ase import units
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
+from devices import DEVICES
 from structures import displaced_triclinic_argon, water_box
 
 from atomplug.ase_calculator import AtomplugCalculator
 
-NO_CUDA = "needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device); `make gpu-check` runs these cases on a GPU machine"
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))]
 PROPERTIES = ("energy", "forces", "stress")
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from ase.calculators.lj import LennardJones
 from bad_files import rewrite_metadata
+from devices import NO_CUDA
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon, hco_cluster, hco_liquid
 
 from atomplug.ase_calculator import AtomplugCalculator
@@ -419,12 +420,6 @@ def test_compiling_for_cuda_without_a_gpu_says_so(lj_model_path, tmp_path, monke
     with pytest.raises(ValueError, match="sees no CUDA device: use device 'cpu'"):
         compile_model(lj_model_path, str(tmp_path / "lj.pt2"), device="cuda")
     assert not (tmp_path / "lj.pt2").exists()
-
-
-NO_CUDA = (
-    "needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device); "
-    "`make gpu-check` runs these cases on a GPU machine"
-)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)

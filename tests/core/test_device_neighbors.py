@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
+from devices import DEVICES
 from structures import displaced_triclinic_argon
 
 from atomplug.core import ModelRunner, Structure
@@ -24,9 +25,6 @@ from atomplug.core.neighbors import (
     compute_pairs_on_device,
 )
 from atomplug.core.runner import NEIGHBOR_BACKEND_VARIABLE, _to_host, choose_neighbor_backend
-
-NO_CUDA = "needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device); `make gpu-check` runs these cases on a GPU machine"
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))]
 
 
 def random_system(n, cell, pbc, seed, outside=0.0):

@@ -4,17 +4,14 @@ The `cuda` cases skip without a GPU and run in `make gpu-check`."""
 
 import numpy as np
 import pytest
-import torch
 from ase.geometry import cellpar_to_cell
 from ase.units import Bohr
+from devices import DEVICES
 from ipi_harness import write_ipi_xyz
 from structures import displaced_triclinic_argon
 
 from atomplug.core.neighbors import DeviceNeighborListCache
 from atomplug.ipi_driver.evaluator import IPIEvaluator
-
-NO_CUDA = "needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device); `make gpu-check` runs these cases on a GPU machine"
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))]
 
 
 @pytest.mark.parametrize("device", DEVICES)

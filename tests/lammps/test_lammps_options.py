@@ -7,6 +7,7 @@ import re
 import ase.io
 import numpy as np
 import pytest
+from devices import NO_CUDA
 from lammps_harness import read_dump, read_values, relative_difference, run_lmp
 from structures import AR_CUTOFF, AR_EPSILON, AR_SIGMA, displaced_triclinic_argon
 
@@ -103,10 +104,7 @@ run 0
     assert "atoms 0 and 1 are only 0 Angstrom apart (overlapping atoms, at (3, 3, 3) Angstrom)" in output
 
 
-@pytest.mark.skipif(
-    not __import__("torch").cuda.is_available(),
-    reason="needs a CUDA GPU: the accelerator is missing on this machine (torch sees no CUDA device)",
-)
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason=NO_CUDA)
 def test_cuda_device_matches_lj_cut(argon, plugin, lj_model_path):
     """On the GPU, on 2 ranks: lj/cut's numbers, and each call's inputs in one copy, results in one."""
     text = evaluate("cuda", f"pair_style atomplug {lj_model_path} device cuda\npair_coeff * * Ar")
